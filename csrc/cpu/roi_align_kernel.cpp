@@ -1,0 +1,354 @@
+// RoIAlign on the CPU: forward and backward, avg and max modes, NCHW and channels-last layouts.
+//
+// Work split: the forward hands out RoIs to threads one at a time; the backward gives each thread a
+// disjoint range of channels, so no two threads ever add into the same gradient cell (no atomics,
+// and the result does not depend on the thread count).
+// Each RoI's sample taps (4 offsets + 4 weights per sample) are computed once per chunk of bins and
+// reused for every channel.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../roi_checks.h"
+#include "../roi_geometry.h"
+#include "parallel.h"
+
+namespace roiops {
+namespace cpu {
+namespace {
+
+// Upper bound on the taps held at once per thread; larger RoIs are processed a few bins at a time.
+constexpr int64_t kTapsPerChunk = 1 << 16;
+// Adaptive sampling of an absurdly large box would take forever; refuse it with a clear message.
+constexpr int64_t kMaxSamplesPerBin = int64_t(1) << 24;
+
+struct AlignParams {
+  double spatial_scale;
+  int pooled_h, pooled_w, sampling_ratio;
+  bool aligned, max_mode;
+  int64_t height, width, channels;
+};
+
+template <typename acc_t, typename scalar_t>
+AlignGeometry<acc_t> roi_geometry(const scalar_t* roi_row, const AlignParams& p) {
+  acc_t roi[5];
+  for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(roi_row[j]);
+  AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h,
+                                                 p.pooled_w, p.sampling_ratio, p.aligned);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin,
+                    "roi_align: adaptive sampling (sampling_ratio <= 0) of box ", roi_row[1], ", ", roi_row[2],
+                    ", ", roi_row[3], ", ", roi_row[4], " would take ", static_cast<int64_t>(g.grid_h) * g.grid_w,
+                    " samples per bin (limit ", kMaxSamplesPerBin, "); pass a positive sampling_ratio");
+  return g;
+}
+
+// Visits the bins of one RoI in chunks, filling `taps` with the samples of the chunk's bins
+// (bin-major, samples row-major within a bin). fn(first_bin, last_bin) is called per chunk.
+template <typename acc_t, typename F>
+void for_each_bin_chunk(const AlignGeometry<acc_t>& g, const AlignParams& p,
+                        std::vector<BilinearTaps<acc_t>>& taps, const F& fn) {
+  const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+  const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
+  const int64_t bins_per_chunk = std::max<int64_t>(1, kTapsPerChunk / std::max<int64_t>(per_bin, 1));
+  for (int64_t first = 0; first < bins; first += bins_per_chunk) {
+    const int64_t last = std::min(bins, first + bins_per_chunk);
+    taps.resize((last - first) * per_bin);
+    auto* t = taps.data();
+    for (int64_t b = first; b < last; ++b) {
+      const int ph = static_cast<int>(b / p.pooled_w), pw = static_cast<int>(b % p.pooled_w);
+      for (int64_t s = 0; s < per_bin; ++s) {
+        *t++ = align_sample_taps(g, ph, pw, static_cast<int>(s), static_cast<int>(p.height),
+                                 static_cast<int>(p.width));
+      }
+    }
+    fn(first, last);
+  }
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+                  const AlignParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool nhwc = use_channels_last(input);
+  const at::Tensor in = nhwc ? input : input.contiguous();
+  const scalar_t* in_data = in.const_data_ptr<scalar_t>();
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
+  int32_t* arg_data = p.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
+  const int64_t C = p.channels, HW = p.height * p.width;
+  const int64_t os0 = output.stride(0), os1 = output.stride(1), os2 = output.stride(2), os3 = output.stride(3);
+  const int64_t as0 = p.max_mode ? argmax.stride(0) : 0, as1 = p.max_mode ? argmax.stride(1) : 0,
+                as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+
+  parallel_for_each_dynamic(rois.size(0), [&](int64_t k) {
+    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
+    const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+    const scalar_t* image = in_data + g.batch * C * HW;
+    std::vector<BilinearTaps<acc_t>> taps;
+    std::vector<acc_t> acc(nhwc ? C : 0);
+    std::vector<int32_t> best(nhwc && p.max_mode ? C : 0);
+    for_each_bin_chunk(g, p, taps, [&](int64_t first, int64_t last) {
+      if (!nhwc) {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* plane = image + c * HW;
+          const BilinearTaps<acc_t>* t = taps.data();
+          for (int64_t b = first; b < last; ++b) {
+            const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
+            acc_t value;
+            if (!p.max_mode) {
+              acc_t sum = 0;
+              for (int64_t s = 0; s < per_bin; ++s, ++t) {
+                if (!t->valid) continue;
+                sum += t->w1 * static_cast<acc_t>(plane[t->o1]) + t->w2 * static_cast<acc_t>(plane[t->o2]) +
+                       t->w3 * static_cast<acc_t>(plane[t->o3]) + t->w4 * static_cast<acc_t>(plane[t->o4]);
+              }
+              value = sum / g.count;
+            } else {
+              acc_t top = neg_inf;
+              int32_t top_s = -1;
+              for (int64_t s = 0; s < per_bin; ++s, ++t) {
+                const acc_t v = !t->valid ? acc_t(0)
+                                          : t->w1 * static_cast<acc_t>(plane[t->o1]) +
+                                                t->w2 * static_cast<acc_t>(plane[t->o2]) +
+                                                t->w3 * static_cast<acc_t>(plane[t->o3]) +
+                                                t->w4 * static_cast<acc_t>(plane[t->o4]);
+                if (v > top) {
+                  top = v;
+                  top_s = static_cast<int32_t>(s);
+                }
+              }
+              value = top_s >= 0 ? top : acc_t(0);
+              arg_data[k * as0 + c * as1 + ph * as2 + pw * as3] = top_s;
+            }
+            out_data[k * os0 + c * os1 + ph * os2 + pw * os3] = static_cast<scalar_t>(value);
+          }
+        }
+        return;
+      }
+      // Channels-last: the four taps of a sample are contiguous channel vectors.
+      const BilinearTaps<acc_t>* t = taps.data();
+      for (int64_t b = first; b < last; ++b) {
+        const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
+        if (!p.max_mode) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+        } else {
+          std::fill(acc.begin(), acc.end(), neg_inf);
+          std::fill(best.begin(), best.end(), -1);
+        }
+        acc_t* a = acc.data();
+        for (int64_t s = 0; s < per_bin; ++s, ++t) {
+          const scalar_t* p1 = image + t->o1 * C;
+          const scalar_t* p2 = image + t->o2 * C;
+          const scalar_t* p3 = image + t->o3 * C;
+          const scalar_t* p4 = image + t->o4 * C;
+          const acc_t w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
+          if (!t->valid) {
+            if (p.max_mode) {  // an outside sample is a 0 that can still win
+              int32_t* bs = best.data();
+              for (int64_t c = 0; c < C; ++c) {
+                const bool better = acc_t(0) > a[c];
+                a[c] = better ? acc_t(0) : a[c];
+                bs[c] = better ? static_cast<int32_t>(s) : bs[c];
+              }
+            }
+          } else if (!p.max_mode) {
+            for (int64_t c = 0; c < C; ++c) {
+              a[c] += w1 * static_cast<acc_t>(p1[c]) + w2 * static_cast<acc_t>(p2[c]) +
+                      w3 * static_cast<acc_t>(p3[c]) + w4 * static_cast<acc_t>(p4[c]);
+            }
+          } else {
+            int32_t* bs = best.data();
+            const int32_t si = static_cast<int32_t>(s);
+            for (int64_t c = 0; c < C; ++c) {
+              const acc_t v = w1 * static_cast<acc_t>(p1[c]) + w2 * static_cast<acc_t>(p2[c]) +
+                              w3 * static_cast<acc_t>(p3[c]) + w4 * static_cast<acc_t>(p4[c]);
+              const bool better = v > a[c];
+              a[c] = better ? v : a[c];
+              bs[c] = better ? si : bs[c];
+            }
+          }
+        }
+        scalar_t* out = out_data + k * os0 + ph * os2 + pw * os3;
+        if (!p.max_mode) {
+          for (int64_t c = 0; c < C; ++c) out[c * os1] = static_cast<scalar_t>(a[c] / g.count);
+        } else {
+          int32_t* arg = arg_data + k * as0 + ph * as2 + pw * as3;
+          for (int64_t c = 0; c < C; ++c) {
+            out[c * os1] = static_cast<scalar_t>(best[c] >= 0 ? a[c] : acc_t(0));
+            arg[c * as1] = best[c];
+          }
+        }
+      }
+    });
+  });
+}
+
+// grad_in is an opmath-typed buffer (float for the half types, so that many small contributions
+// are not rounded away), laid out NCHW or NHWC as `nhwc` says.
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
+                   bool nhwc, const AlignParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
+  acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
+  const int64_t C = p.channels, HW = p.height * p.width, K = rois.size(0);
+  const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
+  const int64_t as0 = p.max_mode ? argmax.stride(0) : 0, as1 = p.max_mode ? argmax.stride(1) : 0,
+                as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
+
+  parallel_for_ranges(C, [&](int64_t c0, int64_t c1) {
+    std::vector<BilinearTaps<acc_t>> taps;
+    std::vector<acc_t> g_bin(nhwc ? c1 - c0 : 0);
+    std::vector<int32_t> s_bin(nhwc && p.max_mode ? c1 - c0 : 0);
+    for (int64_t k = 0; k < K; ++k) {
+      const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
+      const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+      if (per_bin == 0) continue;
+      acc_t* image = gi_data + g.batch * C * HW;
+      const scalar_t* gk = grad_data + k * gs0;
+      for_each_bin_chunk(g, p, taps, [&](int64_t first, int64_t last) {
+        if (!nhwc) {
+          for (int64_t c = c0; c < c1; ++c) {
+            acc_t* plane = image + c * HW;
+            for (int64_t b = first; b < last; ++b) {
+              const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
+              const acc_t gv = static_cast<acc_t>(gk[c * gs1 + ph * gs2 + pw * gs3]);
+              const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
+              if (!p.max_mode) {
+                const acc_t gs = gv / g.count;
+                for (int64_t s = 0; s < per_bin; ++s, ++t) {
+                  if (!t->valid) continue;
+                  plane[t->o1] += t->w1 * gs;
+                  plane[t->o2] += t->w2 * gs;
+                  plane[t->o3] += t->w3 * gs;
+                  plane[t->o4] += t->w4 * gs;
+                }
+              } else {
+                const int32_t s = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
+                if (s < 0 || !t[s].valid) continue;
+                t += s;
+                plane[t->o1] += t->w1 * gv;
+                plane[t->o2] += t->w2 * gv;
+                plane[t->o3] += t->w3 * gv;
+                plane[t->o4] += t->w4 * gv;
+              }
+            }
+          }
+          return;
+        }
+        const int64_t cn = c1 - c0;
+        for (int64_t b = first; b < last; ++b) {
+          const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
+          const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
+          for (int64_t c = 0; c < cn; ++c) {
+            g_bin[c] = static_cast<acc_t>(gk[(c0 + c) * gs1 + ph * gs2 + pw * gs3]);
+          }
+          if (!p.max_mode) {
+            for (int64_t c = 0; c < cn; ++c) g_bin[c] /= g.count;
+            for (int64_t s = 0; s < per_bin; ++s, ++t) {
+              if (!t->valid) continue;
+              acc_t* q1 = image + t->o1 * C + c0;
+              acc_t* q2 = image + t->o2 * C + c0;
+              acc_t* q3 = image + t->o3 * C + c0;
+              acc_t* q4 = image + t->o4 * C + c0;
+              const acc_t w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
+              const acc_t* gb = g_bin.data();
+              // Sequential adds: taps may coincide (clamped at the border), so no reordering.
+              for (int64_t c = 0; c < cn; ++c) q1[c] += w1 * gb[c];
+              for (int64_t c = 0; c < cn; ++c) q2[c] += w2 * gb[c];
+              for (int64_t c = 0; c < cn; ++c) q3[c] += w3 * gb[c];
+              for (int64_t c = 0; c < cn; ++c) q4[c] += w4 * gb[c];
+            }
+          } else {
+            for (int64_t c = 0; c < cn; ++c) {
+              const int32_t s = arg_data[k * as0 + (c0 + c) * as1 + ph * as2 + pw * as3];
+              if (s < 0 || !t[s].valid) continue;
+              const BilinearTaps<acc_t>& ts = t[s];
+              const acc_t gv = g_bin[c];
+              image[ts.o1 * C + c0 + c] += ts.w1 * gv;
+              image[ts.o2 * C + c0 + c] += ts.w2 * gv;
+              image[ts.o3 * C + c0 + c] += ts.w3 * gv;
+              image[ts.o4 * C + c0 + c] += ts.w4 * gv;
+            }
+          }
+        }
+      });
+    }
+  });
+}
+
+AlignParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                        bool aligned, const std::string& pool_mode, int64_t channels, int64_t height,
+                        int64_t width) {
+  TORCH_CHECK_VALUE(sampling_ratio <= (1 << 20), "roi_align: sampling_ratio must be at most 2^20, but got ",
+                    sampling_ratio);
+  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
+                    "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  return AlignParams{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+                     static_cast<int>(sampling_ratio), aligned, is_max_mode(pool_mode), height, width, channels};
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                                         double spatial_scale, int64_t pooled_height,
+                                                         int64_t pooled_width, int64_t sampling_ratio, bool aligned,
+                                                         std::string pool_mode) {
+  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align");
+  const AlignParams p = make_params(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode,
+                                    input.size(1), input.size(2), input.size(3));
+  const auto layout = use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const int64_t K = rois.size(0);
+  at::Tensor output = at::empty({K, p.channels, pooled_height, pooled_width}, input.options(), layout);
+  at::Tensor argmax = p.max_mode ? at::empty({K, p.channels, pooled_height, pooled_width},
+                                             input.options().dtype(at::kInt), layout)
+                                 : at::empty({0}, input.options().dtype(at::kInt));
+  if (output.numel() == 0) return {output, argmax};
+  const at::Tensor r = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu",
+                                  [&] { forward_impl<scalar_t>(input, r, output, argmax, p); });
+  return {output, argmax};
+}
+
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                  int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                  int64_t sampling_ratio, bool aligned, std::string pool_mode,
+                                  bool /*deterministic: the CPU backward always is*/) {
+  check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
+                      "_roi_align_backward");
+  const AlignParams p = make_params(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode,
+                                    channels, height, width);
+  if (p.max_mode) {
+    TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
+                      "_roi_align_backward: argmax must be int32 with the shape of grad ", grad.sizes());
+  }
+  const bool nhwc = use_channels_last(grad);
+  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
+  at::Tensor grad_in = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_dtype).memory_format(layout));
+  if (grad.numel() > 0 && grad_in.numel() > 0) {
+    const at::Tensor r = rois.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu",
+                                    [&] { backward_impl<scalar_t>(grad, r, argmax, grad_in, nhwc, p); });
+  }
+  return acc_dtype == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(roiops, CPU, m) {
+  m.impl("roi_align", TORCH_FN(roi_align_forward_cpu));
+  m.impl("_roi_align_backward", TORCH_FN(roi_align_backward_cpu));
+}
+
+}  // namespace cpu
+}  // namespace roiops

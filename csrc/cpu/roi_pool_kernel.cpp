@@ -1,0 +1,200 @@
+// RoIPool on the CPU: forward and backward, NCHW and channels-last layouts.
+// Same work split as RoIAlign: RoIs handed out dynamically in the forward, disjoint channel ranges
+// per thread in the backward (race-free, thread-count independent).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../roi_checks.h"
+#include "../roi_geometry.h"
+#include "parallel.h"
+
+namespace roiops {
+namespace cpu {
+namespace {
+
+struct PoolParams {
+  double spatial_scale;
+  int pooled_h, pooled_w;
+  int64_t channels, height, width;
+};
+
+// Cell ranges of every bin row and column of one RoI.
+template <typename acc_t, typename scalar_t>
+int64_t bin_ranges(const scalar_t* roi_row, const PoolParams& p, std::vector<CellRange>& rows,
+                   std::vector<CellRange>& cols) {
+  acc_t roi[5];
+  for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(roi_row[j]);
+  const PoolGeometry<acc_t> g = pool_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h, p.pooled_w);
+  rows.resize(p.pooled_h);
+  cols.resize(p.pooled_w);
+  for (int ph = 0; ph < p.pooled_h; ++ph) rows[ph] = pool_bin_range(g.start_h, g.bin_h, ph, static_cast<int>(p.height));
+  for (int pw = 0; pw < p.pooled_w; ++pw) cols[pw] = pool_bin_range(g.start_w, g.bin_w, pw, static_cast<int>(p.width));
+  return g.batch;
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+                  const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool nhwc = use_channels_last(input);
+  const at::Tensor in = nhwc ? input : input.contiguous();
+  const scalar_t* in_data = in.const_data_ptr<scalar_t>();
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
+  int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
+  const int64_t C = p.channels, W = p.width, HW = p.height * p.width;
+  const int64_t os0 = output.stride(0), os1 = output.stride(1), os2 = output.stride(2), os3 = output.stride(3);
+  const int64_t as0 = argmax.stride(0), as1 = argmax.stride(1), as2 = argmax.stride(2), as3 = argmax.stride(3);
+  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+
+  parallel_for_each_dynamic(rois.size(0), [&](int64_t k) {
+    std::vector<CellRange> rows, cols;
+    const int64_t n = bin_ranges<acc_t>(roi_data + k * 5, p, rows, cols);
+    const scalar_t* image = in_data + n * C * HW;
+    if (!nhwc) {
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* plane = image + c * HW;
+        for (int ph = 0; ph < p.pooled_h; ++ph) {
+          for (int pw = 0; pw < p.pooled_w; ++pw) {
+            scalar_t top = lowest;
+            int32_t top_i = -1;
+            for (int h = rows[ph].begin; h < rows[ph].end; ++h) {
+              for (int w = cols[pw].begin; w < cols[pw].end; ++w) {
+                const int32_t i = static_cast<int32_t>(h * W + w);
+                if (plane[i] > top) {
+                  top = plane[i];
+                  top_i = i;
+                }
+              }
+            }
+            out_data[k * os0 + c * os1 + ph * os2 + pw * os3] = top_i >= 0 ? top : scalar_t(0);
+            arg_data[k * as0 + c * as1 + ph * as2 + pw * as3] = top_i;
+          }
+        }
+      }
+      return;
+    }
+    std::vector<scalar_t> top(C);
+    std::vector<int32_t> top_i(C);
+    for (int ph = 0; ph < p.pooled_h; ++ph) {
+      for (int pw = 0; pw < p.pooled_w; ++pw) {
+        std::fill(top.begin(), top.end(), lowest);
+        std::fill(top_i.begin(), top_i.end(), -1);
+        scalar_t* tv = top.data();
+        int32_t* ti = top_i.data();
+        for (int h = rows[ph].begin; h < rows[ph].end; ++h) {
+          for (int w = cols[pw].begin; w < cols[pw].end; ++w) {
+            const int32_t i = static_cast<int32_t>(h * W + w);
+            const scalar_t* cell = image + static_cast<int64_t>(i) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const bool better = cell[c] > tv[c];
+              tv[c] = better ? cell[c] : tv[c];
+              ti[c] = better ? i : ti[c];
+            }
+          }
+        }
+        scalar_t* out = out_data + k * os0 + ph * os2 + pw * os3;
+        int32_t* arg = arg_data + k * as0 + ph * as2 + pw * as3;
+        for (int64_t c = 0; c < C; ++c) {
+          out[c * os1] = ti[c] >= 0 ? tv[c] : scalar_t(0);
+          arg[c * as1] = ti[c];
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
+                   bool nhwc, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
+  acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
+  const int64_t C = p.channels, HW = p.height * p.width, K = rois.size(0);
+  const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
+  const int64_t as0 = argmax.stride(0), as1 = argmax.stride(1), as2 = argmax.stride(2), as3 = argmax.stride(3);
+  // A cell stride per channel and per spatial index, for either layout.
+  const int64_t c_stride = nhwc ? 1 : HW, i_stride = nhwc ? C : 1;
+
+  parallel_for_ranges(C, [&](int64_t c0, int64_t c1) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t n = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
+      acc_t* image = gi_data + n * C * HW;
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int ph = 0; ph < p.pooled_h; ++ph) {
+          for (int pw = 0; pw < p.pooled_w; ++pw) {
+            const int32_t i = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
+            // argmax comes from the caller: anything outside the plane is ignored, never written.
+            if (i < 0 || i >= HW) continue;
+            image[c * c_stride + i * i_stride] += static_cast<acc_t>(grad_data[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
+          }
+        }
+      }
+    }
+  });
+}
+
+PoolParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t channels,
+                       int64_t height, int64_t width) {
+  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
+                    "roi_pool: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  return PoolParams{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), channels, height,
+                    width};
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                                        double spatial_scale, int64_t pooled_height,
+                                                        int64_t pooled_width) {
+  check_forward_args(input, rois, pooled_height, pooled_width, "roi_pool");
+  const PoolParams p = make_params(spatial_scale, pooled_height, pooled_width, input.size(1), input.size(2), input.size(3));
+  const auto layout = use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const int64_t K = rois.size(0);
+  at::Tensor output = at::empty({K, p.channels, pooled_height, pooled_width}, input.options(), layout);
+  at::Tensor argmax = at::empty({K, p.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout);
+  if (output.numel() == 0) return {output, argmax};
+  const at::Tensor r = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu",
+                                  [&] { forward_impl<scalar_t>(input, r, output, argmax, p); });
+  return {output, argmax};
+}
+
+at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
+                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                 int64_t channels, int64_t height, int64_t width,
+                                 bool /*deterministic: the CPU backward always is*/) {
+  check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
+                      "_roi_pool_backward");
+  TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
+                    "_roi_pool_backward: argmax must be int32 with the shape of grad ", grad.sizes());
+  const PoolParams p = make_params(spatial_scale, pooled_height, pooled_width, channels, height, width);
+  const bool nhwc = use_channels_last(grad);
+  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
+  at::Tensor grad_in = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_dtype).memory_format(layout));
+  if (grad.numel() > 0 && grad_in.numel() > 0) {
+    const at::Tensor r = rois.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu",
+                                    [&] { backward_impl<scalar_t>(grad, r, argmax, grad_in, nhwc, p); });
+  }
+  return acc_dtype == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(roiops, CPU, m) {
+  m.impl("roi_pool", TORCH_FN(roi_pool_forward_cpu));
+  m.impl("_roi_pool_backward", TORCH_FN(roi_pool_backward_cpu));
+}
+
+}  // namespace cpu
+}  // namespace roiops

@@ -1,0 +1,188 @@
+// Where RoIAlign samples and which cells RoIPool covers: the operator semantics, written once and
+// shared by the CPU and CUDA kernels (host/device inline functions, no ATen).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define ROIOPS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define ROIOPS_HOST_DEVICE inline
+#endif
+
+namespace roiops {
+
+// Box coordinates are clamped to this many feature cells before they become integers, so that an
+// enormous (but finite) box cannot overflow an int; every such box already covers the whole map.
+constexpr double kMaxCoordinate = 1073741824.0;  // 2^30
+
+template <typename T>
+ROIOPS_HOST_DEVICE T clamp_coordinate(T v) {
+  return v < T(-kMaxCoordinate) ? T(-kMaxCoordinate) : (v > T(kMaxCoordinate) ? T(kMaxCoordinate) : v);
+}
+
+// One RoI of RoIAlign: its real-valued start, bin size and sampling grid.
+template <typename T>
+struct AlignGeometry {
+  int64_t batch;
+  T start_h, start_w;
+  T bin_h, bin_w;
+  int grid_h, grid_w;
+  T count;  // samples per bin, at least 1 (the divisor of avg mode)
+};
+
+template <typename T>
+ROIOPS_HOST_DEVICE AlignGeometry<T> align_geometry(
+    const T* roi, T spatial_scale, int pooled_h, int pooled_w, int sampling_ratio, bool aligned) {
+  AlignGeometry<T> g;
+  g.batch = static_cast<int64_t>(roi[0]);
+  const T offset = aligned ? T(0.5) : T(0);
+  g.start_w = roi[1] * spatial_scale - offset;
+  g.start_h = roi[2] * spatial_scale - offset;
+  const T end_w = roi[3] * spatial_scale - offset;
+  const T end_h = roi[4] * spatial_scale - offset;
+  T roi_w = end_w - g.start_w;
+  T roi_h = end_h - g.start_h;
+  if (!aligned) {
+    // Legacy behaviour: malformed boxes are forced to 1x1.
+    roi_w = roi_w > T(1) ? roi_w : T(1);
+    roi_h = roi_h > T(1) ? roi_h : T(1);
+  }
+  g.bin_h = roi_h / static_cast<T>(pooled_h);
+  g.bin_w = roi_w / static_cast<T>(pooled_w);
+  if (sampling_ratio > 0) {
+    g.grid_h = g.grid_w = sampling_ratio;
+  } else {
+    // ceil() of a non-positive size is <= 0: an inverted box samples nothing.
+    const T gh = ceil(roi_h / static_cast<T>(pooled_h));
+    const T gw = ceil(roi_w / static_cast<T>(pooled_w));
+    g.grid_h = gh > T(0) ? (gh < T(kMaxCoordinate) ? static_cast<int>(gh) : static_cast<int>(kMaxCoordinate)) : 0;
+    g.grid_w = gw > T(0) ? (gw < T(kMaxCoordinate) ? static_cast<int>(gw) : static_cast<int>(kMaxCoordinate)) : 0;
+  }
+  const int64_t n = static_cast<int64_t>(g.grid_h) * g.grid_w;
+  g.count = static_cast<T>(n > 1 ? n : 1);
+  return g;
+}
+
+// Coordinate of sample `i` (of `grid`) in bin `p` along one axis.
+template <typename T>
+ROIOPS_HOST_DEVICE T sample_coordinate(T start, T bin, int p, int i, int grid) {
+  return start + static_cast<T>(p) * bin + static_cast<T>(i + T(0.5)) * bin / static_cast<T>(grid);
+}
+
+// The two cells a sample interpolates between along one axis, and their weights.
+// A sample more than one cell outside the map contributes nothing (valid = false).
+template <typename T>
+struct AxisTaps {
+  int low, high;
+  T w_low, w_high;
+  bool valid;
+};
+
+template <typename T>
+ROIOPS_HOST_DEVICE AxisTaps<T> axis_taps(T v, int size) {
+  AxisTaps<T> t;
+  if (v < T(-1) || v > static_cast<T>(size)) {
+    t.low = t.high = 0;
+    t.w_low = t.w_high = T(0);
+    t.valid = false;
+    return t;
+  }
+  if (v <= T(0)) v = T(0);
+  t.low = static_cast<int>(v);
+  if (t.low >= size - 1) {
+    t.low = t.high = size - 1;
+    v = static_cast<T>(t.low);
+  } else {
+    t.high = t.low + 1;
+  }
+  const T frac = v - static_cast<T>(t.low);
+  t.w_high = frac;
+  t.w_low = T(1) - frac;
+  t.valid = true;
+  return t;
+}
+
+// The four taps of one bilinear sample: offsets within an H x W plane (row-major) and weights.
+template <typename T>
+struct BilinearTaps {
+  int64_t o1, o2, o3, o4;  // (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high)
+  T w1, w2, w3, w4;
+  // False for a sample outside the map: its value is 0 and it must not touch any cell (a weight of
+  // 0 times an inf or NaN cell would still poison the result).
+  bool valid;
+};
+
+template <typename T>
+ROIOPS_HOST_DEVICE BilinearTaps<T> bilinear_taps(T y, T x, int height, int width) {
+  BilinearTaps<T> b;
+  const AxisTaps<T> ty = axis_taps(y, height);
+  const AxisTaps<T> tx = axis_taps(x, width);
+  if (!ty.valid || !tx.valid) {
+    b.o1 = b.o2 = b.o3 = b.o4 = 0;
+    b.w1 = b.w2 = b.w3 = b.w4 = T(0);
+    b.valid = false;
+    return b;
+  }
+  b.valid = true;
+  b.o1 = static_cast<int64_t>(ty.low) * width + tx.low;
+  b.o2 = static_cast<int64_t>(ty.low) * width + tx.high;
+  b.o3 = static_cast<int64_t>(ty.high) * width + tx.low;
+  b.o4 = static_cast<int64_t>(ty.high) * width + tx.high;
+  b.w1 = ty.w_low * tx.w_low;
+  b.w2 = ty.w_low * tx.w_high;
+  b.w3 = ty.w_high * tx.w_low;
+  b.w4 = ty.w_high * tx.w_high;
+  return b;
+}
+
+// Bilinear taps of sample `s` (row-major in the grid) of bin (ph, pw).
+template <typename T>
+ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(
+    const AlignGeometry<T>& g, int ph, int pw, int s, int height, int width) {
+  const int iy = s / g.grid_w;
+  const int ix = s - iy * g.grid_w;
+  const T y = sample_coordinate(g.start_h, g.bin_h, ph, iy, g.grid_h);
+  const T x = sample_coordinate(g.start_w, g.bin_w, pw, ix, g.grid_w);
+  return bilinear_taps(y, x, height, width);
+}
+
+// One RoI of RoIPool: its box rounded to whole cells (C rounding, half away from zero).
+template <typename T>
+struct PoolGeometry {
+  int64_t batch;
+  int64_t start_h, start_w;
+  T bin_h, bin_w;
+};
+
+template <typename T>
+ROIOPS_HOST_DEVICE PoolGeometry<T> pool_geometry(const T* roi, T spatial_scale, int pooled_h, int pooled_w) {
+  PoolGeometry<T> g;
+  g.batch = static_cast<int64_t>(roi[0]);
+  g.start_w = static_cast<int64_t>(round(clamp_coordinate(roi[1] * spatial_scale)));
+  g.start_h = static_cast<int64_t>(round(clamp_coordinate(roi[2] * spatial_scale)));
+  const int64_t end_w = static_cast<int64_t>(round(clamp_coordinate(roi[3] * spatial_scale)));
+  const int64_t end_h = static_cast<int64_t>(round(clamp_coordinate(roi[4] * spatial_scale)));
+  const int64_t roi_w = end_w - g.start_w + 1 > 1 ? end_w - g.start_w + 1 : 1;
+  const int64_t roi_h = end_h - g.start_h + 1 > 1 ? end_h - g.start_h + 1 : 1;
+  g.bin_h = static_cast<T>(roi_h) / static_cast<T>(pooled_h);
+  g.bin_w = static_cast<T>(roi_w) / static_cast<T>(pooled_w);
+  return g;
+}
+
+// The half-open cell range [begin, end) of bin `p` along one axis, clipped to [0, size).
+struct CellRange {
+  int begin, end;
+};
+
+template <typename T>
+ROIOPS_HOST_DEVICE CellRange pool_bin_range(int64_t start, T bin, int p, int size) {
+  int64_t b = static_cast<int64_t>(floor(static_cast<T>(p) * bin)) + start;
+  int64_t e = static_cast<int64_t>(ceil(static_cast<T>(p + 1) * bin)) + start;
+  b = b < 0 ? 0 : (b > size ? size : b);
+  e = e < 0 ? 0 : (e > size ? size : e);
+  return CellRange{static_cast<int>(b), static_cast<int>(e)};
+}
+
+}  // namespace roiops

@@ -1,0 +1,20 @@
+"""roiops: exact, fast and safe RoIAlign / RoIPool operators for PyTorch.
+
+    import roiops
+    pooled = roiops.roi_align(features, boxes, output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+"""
+import torch  # noqa: F401  (libtorch must be loaded before the extension)
+
+from . import _C
+from .roi_align import RoIAlign, roi_align
+from .roi_pool import RoIPool, roi_pool
+
+__version__ = _C.__version__
+
+
+def build_info() -> dict:
+    """How the compiled extension was built: version, whether CUDA kernels are in it, its ops."""
+    return {"version": _C.__version__, "with_cuda": bool(_C.with_cuda), "ops": list(_C.ops)}
+
+
+__all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "build_info", "__version__"]

@@ -1,0 +1,104 @@
+"""Argument checks and conversions of the public API. Each error names the argument, what was
+expected and what was given. Checks that need tensor values (finite coordinates, batch indices in
+range) run in the compiled kernels, so that torch.compile can trace these functions without breaks."""
+import math
+import numbers
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+BoxesArg = Union[Tensor, Sequence[Tensor]]
+
+POOL_MODES = ("avg", "max")
+
+
+def check_input(op: str, input) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: input must be a Tensor [N, C, H, W], but got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], but got {input.dim()}-D with shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise TypeError(f"{op}: input must be a floating-point tensor, but got {input.dtype}")
+
+
+def boxes_to_rois(op: str, boxes: BoxesArg, input: Tensor) -> Tensor:
+    """Returns boxes as a [K, 5] tensor (batch index, x1, y1, x2, y2), checking shape, dtype, device."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(
+                f"{op}: boxes must be a Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L, 4], "
+                f"but got a tensor of shape {tuple(boxes.shape)}"
+            )
+        rois = boxes
+    elif isinstance(boxes, (list, tuple)):
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor):
+                raise TypeError(f"{op}: boxes[{i}] must be a Tensor[L, 4], but got {type(b).__name__}")
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise ValueError(f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), but got shape {tuple(b.shape)}")
+            _check_same(op, f"boxes[{i}]", b, input)
+        if len(boxes) == 0:
+            return input.new_zeros((0, 5))
+        index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+        rois = torch.cat([torch.cat(index, dim=0), torch.cat(list(boxes), dim=0)], dim=1)
+    else:
+        raise TypeError(
+            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], but got {type(boxes).__name__}"
+        )
+    _check_same(op, "boxes", rois, input)
+    return rois
+
+
+def _check_same(op: str, name: str, t: Tensor, input: Tensor) -> None:
+    if t.dtype != input.dtype:
+        raise TypeError(f"{op}: {name} must have the dtype of input ({input.dtype}), but got {t.dtype}")
+    if t.device != input.device:
+        raise ValueError(f"{op}: {name} must be on the device of input ({input.device}), but is on {t.device}")
+
+
+def output_size_pair(op: str, output_size) -> Tuple[int, int]:
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+        pair = (int(output_size), int(output_size))
+    elif (
+        isinstance(output_size, (list, tuple))
+        and len(output_size) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in output_size)
+    ):
+        pair = (int(output_size[0]), int(output_size[1]))
+    else:
+        raise TypeError(f"{op}: output_size must be an int or a pair of ints (h, w), but got {output_size!r}")
+    if pair[0] <= 0 or pair[1] <= 0:
+        raise ValueError(f"{op}: output_size must be positive, but got {output_size!r}")
+    return pair
+
+
+def check_spatial_scale(op: str, spatial_scale) -> float:
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
+        raise TypeError(f"{op}: spatial_scale must be a float, but got {spatial_scale!r}")
+    value = float(spatial_scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{op}: spatial_scale must be a positive finite number, but got {spatial_scale!r}")
+    return value
+
+
+def check_sampling_ratio(op: str, sampling_ratio) -> int:
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
+        raise TypeError(
+            f"{op}: sampling_ratio must be an int (<= 0 for adaptive sampling), but got {sampling_ratio!r}"
+        )
+    if sampling_ratio > 1 << 20:
+        raise ValueError(f"{op}: sampling_ratio must be at most 2^20, but got {sampling_ratio}")
+    return int(sampling_ratio)
+
+
+def check_aligned(op: str, aligned) -> bool:
+    if not isinstance(aligned, bool):
+        raise TypeError(f"{op}: aligned must be a bool, but got {aligned!r}")
+    return aligned
+
+
+def check_pool_mode(op: str, pool_mode) -> str:
+    if pool_mode not in POOL_MODES:
+        raise ValueError(f"{op}: pool_mode must be one of {POOL_MODES}, but got {pool_mode!r}")
+    return pool_mode

@@ -1,0 +1,96 @@
+"""Builds roiops and its compiled extension roiops._C.
+
+CPU kernels always; CUDA kernels when FORCE_CUDA=1, or when a GPU and a CUDA toolkit are both
+visible. Build without isolation (pip install --no-build-isolation .) so the extension compiles
+against the torch that is installed.
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _default_cuda_home():
+    # torch guesses CUDA_HOME from the nvcc on PATH, which may be a wrapper script; the toolkit's own
+    # folder is what holds lib64/ and include/.
+    if not os.environ.get("CUDA_HOME") and os.path.isdir("/usr/local/cuda/lib64"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
+_default_cuda_home()
+
+import torch  # noqa: E402  (CUDA_HOME must be settled before cpp_extension reads it)
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda():
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        if torch.version.cuda is None:
+            sys.exit("FORCE_CUDA=1 needs a CUDA build of torch; this one is CPU-only")
+        if CUDA_HOME is None:
+            sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
+        return True
+    return torch.version.cuda is not None and torch.cuda.is_available() and CUDA_HOME is not None
+
+
+def _cuda_include_dirs():
+    # ATen/cuda/CUDAContextLight.h needs cusparse.h, which the CUDA wheels of torch ship in the
+    # nvidia.cu13 (or older per-library) Python packages rather than in the toolkit.
+    dirs = []
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            dirs += sorted(glob.glob(os.path.join(root, "*", "include")))
+    except ImportError:
+        pass
+    return dirs
+
+
+def extensions():
+    with_cuda = _want_cuda()
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # -g0 drops the debug info that Python's default CFLAGS ask for (an 11 MB library otherwise).
+    cxx_flags = ["-O3", "-g0", f"-DROIOPS_VERSION_STRING={VERSION}"]
+    if os.environ.get("ROIOPS_SANITIZE"):
+        cxx_flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+    link_flags = ["-fsanitize=address,undefined"] if os.environ.get("ROIOPS_SANITIZE") else []
+    if not with_cuda:
+        return [CppExtension("roiops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # torch's architecture probe fails without a visible GPU; build for Ampere and Hopper.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    nvcc_flags = ["-O3", "-DROIOPS_WITH_CUDA", "--expt-relaxed-constexpr"]
+    return [
+        CUDAExtension(
+            "roiops._C",
+            sources,
+            include_dirs=_cuda_include_dirs(),
+            define_macros=[("ROIOPS_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags + ["-DROIOPS_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
+        )
+    ]
+
+
+setup(
+    name="roiops",
+    version=VERSION,
+    description="Exact, fast and safe RoIAlign / RoIPool operators for PyTorch (CPU and CUDA)",
+    packages=find_packages(include=["roiops", "roiops.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch", "numpy"],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "expecttest"],
+        "bench": ["pycocotools", "matplotlib", "tqdm", "tifffile"],
+    },
+    entry_points={"console_scripts": ["roiops-bench=roiops.bench.cli:main"]},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension},
+    zip_safe=False,
+)
