@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up a fresh checkout: a virtual environment in .venv with torch, the test and benchmark
+# dependencies, and roiops built from source (editable). Safe to re-run.
+#   FORCE_CUDA=1                 also compile the CUDA kernels (needs a CUDA build of torch + toolkit)
+#   TORCH_CUDA_ARCH_LIST="9.0"   GPU architectures to compile for (default without a GPU: "8.0;9.0")
+#   ROIOPS_VENV=path             put the environment elsewhere
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${ROIOPS_VENV:-.venv}"
+[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install -q --upgrade pip setuptools wheel
+# torch 2.14.1 + torchvision 0.29.1 are the pinned, tested pair (torchvision is the test oracle).
+"$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
+"$py" -m pip install -q -r requirements-dev.txt
+# stardist ships the one real microscopy image the misalignment benchmark uses; its own heavy
+# dependencies are not needed for reading the TIFFs.
+"$py" -m pip install -q --no-deps stardist || echo "install.sh: stardist unavailable; the real-image benchmark will be skipped"
+# Without build isolation the extension compiles against the torch installed above (TOOLCHAIN.md).
+start=$(date +%s)
+"$py" -m pip install -q --no-build-isolation -e .
+echo "install.sh: roiops built in $(( $(date +%s) - start )) s"
+"$venv/bin/roiops-bench" info
