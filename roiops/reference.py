@@ -1,0 +1,265 @@
+"""Pure-PyTorch reference implementations of RoIAlign and RoIPool ("the pure-PyTorch path").
+
+These functions are an independent oracle for the compiled kernels: they are written from the
+operator semantics in DESIGN.md section 2 (torchvision-compatible), using only tensor operations,
+so they run on any device PyTorch supports and are differentiable by autograd with respect to
+``input`` (which gives reference gradients). Boxes never receive a gradient.
+
+Precision: float32 and float64 inputs are computed in their own dtype (the box geometry too, so the
+discrete decisions -- sample grid sizes, floor() of sample coordinates, rounded RoIPool edges -- are
+made in the same arithmetic as the kernels); float16 / bfloat16 inputs are computed in float32 and
+the result is rounded back to the input dtype.
+
+Speed: RoIs are grouped by their sample grid (RoIAlign) or window size (RoIPool) and each group is
+evaluated with batched gathers, in chunks of bounded memory. It is much slower than the compiled
+kernels, but fast enough for tests and for benchmarking as a baseline.
+"""
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["roi_align_reference", "roi_pool_reference"]
+
+# Upper bound on the number of gathered elements held per chunk (per tap).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _pair(output_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(output_size, int):
+        return output_size, output_size
+    h, w = output_size
+    return int(h), int(w)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _groups(keys: Tensor, per_item_elements: "callable") -> List[Tuple[Tuple[int, ...], Tensor]]:
+    """Splits RoI indices into groups of equal key (rows of `keys`), each in chunks of bounded size."""
+    out = []
+    if keys.shape[0] == 0:
+        return out
+    uniq, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    for g in range(uniq.shape[0]):
+        key = tuple(int(v) for v in uniq[g].tolist())
+        idx = (inverse == g).nonzero().squeeze(1)
+        step = max(1, _CHUNK_ELEMENTS // max(1, per_item_elements(key)))
+        for s in range(0, idx.numel(), step):
+            out.append((key, idx[s : s + step]))
+    return out
+
+
+def _assemble(pieces: List[Tuple[Tensor, Tensor]], shape, like: Tensor) -> Tensor:
+    """Puts per-group results (indices, values) back into RoI order."""
+    if not pieces:
+        return like.new_zeros(shape)
+    index = torch.cat([i for i, _ in pieces])
+    values = torch.cat([v for _, v in pieces])
+    return values[torch.argsort(index)]
+
+
+def _axis_taps(coord: Tensor, size: int):
+    """Bilinear taps along one axis: (low index, high index, weight of low, weight of high, in-map mask)."""
+    valid = ~((coord < -1) | (coord > size))
+    # Clamping to [0, size] changes nothing where valid (values above size-1 end up at size-1 below).
+    c = coord.clamp(min=0, max=size)
+    low = c.floor().long()
+    at_end = low >= size - 1
+    low = torch.where(at_end, torch.full_like(low, size - 1), low)
+    high = torch.where(at_end, low, low + 1)
+    c = torch.where(at_end, low.to(c.dtype), c)
+    lw = c - low.to(c.dtype)
+    hw = 1 - lw
+    return low, high, hw, lw, valid
+
+
+def roi_align_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    pool_mode: str = "avg",
+) -> Tensor:
+    """RoIAlign in pure PyTorch (reference / fallback path).
+
+    Args:
+        input: Tensor[N, C, H, W] of a floating dtype (any layout, any device).
+        rois: Tensor[K, 5] of (batch index, x1, y1, x2, y2) in input-image coordinates. Not validated
+            (use :func:`roiops.roi_align` for checked arguments).
+        output_size: int or (pooled_h, pooled_w).
+        spatial_scale: feature-map cells per image pixel.
+        sampling_ratio: samples per bin and axis; <= 0 for adaptive, ceil(roi size / pooled size).
+        aligned: shift boxes by -0.5 cell (pixel-centre convention); otherwise boxes are at least 1 cell.
+        pool_mode: "avg" (mean of the bin's samples) or "max" (maximum over the bin's samples; samples
+            outside the map count as 0, the first maximum wins, an empty grid gives 0; the gradient goes
+            to the 4 bilinear taps of the winning sample).
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] (contiguous), differentiable w.r.t. ``input``.
+    """
+    if pool_mode not in ("avg", "max"):
+        raise ValueError(f"roi_align_reference: unknown pool_mode {pool_mode!r}")
+    ph, pw = _pair(output_size)
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    cdtype = _compute_dtype(input.dtype)
+    feat = input.to(cdtype)
+    r = rois.detach().to(device=input.device, dtype=cdtype)
+
+    offset = 0.5 if aligned else 0.0
+    batch = r[:, 0].long()
+    start_x = r[:, 1] * spatial_scale - offset
+    start_y = r[:, 2] * spatial_scale - offset
+    end_x = r[:, 3] * spatial_scale - offset
+    end_y = r[:, 4] * spatial_scale - offset
+    roi_w = end_x - start_x
+    roi_h = end_y - start_y
+    if not aligned:
+        roi_w = roi_w.clamp(min=1)
+        roi_h = roi_h.clamp(min=1)
+    bin_w = roi_w / pw
+    bin_h = roi_h / ph
+    if sampling_ratio > 0:
+        grid_h = torch.full((K,), sampling_ratio, dtype=torch.long, device=r.device)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / ph).long()
+        grid_w = torch.ceil(roi_w / pw).long()
+    # count = max(grid_h * grid_w, 1) uses the raw grids; a non-positive grid has no samples at all.
+    count = (grid_h * grid_w).clamp(min=1)
+    keys = torch.stack([grid_h.clamp(min=0), grid_w.clamp(min=0)], dim=1)
+
+    ar_h = torch.arange(ph, device=r.device, dtype=cdtype)
+    ar_w = torch.arange(pw, device=r.device, dtype=cdtype)
+    pieces = []
+    for (gh, gw), idx in _groups(keys, lambda k: k[0] * k[1] * ph * pw * C):
+        G = idx.numel()
+        if gh == 0 or gw == 0:
+            pieces.append((idx, feat.new_zeros((G, C, ph, pw))))
+            continue
+        sy, sx = start_y[idx], start_x[idx]
+        bh, bw = bin_h[idx], bin_w[idx]
+        sub_y = torch.arange(gh, device=r.device, dtype=cdtype) + 0.5
+        sub_x = torch.arange(gw, device=r.device, dtype=cdtype) + 0.5
+        # y = start + p * bin + (i + 0.5) * bin / grid, evaluated in that order.
+        y = (sy[:, None] + ar_h[None, :] * bh[:, None])[:, :, None] + (sub_y[None, :] * bh[:, None] / gh)[:, None, :]
+        x = (sx[:, None] + ar_w[None, :] * bw[:, None])[:, :, None] + (sub_x[None, :] * bw[:, None] / gw)[:, None, :]
+        y = y.reshape(G, ph * gh)
+        x = x.reshape(G, pw * gw)
+        y_lo, y_hi, hy, ly, vy = _axis_taps(y, H)
+        x_lo, x_hi, hx, lx, vx = _axis_taps(x, W)
+
+        b = batch[idx][:, None, None]
+
+        def tap(yi, xi):
+            # -> [G, ph*gh, pw*gw, C]
+            return feat[b, :, yi[:, :, None], xi[:, None, :]]
+
+        w1 = (hy[:, :, None] * hx[:, None, :])[..., None]
+        w2 = (hy[:, :, None] * lx[:, None, :])[..., None]
+        w3 = (ly[:, :, None] * hx[:, None, :])[..., None]
+        w4 = (ly[:, :, None] * lx[:, None, :])[..., None]
+        val = w1 * tap(y_lo, x_lo) + w2 * tap(y_lo, x_hi) + w3 * tap(y_hi, x_lo) + w4 * tap(y_hi, x_hi)
+        valid = (vy[:, :, None] & vx[:, None, :])[..., None]
+        val = torch.where(valid, val, torch.zeros((), dtype=cdtype, device=val.device))
+        val = val.reshape(G, ph, gh, pw, gw, C)
+        if pool_mode == "avg":
+            out = val.sum(dim=(2, 4)) / count[idx].to(cdtype)[:, None, None, None]
+            out = out.permute(0, 3, 1, 2)
+        else:
+            # Samples of a bin in (iy, ix) row-major order; argmax returns the first maximum.
+            s = val.permute(0, 5, 1, 3, 2, 4).reshape(G, C, ph, pw, gh * gw)
+            win = s.argmax(dim=-1, keepdim=True)
+            out = s.gather(-1, win).squeeze(-1)
+        pieces.append((idx, out))
+
+    output = _assemble(pieces, (K, C, ph, pw), feat)
+    return output.to(input.dtype).contiguous()
+
+
+def _c_round(v: Tensor) -> Tensor:
+    """C round(): halves away from zero (exact in floating point)."""
+    t = torch.trunc(v)
+    frac = (v - t).abs()
+    return t + torch.sign(v) * (frac >= 0.5).to(v.dtype)
+
+
+def roi_pool_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoIPool in pure PyTorch (reference / fallback path).
+
+    Each box is scaled and rounded to whole cells (C round, halves away from zero), split into
+    output_size bins with floor/ceil edges (clamped to the map), and each bin takes its maximum
+    (first maximum in row-major order wins; an empty bin gives 0; the gradient goes to the winning cell).
+
+    Args:
+        input: Tensor[N, C, H, W] of a floating dtype.
+        rois: Tensor[K, 5] of (batch index, x1, y1, x2, y2). Not validated.
+        output_size: int or (pooled_h, pooled_w).
+        spatial_scale: feature-map cells per image pixel.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] (contiguous), differentiable w.r.t. ``input``.
+    """
+    ph, pw = _pair(output_size)
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    gdtype = _compute_dtype(input.dtype)  # geometry dtype; max pooling itself is exact in any dtype
+    r = rois.detach().to(device=input.device, dtype=gdtype)
+    batch = r[:, 0].long()
+    x1 = _c_round(r[:, 1] * spatial_scale).long()
+    y1 = _c_round(r[:, 2] * spatial_scale).long()
+    x2 = _c_round(r[:, 3] * spatial_scale).long()
+    y2 = _c_round(r[:, 4] * spatial_scale).long()
+    roi_w = (x2 - x1 + 1).clamp(min=1)
+    roi_h = (y2 - y1 + 1).clamp(min=1)
+    bin_w = roi_w.to(gdtype) / pw
+    bin_h = roi_h.to(gdtype) / ph
+    ar_h = torch.arange(ph, device=r.device, dtype=gdtype)
+    ar_w = torch.arange(pw, device=r.device, dtype=gdtype)
+    hstart = (torch.floor(ar_h[None, :] * bin_h[:, None]).long() + y1[:, None]).clamp(0, H)
+    hend = (torch.ceil((ar_h[None, :] + 1) * bin_h[:, None]).long() + y1[:, None]).clamp(0, H)
+    wstart = (torch.floor(ar_w[None, :] * bin_w[:, None]).long() + x1[:, None]).clamp(0, W)
+    wend = (torch.ceil((ar_w[None, :] + 1) * bin_w[:, None]).long() + x1[:, None]).clamp(0, W)
+    win_h = (hend - hstart).clamp(min=0)  # [K, ph]
+    win_w = (wend - wstart).clamp(min=0)  # [K, pw]
+    if K > 0:
+        keys = torch.stack([win_h.max(dim=1).values, win_w.max(dim=1).values], dim=1)
+    else:
+        keys = torch.zeros((0, 2), dtype=torch.long, device=r.device)
+
+    neg_inf = torch.tensor(float("-inf"), dtype=input.dtype, device=input.device)
+    zero = torch.zeros((), dtype=input.dtype, device=input.device)
+    pieces = []
+    for (mh, mw), idx in _groups(keys, lambda k: k[0] * k[1] * ph * pw * C):
+        G = idx.numel()
+        if mh == 0 or mw == 0:
+            pieces.append((idx, input.new_zeros((G, C, ph, pw))))
+            continue
+        rows = hstart[idx][:, :, None] + torch.arange(mh, device=r.device)  # [G, ph, mh]
+        cols = wstart[idx][:, :, None] + torch.arange(mw, device=r.device)  # [G, pw, mw]
+        rvalid = rows < hend[idx][:, :, None]
+        cvalid = cols < wend[idx][:, :, None]
+        rows = rows.clamp(0, max(H - 1, 0))
+        cols = cols.clamp(0, max(W - 1, 0))
+        b = batch[idx][:, None, None, None, None]
+        # -> [G, ph, mh, pw, mw, C]
+        vals = input[b, :, rows[:, :, :, None, None], cols[:, None, None, :, :]]
+        valid = (rvalid[:, :, :, None, None] & cvalid[:, None, None, :, :])[..., None]
+        vals = torch.where(valid, vals, neg_inf)
+        s = vals.permute(0, 5, 1, 3, 2, 4).reshape(G, C, ph, pw, mh * mw)
+        win = s.argmax(dim=-1, keepdim=True)
+        out = s.gather(-1, win).squeeze(-1)
+        empty = (win_h[idx][:, :, None] == 0) | (win_w[idx][:, None, :] == 0)  # [G, ph, pw]
+        out = torch.where(empty[:, None, :, :], zero, out)
+        pieces.append((idx, out))
+
+    return _assemble(pieces, (K, C, ph, pw), input).contiguous()
