@@ -180,7 +180,9 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const bool nhwc = use_channels_last(grad);
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  at::Tensor grad_in = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_dtype).memory_format(layout));
+  // at::zeros(sizes, options) drops the options' memory format, so allocate with the layout and zero it.
+  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout);
+  grad_in.zero_();
   if (grad.numel() > 0 && grad_in.numel() > 0) {
     const at::Tensor r = rois.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu",
