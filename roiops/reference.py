@@ -51,10 +51,16 @@ def _groups(keys: Tensor, per_item_elements: "callable") -> List[Tuple[Tuple[int
     return out
 
 
+def _zeros(like: Tensor, shape) -> Tensor:
+    """Zeros that stay in the autograd graph of `like` (with a zero gradient), so that callers can
+    always differentiate the output, even when no RoI has a sample."""
+    return like.new_zeros(shape) + like.reshape(-1)[:0].sum()
+
+
 def _assemble(pieces: List[Tuple[Tensor, Tensor]], shape, like: Tensor) -> Tensor:
     """Puts per-group results (indices, values) back into RoI order."""
     if not pieces:
-        return like.new_zeros(shape)
+        return _zeros(like, shape)
     index = torch.cat([i for i, _ in pieces])
     values = torch.cat([v for _, v in pieces])
     return values[torch.argsort(index)]
@@ -139,7 +145,7 @@ def roi_align_reference(
     for (gh, gw), idx in _groups(keys, lambda k: k[0] * k[1] * ph * pw * C):
         G = idx.numel()
         if gh == 0 or gw == 0:
-            pieces.append((idx, feat.new_zeros((G, C, ph, pw))))
+            pieces.append((idx, _zeros(feat, (G, C, ph, pw))))
             continue
         sy, sx = start_y[idx], start_x[idx]
         bh, bw = bin_h[idx], bin_w[idx]
@@ -242,7 +248,7 @@ def roi_pool_reference(
     for (mh, mw), idx in _groups(keys, lambda k: k[0] * k[1] * ph * pw * C):
         G = idx.numel()
         if mh == 0 or mw == 0:
-            pieces.append((idx, input.new_zeros((G, C, ph, pw))))
+            pieces.append((idx, _zeros(input, (G, C, ph, pw))))
             continue
         rows = hstart[idx][:, :, None] + torch.arange(mh, device=r.device)  # [G, ph, mh]
         cols = wstart[idx][:, :, None] + torch.arange(mw, device=r.device)  # [G, pw, mw]
