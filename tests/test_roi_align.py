@@ -1,0 +1,190 @@
+"""roiops.roi_align against the pure-PyTorch reference (forward and input gradient), gradcheck,
+torchvision, opcheck and torch.compile."""
+import zlib
+
+import pytest
+import torch
+
+import roiops
+from roiops.reference import roi_align_reference
+
+from conftest import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, tolerances
+
+SCALES = (1.0, 0.5, 0.25, 1.0 / 16)
+SAMPLING = (-1, 0, 1, 2, 3)
+
+
+def _check_vs_reference(x, rois, output_size, scale, sr, aligned, mode, seed=0, ref_dtype=None):
+    """Runs the op and the reference on the same values; compares output and input gradient."""
+    tol = tolerances(x.dtype)
+    x = x.detach().requires_grad_(True)
+    out = roiops.roi_align(x, rois, output_size, scale, sr, aligned, mode)
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(x.dtype)
+    gx = input_grad(out, x, grad_out)
+
+    rd = ref_dtype or x.dtype
+    xr = x.detach().to(rd).requires_grad_(True)
+    ref = roi_align_reference(xr, rois.to(rd), output_size, scale, sr, aligned, mode)
+    gref = input_grad(ref, xr, grad_out.to(rd))
+
+    assert out.shape == ref.shape
+    assert out.dtype == x.dtype and gx.dtype == x.dtype
+    torch.testing.assert_close(out.to(rd), ref, **tol)
+    torch.testing.assert_close(gx.to(rd), gref, **tol)
+    return out, gx
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"scale{s:g}")
+@pytest.mark.parametrize("sr", SAMPLING, ids=lambda s: f"sr{s}")
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_random_vs_reference(dtype, scale, sr, aligned, mode):
+    seed = zlib.crc32(repr((str(dtype), scale, sr, aligned, mode)).encode()) % 10000
+    x = make_input((2, 3, 9, 11), dtype, seed=seed)
+    rois = make_rois(20, 2, 9, 11, scale, "mixed", dtype, seed=seed)
+    _check_vs_reference(x, rois, (3, 4), scale, sr, aligned, mode, seed)
+
+
+@pytest.mark.parametrize("kind", BOX_KINDS)
+@pytest.mark.parametrize("sr", [-1, 2], ids=lambda s: f"sr{s}")
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_box_kinds_vs_reference(kind, sr, aligned, mode):
+    x = make_input((2, 4, 8, 10), torch.float32, seed=3)
+    rois = make_rois(12, 2, 8, 10, 0.5, kind, torch.float32, seed=BOX_KINDS.index(kind))
+    out, gx = _check_vs_reference(x, rois, (2, 3), 0.5, sr, aligned, mode)
+    if kind == "outside":
+        assert torch.count_nonzero(out) == 0 and torch.count_nonzero(gx) == 0
+
+
+@pytest.mark.parametrize(
+    "shape,output_size",
+    [
+        ((1, 1, 1, 1), 1),
+        ((1, 2, 1, 7), (2, 3)),
+        ((3, 1, 6, 1), (3, 1)),
+        ((2, 5, 13, 7), 7),
+        ((1, 3, 16, 16), (14, 14)),
+        ((4, 2, 5, 9), (1, 5)),
+    ],
+)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_shapes_vs_reference(shape, output_size, mode):
+    N, C, H, W = shape
+    x = make_input(shape, torch.float32, seed=H * W)
+    rois = make_rois(10, N, H, W, 0.25, "mixed", torch.float32, seed=C)
+    for aligned in (False, True):
+        _check_vs_reference(x, rois, output_size, 0.25, -1, aligned, mode)
+        _check_vs_reference(x, rois, output_size, 0.25, 2, aligned, mode)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("sr", [-1, 2], ids=lambda s: f"sr{s}")
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_half_dtypes_vs_float32_reference(dtype, sr, aligned, mode):
+    # The reference runs in float32 on the same (rounded) inputs and boxes.
+    x = make_input((2, 3, 9, 11), dtype, seed=11)
+    rois = make_rois(16, 2, 9, 11, 0.5, "mixed", dtype, seed=12)
+    _check_vs_reference(x, rois, (3, 3), 0.5, sr, aligned, mode, ref_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_layouts_vs_reference(layout, mode, dtype):
+    x = make_input((2, 5, 7, 9), dtype, layout=layout, seed=21)
+    rois = make_rois(14, 2, 7, 9, 1.0, "mixed", dtype, seed=22)
+    ref_dtype = torch.float32 if dtype == torch.bfloat16 else None
+    out, gx = _check_vs_reference(x, rois, (2, 3), 1.0, -1, True, mode, ref_dtype=ref_dtype)
+    _check_vs_reference(x, rois, (2, 3), 1.0, 2, False, mode, ref_dtype=ref_dtype)
+    # Layout rule: channels-last input gives a channels-last output; everything else NCHW-contiguous.
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert out.is_contiguous()
+
+
+def test_channels_last_grad_output():
+    # A channels-last upstream gradient on an NCHW input must give the same input gradient.
+    x = make_input((2, 4, 6, 7), seed=5).requires_grad_(True)
+    rois = make_rois(9, 2, 6, 7, 1.0, "partial", seed=6)
+    out = roiops.roi_align(x, rois, 3, 1.0, 2, True)
+    grad_out = torch.randn(out.shape)
+    g1 = input_grad(out, x, grad_out)
+    out = roiops.roi_align(x, rois, 3, 1.0, 2, True)
+    g2 = input_grad(out, x, grad_out.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-6)
+
+
+def test_many_rois_one_image():
+    # Many RoIs on one image, so the backward accumulates from many RoIs into the same cells.
+    x = make_input((1, 3, 12, 12), seed=8)
+    rois = make_rois(200, 1, 12, 12, 1.0, "inside", seed=9)
+    for mode in ("avg", "max"):
+        _check_vs_reference(x, rois, 4, 1.0, -1, True, mode)
+
+
+# ---- gradcheck ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_gradcheck(aligned, mode):
+    # Distinct, well separated values keep max-mode ties away; roi_align is linear in input otherwise.
+    x = make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True).requires_grad_(True)
+    rois = torch.tensor(
+        [[0, 0.3, 0.7, 4.6, 5.2], [0, -2.1, 1.3, 3.4, 7.9], [0, 2.2, -0.6, 9.1, 3.3]], dtype=torch.float64
+    )
+    for sr in (-1, 2):
+        assert torch.autograd.gradcheck(
+            lambda t: roiops.roi_align(t, rois, (2, 3), 1.0, sr, aligned, mode), (x,), eps=1e-6, atol=1e-6
+        )
+
+
+# ---- torchvision -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("sr", [-1, 0, 1, 2], ids=lambda s: f"sr{s}")
+@pytest.mark.parametrize("kind", ["inside", "partial", "outside", "zero", "mixed"])
+def test_vs_torchvision(aligned, sr, kind):
+    tv_ops = pytest.importorskip("torchvision.ops")
+    x = make_input((2, 3, 10, 12), torch.float32, seed=41)
+    rois = make_rois(15, 2, 10, 12, 0.5, kind, seed=42 + sr)
+    if kind == "mixed" and aligned and sr <= 0:
+        # torchvision fails on inverted boxes with aligned=True and adaptive sampling (negative grid).
+        rois[:, 3] = torch.maximum(rois[:, 1], rois[:, 3])
+        rois[:, 4] = torch.maximum(rois[:, 2], rois[:, 4])
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    out = roiops.roi_align(xa, rois, (3, 4), 0.5, sr, aligned)
+    ref = tv_ops.roi_align(xb, rois, (3, 4), 0.5, sr, aligned)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(43))
+    torch.testing.assert_close(input_grad(out, xa, grad_out), input_grad(ref, xb, grad_out), rtol=1e-5, atol=1e-5)
+
+
+def test_vs_torchvision_inverted_boxes_fixed_sampling():
+    tv_ops = pytest.importorskip("torchvision.ops")
+    x = make_input((2, 3, 10, 12), torch.float32, seed=44)
+    rois = make_rois(15, 2, 10, 12, 1.0, "inverted", seed=45)
+    for aligned, sr in ((False, -1), (False, 2), (True, 2)):
+        torch.testing.assert_close(
+            roiops.roi_align(x, rois, 3, 1.0, sr, aligned), tv_ops.roi_align(x, rois, 3, 1.0, sr, aligned),
+            rtol=1e-5, atol=1e-5,
+        )
+
+
+# ---- opcheck and torch.compile ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_opcheck(layout, mode):
+    x = make_input((2, 3, 6, 7), layout=layout, seed=51, distinct=True).requires_grad_(True)
+    rois = make_rois(5, 2, 6, 7, 1.0, "mixed", seed=52)
+    torch.library.opcheck(torch.ops.roiops.roi_align.default, (x, rois, 1.0, 2, 3, 2, True, mode))
+    torch.library.opcheck(torch.ops.roiops.roi_align.default, (x, rois, 0.5, 3, 2, -1, False, mode))
