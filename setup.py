@@ -55,10 +55,12 @@ def extensions():
     with_cuda = _want_cuda()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # -g0 drops the debug info that Python's default CFLAGS ask for (an 11 MB library otherwise).
-    cxx_flags = ["-O3", "-g0", f"-DROIOPS_VERSION_STRING={VERSION}"]
+    # -fopenmp: at::parallel_for is an inline template that only runs in parallel when the including
+    # file is compiled with OpenMP (ATen's backend here); the loader then shares torch's libgomp.
+    cxx_flags = ["-O3", "-g0", "-fopenmp", f"-DROIOPS_VERSION_STRING={VERSION}"]
     if os.environ.get("ROIOPS_SANITIZE"):
         cxx_flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
-    link_flags = ["-fsanitize=address,undefined"] if os.environ.get("ROIOPS_SANITIZE") else []
+    link_flags = ["-fopenmp"] + (["-fsanitize=address,undefined"] if os.environ.get("ROIOPS_SANITIZE") else [])
     if not with_cuda:
         return [CppExtension("roiops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

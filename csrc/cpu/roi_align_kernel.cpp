@@ -9,7 +9,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
 #include "parallel.h"
+#include "vector_loops.h"
 
 namespace roiops {
 namespace cpu {
@@ -72,12 +72,31 @@ void for_each_bin_chunk(const AlignGeometry<acc_t>& g, const AlignParams& p,
   }
 }
 
+// Bilinear samples per channel that a call takes, over all RoIs.
+template <typename scalar_t>
+int64_t count_samples(const at::Tensor& rois, const AlignParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  int64_t total = 0;
+  for (int64_t k = 0; k < rois.size(0); ++k) {
+    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
+    total += static_cast<int64_t>(g.grid_h) * g.grid_w * p.pooled_h * p.pooled_w;
+  }
+  return total;
+}
+
+// NCHW gathers jump between whole planes and are bound by memory latency. Once the RoIs sample the
+// map densely, one streaming transpose to NHWC plus contiguous channel-vector sampling is faster.
+bool prefer_nhwc(int64_t samples_per_channel, int64_t batch, const AlignParams& p) {
+  return p.channels >= 8 && samples_per_channel >= batch * p.height * p.width / 4;
+}
+
+// Reads input as NHWC when `nhwc` (transposing an NCHW input first); output may have any layout.
 template <typename scalar_t>
 void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
-                  const AlignParams& p) {
+                  bool nhwc, const AlignParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const bool nhwc = use_channels_last(input);
-  const at::Tensor in = nhwc ? input : input.contiguous();
+  const at::Tensor in = input.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
@@ -134,58 +153,18 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
         return;
       }
       // Channels-last: the four taps of a sample are contiguous channel vectors.
-      const BilinearTaps<acc_t>* t = taps.data();
       for (int64_t b = first; b < last; ++b) {
         const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
-        if (!p.max_mode) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-        } else {
-          std::fill(acc.begin(), acc.end(), neg_inf);
-          std::fill(best.begin(), best.end(), -1);
-        }
-        acc_t* a = acc.data();
-        for (int64_t s = 0; s < per_bin; ++s, ++t) {
-          const scalar_t* p1 = image + t->o1 * C;
-          const scalar_t* p2 = image + t->o2 * C;
-          const scalar_t* p3 = image + t->o3 * C;
-          const scalar_t* p4 = image + t->o4 * C;
-          const acc_t w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
-          if (!t->valid) {
-            if (p.max_mode) {  // an outside sample is a 0 that can still win
-              int32_t* bs = best.data();
-              for (int64_t c = 0; c < C; ++c) {
-                const bool better = acc_t(0) > a[c];
-                a[c] = better ? acc_t(0) : a[c];
-                bs[c] = better ? static_cast<int32_t>(s) : bs[c];
-              }
-            }
-          } else if (!p.max_mode) {
-            for (int64_t c = 0; c < C; ++c) {
-              a[c] += w1 * static_cast<acc_t>(p1[c]) + w2 * static_cast<acc_t>(p2[c]) +
-                      w3 * static_cast<acc_t>(p3[c]) + w4 * static_cast<acc_t>(p4[c]);
-            }
-          } else {
-            int32_t* bs = best.data();
-            const int32_t si = static_cast<int32_t>(s);
-            for (int64_t c = 0; c < C; ++c) {
-              const acc_t v = w1 * static_cast<acc_t>(p1[c]) + w2 * static_cast<acc_t>(p2[c]) +
-                              w3 * static_cast<acc_t>(p3[c]) + w4 * static_cast<acc_t>(p4[c]);
-              const bool better = v > a[c];
-              a[c] = better ? v : a[c];
-              bs[c] = better ? si : bs[c];
-            }
-          }
-        }
+        const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
         scalar_t* out = out_data + k * os0 + ph * os2 + pw * os3;
         if (!p.max_mode) {
-          for (int64_t c = 0; c < C; ++c) out[c * os1] = static_cast<scalar_t>(a[c] / g.count);
+          bin_average_nhwc(image, C, t, per_bin, g.count, acc.data());
         } else {
+          bin_max_nhwc(image, C, t, per_bin, acc.data(), best.data());
           int32_t* arg = arg_data + k * as0 + ph * as2 + pw * as3;
-          for (int64_t c = 0; c < C; ++c) {
-            out[c * os1] = static_cast<scalar_t>(best[c] >= 0 ? a[c] : acc_t(0));
-            arg[c * as1] = best[c];
-          }
+          for (int64_t c = 0; c < C; ++c) arg[c * as1] = best[c];
         }
+        for (int64_t c = 0; c < C; ++c) out[c * os1] = static_cast<scalar_t>(acc[c]);
       }
     });
   });
@@ -263,11 +242,11 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
               acc_t* q4 = image + t->o4 * C + c0;
               const acc_t w1 = t->w1, w2 = t->w2, w3 = t->w3, w4 = t->w4;
               const acc_t* gb = g_bin.data();
-              // Sequential adds: taps may coincide (clamped at the border), so no reordering.
-              for (int64_t c = 0; c < cn; ++c) q1[c] += w1 * gb[c];
-              for (int64_t c = 0; c < cn; ++c) q2[c] += w2 * gb[c];
-              for (int64_t c = 0; c < cn; ++c) q3[c] += w3 * gb[c];
-              for (int64_t c = 0; c < cn; ++c) q4[c] += w4 * gb[c];
+              // One tap after the other: taps may coincide (clamped at the border).
+              scaled_add(q1, w1, gb, cn);
+              scaled_add(q2, w2, gb, cn);
+              scaled_add(q3, w3, gb, cn);
+              scaled_add(q4, w4, gb, cn);
             }
           } else {
             for (int64_t c = 0; c < cn; ++c) {
@@ -313,8 +292,10 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input
                                  : at::empty({0}, input.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor r = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu",
-                                  [&] { forward_impl<scalar_t>(input, r, output, argmax, p); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
+    const bool nhwc = use_channels_last(input) || prefer_nhwc(count_samples<scalar_t>(r, p), input.size(0), p);
+    forward_impl<scalar_t>(input, r, output, argmax, nhwc, p);
+  });
   return {output, argmax};
 }
 
@@ -331,17 +312,21 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
     TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
                       "_roi_align_backward: argmax must be int32 with the shape of grad ", grad.sizes());
   }
-  const bool nhwc = use_channels_last(grad);
-  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto layout = use_channels_last(grad) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  // at::zeros(sizes, options) drops the options' memory format, so allocate with the layout and zero it.
-  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout);
-  grad_in.zero_();
-  if (grad.numel() > 0 && grad_in.numel() > 0) {
-    const at::Tensor r = rois.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu",
-                                    [&] { backward_impl<scalar_t>(grad, r, argmax, grad_in, nhwc, p); });
+  const auto acc_options = grad.options().dtype(acc_dtype);
+  if (grad.numel() == 0 || batch_size * channels * height * width == 0) {
+    return at::empty({batch_size, channels, height, width}, grad.options(), layout).zero_();
   }
+  const at::Tensor r = rois.contiguous();
+  at::Tensor grad_in;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    // No transpose here: the planar scatter keeps each RoI's window of one channel in L1, so NCHW
+    // gradients stay NCHW and channels-last ones are scattered as channel vectors.
+    // (at::zeros ignores a memory format passed in its options: allocate with the layout, then zero.)
+    grad_in = at::empty({batch_size, channels, height, width}, acc_options, layout).zero_();
+    backward_impl<scalar_t>(grad, r, argmax, grad_in, layout == at::MemoryFormat::ChannelsLast, p);
+  });
   return acc_dtype == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
 }
 

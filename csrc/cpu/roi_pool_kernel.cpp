@@ -5,7 +5,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -15,6 +14,7 @@
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
 #include "parallel.h"
+#include "vector_loops.h"
 
 namespace roiops {
 namespace cpu {
@@ -40,12 +40,34 @@ int64_t bin_ranges(const scalar_t* roi_row, const PoolParams& p, std::vector<Cel
   return g.batch;
 }
 
+// Cells per channel that a call reads, over all RoIs and bins.
+template <typename scalar_t>
+int64_t count_cells(const at::Tensor& rois, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  std::vector<CellRange> rows, cols;
+  int64_t total = 0;
+  for (int64_t k = 0; k < rois.size(0); ++k) {
+    bin_ranges<acc_t>(roi_data + k * 5, p, rows, cols);
+    int64_t h = 0, w = 0;
+    for (const CellRange& r : rows) h += r.end - r.begin;
+    for (const CellRange& c : cols) w += c.end - c.begin;
+    total += h * w;
+  }
+  return total;
+}
+
+// As for RoIAlign: when the bins cover the map densely, transposing NCHW to NHWC once and taking
+// the maximum over contiguous channel vectors (SIMD) beats scalar compare-and-branch per plane.
+bool prefer_nhwc(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
+  return p.channels >= 8 && cells_per_channel >= batch * p.height * p.width / 4;
+}
+
 template <typename scalar_t>
 void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
-                  const PoolParams& p) {
+                  bool nhwc, const PoolParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const bool nhwc = use_channels_last(input);
-  const at::Tensor in = nhwc ? input : input.contiguous();
+  const at::Tensor in = input.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
@@ -86,26 +108,12 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
     std::vector<int32_t> top_i(C);
     for (int ph = 0; ph < p.pooled_h; ++ph) {
       for (int pw = 0; pw < p.pooled_w; ++pw) {
-        std::fill(top.begin(), top.end(), lowest);
-        std::fill(top_i.begin(), top_i.end(), -1);
-        scalar_t* tv = top.data();
-        int32_t* ti = top_i.data();
-        for (int h = rows[ph].begin; h < rows[ph].end; ++h) {
-          for (int w = cols[pw].begin; w < cols[pw].end; ++w) {
-            const int32_t i = static_cast<int32_t>(h * W + w);
-            const scalar_t* cell = image + static_cast<int64_t>(i) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const bool better = cell[c] > tv[c];
-              tv[c] = better ? cell[c] : tv[c];
-              ti[c] = better ? i : ti[c];
-            }
-          }
-        }
+        cell_max_nhwc(image, C, W, rows[ph], cols[pw], top.data(), top_i.data());
         scalar_t* out = out_data + k * os0 + ph * os2 + pw * os3;
         int32_t* arg = arg_data + k * as0 + ph * as2 + pw * as3;
         for (int64_t c = 0; c < C; ++c) {
-          out[c * os1] = ti[c] >= 0 ? tv[c] : scalar_t(0);
-          arg[c * as1] = ti[c];
+          out[c * os1] = top[c];
+          arg[c * as1] = top_i[c];
         }
       }
     }
@@ -130,15 +138,22 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
     for (int64_t k = 0; k < K; ++k) {
       const int64_t n = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
       acc_t* image = gi_data + n * C * HW;
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int ph = 0; ph < p.pooled_h; ++ph) {
-          for (int pw = 0; pw < p.pooled_w; ++pw) {
-            const int32_t i = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
-            // argmax comes from the caller: anything outside the plane is ignored, never written.
-            if (i < 0 || i >= HW) continue;
-            image[c * c_stride + i * i_stride] += static_cast<acc_t>(grad_data[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
-          }
-        }
+      // NCHW: a channel's plane at a time; NHWC: a bin at a time, so neighbouring channels of a
+      // cell are written together.
+      auto add = [&](int64_t c, int ph, int pw) {
+        const int32_t i = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
+        // argmax comes from the caller: anything outside the plane is ignored, never written.
+        if (i < 0 || i >= HW) return;
+        image[c * c_stride + i * i_stride] += static_cast<acc_t>(grad_data[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
+      };
+      if (!nhwc) {
+        for (int64_t c = c0; c < c1; ++c)
+          for (int ph = 0; ph < p.pooled_h; ++ph)
+            for (int pw = 0; pw < p.pooled_w; ++pw) add(c, ph, pw);
+      } else {
+        for (int ph = 0; ph < p.pooled_h; ++ph)
+          for (int pw = 0; pw < p.pooled_w; ++pw)
+            for (int64_t c = c0; c < c1; ++c) add(c, ph, pw);
       }
     }
   });
@@ -163,8 +178,10 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   at::Tensor argmax = at::empty({K, p.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout);
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor r = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu",
-                                  [&] { forward_impl<scalar_t>(input, r, output, argmax, p); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu", [&] {
+    const bool nhwc = use_channels_last(input) || prefer_nhwc(count_cells<scalar_t>(r, p), input.size(0), p);
+    forward_impl<scalar_t>(input, r, output, argmax, nhwc, p);
+  });
   return {output, argmax};
 }
 
@@ -180,9 +197,8 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const bool nhwc = use_channels_last(grad);
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  // at::zeros(sizes, options) drops the options' memory format, so allocate with the layout and zero it.
-  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout);
-  grad_in.zero_();
+  // at::zeros ignores a memory format passed in its options: allocate with the layout, then zero.
+  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout).zero_();
   if (grad.numel() > 0 && grad_in.numel() > 0) {
     const at::Tensor r = rois.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu",
