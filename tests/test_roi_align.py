@@ -8,10 +8,14 @@ import torch
 import roiops
 from roiops.reference import roi_align_reference
 
-from conftest import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, tolerances
+from conftest import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, to_layout, tolerances
 
 SCALES = (1.0, 0.5, 0.25, 1.0 / 16)
 SAMPLING = (-1, 0, 1, 2, 3)
+
+
+def _is_cl(t):
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _check_vs_reference(x, rois, output_size, scale, sr, aligned, mode, seed=0, ref_dtype=None):
@@ -21,6 +25,8 @@ def _check_vs_reference(x, rois, output_size, scale, sr, aligned, mode, seed=0, 
     out = roiops.roi_align(x, rois, output_size, scale, sr, aligned, mode)
     g = torch.Generator().manual_seed(seed + 1)
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(x.dtype)
+    # The upstream gradient in the output's layout (as a following channels-last layer would give it).
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last) if _is_cl(out) else grad_out
     gx = input_grad(out, x, grad_out)
 
     rd = ref_dtype or x.dtype
@@ -107,16 +113,32 @@ def test_layouts_vs_reference(layout, mode, dtype):
         assert out.is_contiguous()
 
 
-def test_channels_last_grad_output():
-    # A channels-last upstream gradient on an NCHW input must give the same input gradient.
-    x = make_input((2, 4, 6, 7), seed=5).requires_grad_(True)
+@pytest.mark.parametrize("in_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_grad_output_layouts(in_layout, mode):
+    # Any layout of the upstream gradient (NCHW, channels-last, strided view, expanded) must give the
+    # same input gradient, whatever the input layout.
+    x = make_input((2, 4, 6, 7), layout=in_layout, seed=5).requires_grad_(True)
     rois = make_rois(9, 2, 6, 7, 1.0, "partial", seed=6)
-    out = roiops.roi_align(x, rois, 3, 1.0, 2, True)
+    out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
     grad_out = torch.randn(out.shape)
-    g1 = input_grad(out, x, grad_out)
-    out = roiops.roi_align(x, rois, 3, 1.0, 2, True)
-    g2 = input_grad(out, x, grad_out.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-6)
+    expected = input_grad(out, x, grad_out)
+    xr = x.detach().requires_grad_(True)
+    torch.testing.assert_close(
+        expected, input_grad(roi_align_reference(xr, rois, 3, 1.0, 2, True, mode), xr, grad_out), rtol=1e-5, atol=1e-5
+    )
+    variants = [
+        to_layout(grad_out, "channels_last"),
+        to_layout(grad_out, "sliced"),
+        to_layout(grad_out, "transposed"),
+    ]
+    for g in variants:
+        out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
+        torch.testing.assert_close(input_grad(out, x, g), expected, rtol=1e-6, atol=1e-6)
+    out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
+    out.sum().backward()  # an expanded (stride-0) upstream gradient
+    torch.testing.assert_close(x.grad, input_grad(roi_align_reference(xr, rois, 3, 1.0, 2, True, mode), xr,
+                                                  torch.ones(out.shape)), rtol=1e-5, atol=1e-5)
 
 
 def test_many_rois_one_image():
