@@ -1,0 +1,141 @@
+"""The hand-checkable cases of DESIGN.md section 2, exactly (op and reference), forward and gradient."""
+import pytest
+import torch
+
+import roiops
+from roiops.reference import roi_align_reference, roi_pool_reference
+
+from conftest import input_grad
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def _both_align(x, rois, *args, **kwargs):
+    """(op output, reference output) for the same arguments."""
+    return roiops.roi_align(x, rois, *args, **kwargs), roi_align_reference(x, rois, *args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "aligned,expected",
+    [
+        (False, [[7.5, 8, 8.5, 9], [10, 10.5, 11, 11.5], [12.5, 13, 13.5, 14], [15, 15.5, 16, 16.5]]),
+        (True, [[4.5, 5, 5.5, 6], [7, 7.5, 8, 8.5], [9.5, 10, 10.5, 11], [12, 12.5, 13, 13.5]]),
+    ],
+    ids=["unaligned", "aligned"],
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_arange_5x5(dtype, aligned, expected, layout):
+    x = torch.arange(25, dtype=dtype).reshape(1, 1, 5, 5).contiguous(
+        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    )
+    rois = torch.tensor([[0, 1, 1, 3, 3]], dtype=dtype)
+    expected = torch.tensor(expected, dtype=dtype).reshape(1, 1, 4, 4)
+    for out in _both_align(x, rois, (4, 4), 1.0, 0, aligned):
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    # The adaptive grid is ceil(2 / 4) = 1 sample per bin, so max mode equals avg mode here.
+    for out in _both_align(x, rois, (4, 4), 1.0, 0, aligned, "max"):
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_2x2_aligned_sampling2(dtype, layout):
+    base = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=dtype)
+    rois = torch.tensor([[0, 0, 0, 1, 1]], dtype=dtype)
+    expected = torch.tensor([[[[1.0, 1.25], [1.5, 1.75]]]], dtype=dtype)
+    expected_grad = torch.tensor([[[[3.0625, 0.4375], [0.4375, 0.0625]]]], dtype=dtype)
+    for fn in (roiops.roi_align, roi_align_reference):
+        x = base.clone()
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        out = fn(x, rois, (2, 2), 1.0, 2, True)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+        grad = input_grad(out, x, torch.ones_like(out))
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_roi_pool_4x4(dtype, layout):
+    base = torch.tensor([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], dtype=dtype).reshape(1, 1, 4, 4)
+    rois = torch.tensor([[0, 0, 0, 3, 3]], dtype=dtype)
+    expected = torch.tensor([[4, 8], [12, 16]], dtype=dtype).reshape(1, 1, 2, 2)
+    expected_grad = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=dtype).reshape(
+        1, 1, 4, 4
+    )
+    for fn in (roiops.roi_pool, roi_pool_reference):
+        x = base.clone()
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        out = fn(x, rois, (2, 2), 1.0)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(input_grad(out, x, torch.ones_like(out)), expected_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, -1])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_zero_height_box_aligned_adaptive(sampling_ratio, mode):
+    x = torch.randn(1, 3, 10, 10, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    rois = torch.tensor([[0, 3, 4, 5, 4.0]])
+    for fn in (roiops.roi_align, roi_align_reference):
+        out = fn(x, rois, (7, 7), 1.0, sampling_ratio, True, mode)
+        assert out.shape == (1, 3, 7, 7)
+        assert torch.count_nonzero(out) == 0
+        grad = input_grad(out, x, torch.randn(out.shape))
+        assert torch.count_nonzero(grad) == 0
+
+
+@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_zero_rois(op, layout):
+    x = torch.randn(2, 3, 6, 6)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    rois = torch.zeros(0, 5)
+    if op == "pool":
+        outs = [roiops.roi_pool(x, rois, (4, 5)), roi_pool_reference(x, rois, (4, 5))]
+    else:
+        mode = op.split("_")[1]
+        outs = [roiops.roi_align(x, rois, (4, 5), pool_mode=mode), roi_align_reference(x, rois, (4, 5), pool_mode=mode)]
+    for out in outs:
+        assert out.shape == (0, 3, 4, 5)
+        assert out.dtype == x.dtype
+        grad = input_grad(out, x, torch.zeros(out.shape))
+        assert grad.shape == x.shape and torch.count_nonzero(grad) == 0
+    # The list form with an empty list per image gives the same.
+    assert roiops.roi_align(x, [torch.zeros(0, 4), torch.zeros(0, 4)], 2).shape == (0, 3, 2, 2)
+
+
+@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
+def test_zero_images_zero_rois(op):
+    x = torch.randn(0, 3, 6, 6, requires_grad=True)
+    rois = torch.zeros(0, 5)
+    if op == "pool":
+        out = roiops.roi_pool(x, rois, 2)
+    else:
+        out = roiops.roi_align(x, rois, 2, pool_mode=op.split("_")[1])
+    assert out.shape == (0, 3, 2, 2)
+    out.sum().backward()
+    assert x.grad.shape == (0, 3, 6, 6)
+    assert roiops.roi_align(x, [], 3).shape == (0, 3, 3, 3)
+
+
+def test_misalignment_example_665_box_stride_32():
+    # DESIGN.md section 1: a 665 px box at stride 32 ends at 20.78 cells. RoIPool rounds the end to
+    # cell 21, so the box spans 22 cells and the bins are 22/7 cells wide with floor/ceil edges:
+    # bin pw covers cells [floor(pw * 22/7), ceil((pw + 1) * 22/7)). On a map holding each cell's
+    # x index the bin maximum is the last covered cell: 3, 6, 9, 12, 15, 18, 21.
+    W = 25
+    x = torch.arange(W, dtype=torch.float64).repeat(W, 1).reshape(1, 1, W, W)
+    rois = torch.tensor([[0, 0, 0, 665, 665]], dtype=torch.float64)
+    pooled = roiops.roi_pool(x, rois, 7, 1 / 32)
+    assert pooled[0, 0, 0].tolist() == [3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0]
+    # RoIAlign (aligned, on a linear ramp) averages to the exact bin centres instead.
+    aligned = roiops.roi_align(x, rois, 7, 1 / 32, 2, True)
+    # The bin centres of the aligned RoIAlign are at (pw + 0.5) * 20.78 / 7 - 0.5 cells.
+    centres = (torch.arange(7, dtype=torch.float64) + 0.5) * (665 / 32) / 7 - 0.5
+    torch.testing.assert_close(aligned[0, 0, 0], centres, rtol=0, atol=1e-9)
