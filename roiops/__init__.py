@@ -6,6 +6,7 @@
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C
+from ._ops import deterministic_backward, set_deterministic_backward
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
 
@@ -17,4 +18,13 @@ def build_info() -> dict:
     return {"version": _C.__version__, "with_cuda": bool(_C.with_cuda), "ops": list(_C.ops)}
 
 
-__all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "build_info", "__version__"]
+__all__ = [
+    "roi_align",
+    "roi_pool",
+    "RoIAlign",
+    "RoIPool",
+    "build_info",
+    "deterministic_backward",
+    "set_deterministic_backward",
+    "__version__",
+]

@@ -1,6 +1,8 @@
 """Binds the compiled operators to PyTorch: loads roiops._C (which registers the schemas and the
 CPU/CUDA kernels), and adds what the dispatcher needs from Python: fake (meta) kernels for
 torch.compile / FakeTensor tracing, and autograd formulas."""
+import contextlib
+
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.roiops.*)
@@ -74,7 +76,35 @@ def _roi_pool_backward_fake(
 # Gradients flow to `input` only; boxes get none (like torchvision), even if they require grad.
 
 
+# None: follow torch.are_deterministic_algorithms_enabled(); True/False: force the choice.
+_deterministic_backward = None
+
+
+def set_deterministic_backward(mode):
+    """Chooses the backward kernels: True selects the bitwise-reproducible path (on CUDA: no
+    floating-point atomics), False the fastest, None (default) follows
+    ``torch.use_deterministic_algorithms``. The CPU backward is always deterministic. Returns the
+    previous setting. Under torch.compile the setting is read when the graph is traced."""
+    global _deterministic_backward
+    if mode is not None and not isinstance(mode, bool):
+        raise TypeError(f"set_deterministic_backward: mode must be True, False or None, but got {mode!r}")
+    previous, _deterministic_backward = _deterministic_backward, mode
+    return previous
+
+
+@contextlib.contextmanager
+def deterministic_backward(mode=True):
+    """Context manager form of :func:`set_deterministic_backward`."""
+    previous = set_deterministic_backward(mode)
+    try:
+        yield
+    finally:
+        set_deterministic_backward(previous)
+
+
 def _deterministic() -> bool:
+    if _deterministic_backward is not None:
+        return _deterministic_backward
     return torch.are_deterministic_algorithms_enabled()
 
 
