@@ -1,0 +1,342 @@
+"""The public API: argument validation, the C++ checks of direct op calls, thread-count
+independence, no mutation of inputs, boxes forms, modules, and torch.compile."""
+import math
+
+import pytest
+import torch
+
+import roiops
+from roiops.reference import roi_align_reference, roi_pool_reference
+
+from conftest import input_grad, make_input, make_rois
+
+X = torch.randn(2, 3, 8, 8)
+ROIS = torch.tensor([[0, 1.0, 1.0, 5.0, 6.0], [1, 0.0, 2.0, 7.0, 4.0]])
+
+
+def _align(**overrides):
+    args = dict(input=X, boxes=ROIS, output_size=2, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                pool_mode="avg")
+    args.update(overrides)
+    return roiops.roi_align(**args)
+
+
+def _pool(**overrides):
+    args = dict(input=X, boxes=ROIS, output_size=2, spatial_scale=1.0)
+    args.update(overrides)
+    return roiops.roi_pool(**args)
+
+
+OPS = {"roi_align": _align, "roi_pool": _pool}
+
+
+def _bad_rois(value, col):
+    r = ROIS.clone()
+    r[1, col] = value
+    return r
+
+
+# (overrides, expected exception, word the message must contain); applied to both ops.
+COMMON_CASES = [
+    (dict(input=[[1.0]]), TypeError, "input"),
+    (dict(input=X.numpy()), TypeError, "input"),
+    (dict(input=torch.randn(3, 8, 8)), ValueError, "input"),
+    (dict(input=torch.randn(1, 2, 3, 8, 8)), ValueError, "input"),
+    (dict(input=torch.zeros(2, 3, 8, 8, dtype=torch.int64), boxes=ROIS.long()), TypeError, "input"),
+    (dict(input=torch.zeros(2, 3, 8, 8, dtype=torch.int32), boxes=ROIS.int()), TypeError, "input"),
+    (dict(boxes=ROIS[:, 1:]), ValueError, "boxes"),  # Tensor[K, 4]
+    (dict(boxes=ROIS[0]), ValueError, "boxes"),  # 1-D
+    (dict(boxes=torch.zeros(2, 5, 1)), ValueError, "boxes"),
+    (dict(boxes=[ROIS, ROIS]), ValueError, "boxes"),  # list of Tensor[L, 5]
+    (dict(boxes=[[1.0, 2.0, 3.0, 4.0]]), TypeError, "boxes"),  # list of lists
+    (dict(boxes="boxes"), TypeError, "boxes"),
+    (dict(boxes=ROIS.double()), TypeError, "boxes"),  # dtype mismatch
+    (dict(boxes=[ROIS[:, 1:].double()]), TypeError, "boxes"),
+    (dict(boxes=ROIS.to("meta")), ValueError, "boxes"),  # device mismatch
+    (dict(boxes=_bad_rois(2, 0)), ValueError, "batch index"),  # out of range
+    (dict(boxes=_bad_rois(-1, 0)), ValueError, "batch index"),
+    (dict(boxes=_bad_rois(0.5, 0)), ValueError, "batch index"),
+    (dict(boxes=_bad_rois(float("nan"), 1)), ValueError, "boxes"),
+    (dict(boxes=_bad_rois(float("nan"), 0)), ValueError, "box"),
+    (dict(boxes=_bad_rois(float("inf"), 3)), ValueError, "boxes"),
+    (dict(boxes=_bad_rois(float("-inf"), 4)), ValueError, "boxes"),
+    (dict(output_size=2.0), TypeError, "output_size"),
+    (dict(output_size=True), TypeError, "output_size"),
+    (dict(output_size=(2, 2, 2)), TypeError, "output_size"),
+    (dict(output_size=(2, 2.5)), TypeError, "output_size"),
+    (dict(output_size="2"), TypeError, "output_size"),
+    (dict(output_size=0), ValueError, "output_size"),
+    (dict(output_size=-3), ValueError, "output_size"),
+    (dict(output_size=(2, 0)), ValueError, "output_size"),
+    (dict(spatial_scale=0.0), ValueError, "spatial_scale"),
+    (dict(spatial_scale=-0.25), ValueError, "spatial_scale"),
+    (dict(spatial_scale=float("nan")), ValueError, "spatial_scale"),
+    (dict(spatial_scale=float("inf")), ValueError, "spatial_scale"),
+    (dict(spatial_scale="1"), TypeError, "spatial_scale"),
+    (dict(spatial_scale=True), TypeError, "spatial_scale"),
+]
+
+ALIGN_CASES = [
+    (dict(sampling_ratio=2.0), TypeError, "sampling_ratio"),
+    (dict(sampling_ratio=True), TypeError, "sampling_ratio"),
+    (dict(sampling_ratio="2"), TypeError, "sampling_ratio"),
+    (dict(pool_mode="mean"), ValueError, "pool_mode"),
+    (dict(pool_mode="MAX"), ValueError, "pool_mode"),
+    (dict(pool_mode=None), ValueError, "pool_mode"),
+    (dict(aligned=1), TypeError, "aligned"),
+    (dict(aligned="True"), TypeError, "aligned"),
+    (dict(aligned=None), TypeError, "aligned"),
+]
+
+
+def _case_id(case):
+    overrides, exc, word = case
+    (k, v), = overrides.items() if len(overrides) == 1 else [(",".join(overrides), "")]
+    text = repr(v) if not isinstance(v, torch.Tensor) else f"tensor{tuple(v.shape)}{v.dtype}".replace("torch.", "")
+    return f"{k}={text[:24]}"
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("case", COMMON_CASES, ids=[_case_id(c) for c in COMMON_CASES])
+def test_validation_errors(op, case):
+    overrides, exc, word = case
+    with pytest.raises(exc, match=word):
+        OPS[op](**overrides)
+
+
+@pytest.mark.parametrize("case", ALIGN_CASES, ids=[_case_id(c) for c in ALIGN_CASES])
+def test_roi_align_validation_errors(case):
+    overrides, exc, word = case
+    with pytest.raises(exc, match=word):
+        _align(**overrides)
+
+
+def test_error_messages_name_the_op_and_the_value():
+    with pytest.raises(ValueError) as e:
+        _align(boxes=_bad_rois(5, 0))
+    assert "roi_align" in str(e.value) and "5" in str(e.value) and "box 1" in str(e.value)
+    with pytest.raises(TypeError) as e:
+        _pool(output_size=2.5)
+    assert "roi_pool" in str(e.value) and "2.5" in str(e.value)
+
+
+@pytest.mark.parametrize("module,kwargs,word", [
+    (roiops.RoIAlign, dict(output_size=0), "output_size"),
+    (roiops.RoIAlign, dict(output_size=2, spatial_scale=-1.0), "spatial_scale"),
+    (roiops.RoIAlign, dict(output_size=2, sampling_ratio=1.5), "sampling_ratio"),
+    (roiops.RoIAlign, dict(output_size=2, aligned=0), "aligned"),
+    (roiops.RoIAlign, dict(output_size=2, pool_mode="sum"), "pool_mode"),
+    (roiops.RoIPool, dict(output_size=(1, 2, 3)), "output_size"),
+    (roiops.RoIPool, dict(output_size=2, spatial_scale=0), "spatial_scale"),
+])
+def test_module_validation_errors(module, kwargs, word):
+    with pytest.raises((TypeError, ValueError), match=word):
+        module(**kwargs)
+
+
+# ---- direct op calls: the C++ checks ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [2.0, 100.0, -1.0, 0.5, float("nan")])
+def test_direct_op_call_bad_batch_index_raises(bad):
+    rois = _bad_rois(bad, 0)
+    with pytest.raises(ValueError, match="batch index|finite"):
+        torch.ops.roiops.roi_align(X, rois, 1.0, 2, 2, -1, False, "avg")
+    with pytest.raises(ValueError, match="batch index|finite"):
+        torch.ops.roiops.roi_align(X, rois, 1.0, 2, 2, 2, True, "max")
+    with pytest.raises(ValueError, match="batch index|finite"):
+        torch.ops.roiops.roi_pool(X, rois, 1.0, 2, 2)
+
+
+def test_direct_backward_call_bad_batch_index_raises():
+    out, argmax = torch.ops.roiops.roi_align(X, ROIS, 1.0, 2, 2, -1, False, "max")
+    with pytest.raises(ValueError, match="batch index"):
+        torch.ops.roiops._roi_align_backward(torch.ones_like(out), _bad_rois(7, 0), argmax, 1.0, 2, 2, 2, 3, 8, 8,
+                                             -1, False, "max", False)
+    out, argmax = torch.ops.roiops.roi_pool(X, ROIS, 1.0, 2, 2)
+    with pytest.raises(ValueError, match="batch index"):
+        torch.ops.roiops._roi_pool_backward(torch.ones_like(out), _bad_rois(7, 0), argmax, 1.0, 2, 2, 2, 3, 8, 8,
+                                            False)
+
+
+def test_direct_op_call_other_checks():
+    with pytest.raises(ValueError, match="pool_mode"):
+        torch.ops.roiops.roi_align(X, ROIS, 1.0, 2, 2, -1, False, "median")
+    with pytest.raises(ValueError, match="output_size"):
+        torch.ops.roiops.roi_align(X, ROIS, 1.0, 0, 2, -1, False, "avg")
+    with pytest.raises(ValueError, match="spatial_scale"):
+        torch.ops.roiops.roi_align(X, ROIS, -1.0, 2, 2, -1, False, "avg")
+    with pytest.raises(ValueError, match="boxes"):
+        torch.ops.roiops.roi_pool(X, ROIS[:, :4], 1.0, 2, 2)
+    with pytest.raises(TypeError, match="dtype"):
+        torch.ops.roiops.roi_pool(X, ROIS.double(), 1.0, 2, 2)
+
+
+# ---- thread-count independence -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
+def test_thread_count_independent(op, layout, restore_threads):
+    x = make_input((2, 16, 20, 24), layout=layout, seed=61, distinct=(op == "pool"))
+    rois = make_rois(60, 2, 20, 24, 0.5, "mixed", seed=62)
+    rois = torch.cat([rois, make_rois(60, 2, 20, 24, 0.5, "inside", seed=63)])
+    grad_out = None
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        xi = x.detach().clone().requires_grad_(True)
+        if op == "pool":
+            out = roiops.roi_pool(xi, rois, 5, 0.5)
+        else:
+            out = roiops.roi_align(xi, rois, 5, 0.5, -1, True, op.split("_")[1])
+        if grad_out is None:
+            grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(64))
+        results.append((out.detach(), input_grad(out, xi, grad_out)))
+    (o1, g1), (o2, g2) = results
+    assert torch.equal(o1, o2)
+    assert torch.equal(g1, g2)
+
+
+# ---- inputs, boxes forms, modules --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
+def test_inputs_not_modified(op):
+    x = make_input((2, 3, 8, 8), seed=71).requires_grad_(True)
+    rois = make_rois(10, 2, 8, 8, 1.0, "mixed", seed=72)
+    x0, rois0 = x.detach().clone(), rois.clone()
+    if op == "pool":
+        out = roiops.roi_pool(x, rois, 3)
+    else:
+        out = roiops.roi_align(x, rois, 3, 1.0, 2, True, op.split("_")[1])
+    grad_out = torch.randn(out.shape)
+    grad0 = grad_out.clone()
+    out.backward(grad_out)
+    assert torch.equal(x.detach(), x0)
+    assert torch.equal(rois, rois0)
+    assert torch.equal(grad_out, grad0)
+
+
+@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
+def test_boxes_requiring_grad_get_no_grad(op):
+    x = make_input((2, 3, 8, 8), seed=73).requires_grad_(True)
+    rois = make_rois(6, 2, 8, 8, 1.0, "inside", seed=74).requires_grad_(True)
+    if op == "pool":
+        out = roiops.roi_pool(x, rois, 3)
+    else:
+        out = roiops.roi_align(x, rois, 3, 1.0, 2, True, op.split("_")[1])
+    out.sum().backward()
+    assert x.grad is not None and torch.count_nonzero(x.grad) > 0
+    assert rois.grad is None
+
+
+@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
+def test_list_of_boxes_equals_k5(op):
+    x = make_input((3, 2, 8, 8), seed=75)
+    per_image = [make_rois(n, 1, 8, 8, 1.0, "mixed", seed=76 + n)[:, 1:] for n in (3, 0, 4)]
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(per_image)])
+    if op == "pool":
+        a, b = roiops.roi_pool(x, per_image, 2), roiops.roi_pool(x, rois, 2)
+    else:
+        mode = op.split("_")[1]
+        a = roiops.roi_align(x, per_image, 2, 1.0, 2, True, mode)
+        b = roiops.roi_align(x, rois, 2, 1.0, 2, True, mode)
+    assert a.shape == (7, 2, 2, 2)
+    assert torch.equal(a, b)
+    # A tuple of boxes works too.
+    if op == "pool":
+        assert torch.equal(roiops.roi_pool(x, tuple(per_image), 2), b)
+
+
+def test_module_repr_and_equivalence():
+    align = roiops.RoIAlign((7, 5), spatial_scale=0.25, sampling_ratio=2, aligned=True, pool_mode="max")
+    text = repr(align)
+    for part in ("RoIAlign", "output_size=(7, 5)", "spatial_scale=0.25", "sampling_ratio=2", "aligned=True", "max"):
+        assert part in text, text
+    pool = roiops.RoIPool(3, spatial_scale=0.5)
+    assert "RoIPool" in repr(pool) and "output_size=(3, 3)" in repr(pool) and "spatial_scale=0.5" in repr(pool)
+
+    x = make_input((2, 3, 10, 10), seed=81)
+    rois = make_rois(8, 2, 10, 10, 0.25, "mixed", seed=82)
+    assert torch.equal(align(x, rois), roiops.roi_align(x, rois, (7, 5), 0.25, 2, True, "max"))
+    assert torch.equal(pool(x, rois), roiops.roi_pool(x, rois, 3, 0.5))
+    default = roiops.RoIAlign(2)
+    assert torch.equal(default(x, rois), roiops.roi_align(x, rois, 2))
+    assert (default.spatial_scale, default.sampling_ratio, default.aligned, default.pool_mode) == (1.0, -1, False, "avg")
+
+
+def test_keyword_and_default_arguments_match_torchvision_signature():
+    x = make_input((1, 2, 6, 6), seed=83)
+    rois = make_rois(4, 1, 6, 6, 1.0, "inside", seed=84)
+    assert torch.equal(roiops.roi_align(x, rois, 3), roiops.roi_align(x, rois, 3, 1.0, -1, False, "avg"))
+    assert torch.equal(
+        roiops.roi_align(input=x, boxes=rois, output_size=3, spatial_scale=1.0, sampling_ratio=2, aligned=True),
+        roiops.roi_align(x, rois, 3, 1.0, 2, True),
+    )
+    assert torch.equal(roiops.roi_pool(input=x, boxes=rois, output_size=(3, 3), spatial_scale=1.0),
+                       roiops.roi_pool(x, rois, 3))
+
+
+def test_reference_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="pool_mode"):
+        roi_align_reference(X, ROIS, 2, pool_mode="sum")
+
+
+# ---- torch.compile -----------------------------------------------------------------------------
+
+
+def test_torch_compile_fullgraph_forward_backward():
+    # One inductor compile of all three ops (forward and backward). The function returns the op
+    # outputs as they are, so that inductor has little code of its own to generate.
+    torch._dynamo.reset()
+
+    def pooled_features(x, rois):
+        a = roiops.roi_align(x, rois, 3, 0.5, 2, True)
+        m = roiops.roi_align(x, rois, (2, 3), 0.5, -1, False, "max")
+        p = roiops.roi_pool(x, rois, 2, 0.5)
+        return a, m, p
+
+    compiled = torch.compile(pooled_features, fullgraph=True)
+    x = make_input((2, 4, 9, 11), seed=91, distinct=True)
+    rois = make_rois(7, 2, 9, 11, 0.5, "mixed", seed=92)
+    xe = x.clone().requires_grad_(True)
+    xc = x.clone().requires_grad_(True)
+    eager = pooled_features(xe, rois)
+    comp = compiled(xc, rois)
+    grads = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(eager)]
+    for c, e in zip(comp, eager):
+        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
+    gc = torch.autograd.grad(comp, xc, grads)[0]
+    ge = torch.autograd.grad(eager, xe, grads)[0]
+    torch.testing.assert_close(gc, ge, rtol=1e-6, atol=1e-6)
+    # Against the reference, too (the compiled graph runs the same kernels, so this pins the values).
+    xr = x.clone().requires_grad_(True)
+    ref = (
+        roi_align_reference(xr, rois, 3, 0.5, 2, True),
+        roi_align_reference(xr, rois, (2, 3), 0.5, -1, False, "max"),
+        roi_pool_reference(xr, rois, 2, 0.5),
+    )
+    for c, r in zip(comp, ref):
+        torch.testing.assert_close(c, r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gc, torch.autograd.grad(ref, xr, grads)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_channels_last_aot_eager():
+    # A second, cheaper compile (no code generation) with a channels-last input and the list form.
+    torch._dynamo.reset()
+
+    def f(x, b0, b1):
+        return roiops.roi_align(x, [b0, b1], 2, 1.0, 2, True, "max")
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    x = make_input((2, 3, 8, 8), layout="channels_last", seed=93, distinct=True)
+    b0 = make_rois(3, 1, 8, 8, 1.0, "inside", seed=94)[:, 1:]
+    b1 = make_rois(2, 1, 8, 8, 1.0, "partial", seed=95)[:, 1:]
+    xe = x.clone().requires_grad_(True)
+    xc = x.clone().requires_grad_(True)
+    eager, comp = f(xe, b0, b1), compiled(xc, b0, b1)
+    assert comp.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(comp, eager, rtol=0, atol=0)
+    g = torch.randn(eager.shape)
+    torch.testing.assert_close(input_grad(comp, xc, g), input_grad(eager, xe, g), rtol=0, atol=0)
