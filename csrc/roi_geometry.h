@@ -72,7 +72,9 @@ ROIOPS_HOST_DEVICE T sample_coordinate(T start, T bin, int p, int i, int grid) {
 }
 
 // The two cells a sample interpolates between along one axis, and their weights.
-// A sample more than one cell outside the map contributes nothing (valid = false).
+// A sample more than one cell outside the map contributes nothing (valid = false). So does a
+// sample whose coordinate is NaN (a finite box whose extent overflows to inf gives 0 * inf), and
+// every sample of an empty axis (size 0): there is no cell to read.
 template <typename T>
 struct AxisTaps {
   int low, high;
@@ -83,7 +85,7 @@ struct AxisTaps {
 template <typename T>
 ROIOPS_HOST_DEVICE AxisTaps<T> axis_taps(T v, int size) {
   AxisTaps<T> t;
-  if (v < T(-1) || v > static_cast<T>(size)) {
+  if (!(v >= T(-1) && v <= static_cast<T>(size)) || size <= 0) {
     t.low = t.high = 0;
     t.w_low = t.w_high = T(0);
     t.valid = false;
