@@ -214,7 +214,8 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
                 }
               } else {
                 const int32_t s = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
-                if (s < 0 || !t[s].valid) continue;
+                // argmax comes from the caller: an index outside the bin's grid is ignored.
+                if (s < 0 || s >= per_bin || !t[s].valid) continue;
                 t += s;
                 plane[t->o1] += t->w1 * gv;
                 plane[t->o2] += t->w2 * gv;
@@ -251,7 +252,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
           } else {
             for (int64_t c = 0; c < cn; ++c) {
               const int32_t s = arg_data[k * as0 + (c0 + c) * as1 + ph * as2 + pw * as3];
-              if (s < 0 || !t[s].valid) continue;
+              if (s < 0 || s >= per_bin || !t[s].valid) continue;
               const BilinearTaps<acc_t>& ts = t[s];
               const acc_t gv = g_bin[c];
               image[ts.o1 * C + c0 + c] += ts.w1 * gv;
