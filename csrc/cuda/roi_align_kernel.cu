@@ -1,0 +1,346 @@
+// RoIAlign on CUDA: forward and backward, avg and max modes, NCHW and channels-last layouts.
+//
+// Semantics are those of the CPU kernels (csrc/cpu/roi_align_kernel.cpp), written once in
+// csrc/roi_geometry.h: the same sample positions, taps, weights, sample order and tie rule
+// (strict '>', first maximum wins), the same argmax encoding (sample index iy * grid_w + ix in the
+// bin's grid, -1 for a bin without samples), float accumulation for the half types. The extension
+// is compiled with --fmad=false, so each sample's arithmetic rounds as on the CPU.
+//
+// Work split: one thread per pooled output element (k, c, ph, pw) in both directions. Threads are
+// ordered pw-fastest for NCHW tensors and c-fastest for channels-last ones, so that a warp reads
+// (forward) or adds into (backward) neighbouring memory. The backward scatters with float atomics
+// (fast path) or with 64-bit fixed-point integer atomics (deterministic path, see cuda_common.cuh).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <type_traits>
+
+#include "../roi_checks.h"
+#include "../roi_geometry.h"
+#include "cuda_common.cuh"
+
+namespace roiops {
+namespace cuda {
+namespace {
+
+// Same limit as the CPU kernel: adaptive sampling of an absurdly large box is refused.
+constexpr int64_t kMaxSamplesPerBin = int64_t(1) << 24;
+
+struct AlignArgs {
+  double spatial_scale;
+  int pooled_h, pooled_w, sampling_ratio;
+  bool aligned;
+  bool nhwc;       // layout of the map (forward: input; backward: grad and grad_input)
+  bool empty_map;  // height or width is 0: every sample lies outside the map
+  int64_t channels, height, width;
+};
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ AlignGeometry<acc_t> load_geometry(const scalar_t* rois, int64_t k, const AlignArgs& a) {
+  acc_t roi[5];
+#pragma unroll
+  for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(rois[k * 5 + j]);
+  return align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w, a.sampling_ratio,
+                               a.aligned);
+}
+
+// Offset of cell 0 of (batch, channel) in the map, and the distance between two cells of a plane.
+__device__ __forceinline__ void plane_base(const AlignArgs& a, int64_t batch, int64_t c, int64_t& base,
+                                           int64_t& cell_stride) {
+  const int64_t HW = a.height * a.width;
+  if (a.nhwc) {
+    base = batch * HW * a.channels + c;
+    cell_stride = a.channels;
+  } else {
+    base = (batch * a.channels + c) * HW;
+    cell_stride = 1;
+  }
+}
+
+template <typename scalar_t, typename index_t, bool kMax>
+__global__ void __launch_bounds__(kThreads)
+    roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
+                             scalar_t* __restrict__ output, int32_t* __restrict__ argmax, Strides4 out_strides,
+                             AlignArgs a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int H = static_cast<int>(a.height), W = static_cast<int>(a.width);
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    index_t k, c, ph, pw;
+    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
+                                    ph, pw);
+    const AlignGeometry<acc_t> g = load_geometry<acc_t>(rois, k, a);
+    int64_t base, cs;
+    plane_base(a, g.batch, c, base, cs);
+    const scalar_t* plane = input + base;
+
+    acc_t sum = acc_t(0);
+    acc_t top = -std::numeric_limits<acc_t>::infinity();
+    int32_t top_s = -1;
+    for (int iy = 0; iy < g.grid_h; ++iy) {
+      const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
+      for (int ix = 0; ix < g.grid_w; ++ix) {
+        const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
+        const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
+        const bool valid = t.valid && !a.empty_map;
+        if (!kMax) {
+          if (!valid) continue;
+          sum += t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+                 t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+        } else {
+          // A sample outside the map is a 0 that can still win.
+          const acc_t v = !valid ? acc_t(0)
+                                 : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
+                                       t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+                                       t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
+                                       t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+          if (v > top) {
+            top = v;
+            top_s = iy * g.grid_w + ix;
+          }
+        }
+      }
+    }
+    const int64_t o = out_strides.at(k, c, ph, pw);
+    if (!kMax) {
+      output[o] = static_cast<scalar_t>(sum / g.count);
+    } else {
+      output[o] = static_cast<scalar_t>(top_s >= 0 ? top : acc_t(0));
+      argmax[o] = top_s;
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t, bool kMax, typename Adder>
+__global__ void __launch_bounds__(kThreads)
+    roi_align_backward_kernel(index_t total, const scalar_t* __restrict__ grad, Strides4 grad_strides,
+                              const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
+                              Strides4 arg_strides, Adder add, AlignArgs a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int H = static_cast<int>(a.height), W = static_cast<int>(a.width);
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<index_t>(blockDim.x) * gridDim.x) {
+    index_t k, c, ph, pw;
+    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
+                                    ph, pw);
+    const acc_t gv = static_cast<acc_t>(grad[grad_strides.at(k, c, ph, pw)]);
+    if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
+    const AlignGeometry<acc_t> g = load_geometry<acc_t>(rois, k, a);
+    const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+    if (per_bin == 0) continue;
+    int64_t base, cs;
+    plane_base(a, g.batch, c, base, cs);
+
+    if (!kMax) {
+      const acc_t gs = gv / g.count;
+      for (int iy = 0; iy < g.grid_h; ++iy) {
+        const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
+        for (int ix = 0; ix < g.grid_w; ++ix) {
+          const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
+          const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
+          if (!t.valid) continue;
+          add(base + t.o1 * cs, t.w1 * gs);
+          add(base + t.o2 * cs, t.w2 * gs);
+          add(base + t.o3 * cs, t.w3 * gs);
+          add(base + t.o4 * cs, t.w4 * gs);
+        }
+      }
+    } else {
+      const int32_t s = argmax[arg_strides.at(k, c, ph, pw)];
+      // argmax comes from the caller: anything outside the bin's grid is ignored, never followed.
+      if (s < 0 || s >= per_bin) continue;
+      const int iy = s / g.grid_w;
+      const int ix = s - iy * g.grid_w;
+      const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
+      const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
+      const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
+      if (!t.valid) continue;
+      add(base + t.o1 * cs, t.w1 * gv);
+      add(base + t.o2 * cs, t.w2 * gv);
+      add(base + t.o3 * cs, t.w3 * gv);
+      add(base + t.o4 * cs, t.w4 * gv);
+    }
+  }
+}
+
+// Same checks and messages as the CPU kernel's make_params.
+AlignArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                    bool aligned, int64_t channels, int64_t height, int64_t width, bool nhwc) {
+  TORCH_CHECK_VALUE(sampling_ratio <= (1 << 20), "roi_align: sampling_ratio must be at most 2^20, but got ",
+                    sampling_ratio);
+  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
+                    "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  return AlignArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
+                   static_cast<int>(sampling_ratio), aligned, nhwc, height == 0 || width == 0,
+                   channels, height, width};
+}
+
+// The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; a kernel
+// cannot throw, so the boxes are checked here. With a fixed sampling_ratio no box values are
+// needed; adaptive sampling reads the boxes back to the host (one small copy and sync) and computes
+// each grid with the very function the kernels use.
+template <typename scalar_t>
+void check_samples_per_bin(const at::Tensor& rois, const AlignArgs& a) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (a.sampling_ratio > 0) {
+    const int64_t n = static_cast<int64_t>(a.sampling_ratio) * a.sampling_ratio;
+    TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: sampling_ratio ", a.sampling_ratio, " would take ", n,
+                      " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
+    return;
+  }
+  const at::Tensor host = rois.to(at::kCPU);
+  const scalar_t* r = host.const_data_ptr<scalar_t>();
+  for (int64_t k = 0; k < host.size(0); ++k) {
+    acc_t roi[5];
+    for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(r[k * 5 + j]);
+    const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
+                                                         a.pooled_w, a.sampling_ratio, a.aligned);
+    const int64_t n = static_cast<int64_t>(g.grid_h) * g.grid_w;
+    TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: adaptive sampling (sampling_ratio <= 0) of box ",
+                      r[k * 5 + 1], ", ", r[k * 5 + 2], ", ", r[k * 5 + 3], ", ", r[k * 5 + 4], " would take ", n,
+                      " samples per bin (limit ", kMaxSamplesPerBin, "); pass a positive sampling_ratio");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
+                                                          double spatial_scale, int64_t pooled_height,
+                                                          int64_t pooled_width, int64_t sampling_ratio, bool aligned,
+                                                          std::string pool_mode) {
+  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align");
+  const bool nhwc = use_channels_last(input);
+  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, input.size(1),
+                                input.size(2), input.size(3), nhwc);
+  const bool max_mode = is_max_mode(pool_mode);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const int64_t K = rois.size(0);
+  at::Tensor output = at::empty({K, a.channels, pooled_height, pooled_width}, input.options(), layout);
+  at::Tensor argmax = max_mode ? at::empty({K, a.channels, pooled_height, pooled_width},
+                                           input.options().dtype(at::kInt), layout)
+                               : at::empty({0}, input.options().dtype(at::kInt));
+  if (output.numel() == 0) return {output, argmax};
+  const at::Tensor in = nhwc ? input : input.contiguous();
+  const at::Tensor r = rois.contiguous();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t total = output.numel();
+  const Strides4 os = strides_of(output);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
+    check_samples_per_bin<scalar_t>(r, a);
+    const scalar_t* in_p = in.const_data_ptr<scalar_t>();
+    const scalar_t* roi_p = r.const_data_ptr<scalar_t>();
+    scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
+    int32_t* arg_p = max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
+    const int blocks = num_blocks(total);
+    if (total <= kMaxInt32Work) {
+      if (max_mode) {
+        roi_align_forward_kernel<scalar_t, int32_t, true><<<blocks, kThreads, 0, stream>>>(
+            static_cast<int32_t>(total), in_p, roi_p, out_p, arg_p, os, a);
+      } else {
+        roi_align_forward_kernel<scalar_t, int32_t, false><<<blocks, kThreads, 0, stream>>>(
+            static_cast<int32_t>(total), in_p, roi_p, out_p, arg_p, os, a);
+      }
+    } else {
+      if (max_mode) {
+        roi_align_forward_kernel<scalar_t, int64_t, true><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p, out_p,
+                                                                                           arg_p, os, a);
+      } else {
+        roi_align_forward_kernel<scalar_t, int64_t, false><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p,
+                                                                                            out_p, arg_p, os, a);
+      }
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {output, argmax};
+}
+
+template <typename scalar_t, typename Adder>
+void launch_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, bool max_mode,
+                     const Adder& add, const AlignArgs& a, cudaStream_t stream) {
+  const int64_t total = grad.numel();
+  const int blocks = num_blocks(total);
+  const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
+  const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
+  const int32_t* arg_p = max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
+  const Strides4 gs = strides_of(grad);
+  const Strides4 as = max_mode ? strides_of(argmax) : Strides4{0, 0, 0, 0};
+  if (total <= kMaxInt32Work) {
+    if (max_mode) {
+      roi_align_backward_kernel<scalar_t, int32_t, true, Adder><<<blocks, kThreads, 0, stream>>>(
+          static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+    } else {
+      roi_align_backward_kernel<scalar_t, int32_t, false, Adder><<<blocks, kThreads, 0, stream>>>(
+          static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+    }
+  } else {
+    if (max_mode) {
+      roi_align_backward_kernel<scalar_t, int64_t, true, Adder><<<blocks, kThreads, 0, stream>>>(
+          total, g_p, gs, roi_p, arg_p, as, add, a);
+    } else {
+      roi_align_backward_kernel<scalar_t, int64_t, false, Adder><<<blocks, kThreads, 0, stream>>>(
+          total, g_p, gs, roi_p, arg_p, as, add, a);
+    }
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
+                                   double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                   int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                   int64_t sampling_ratio, bool aligned, std::string pool_mode, bool deterministic) {
+  check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
+                      "_roi_align_backward");
+  const bool nhwc = use_channels_last(grad);
+  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, channels, height,
+                                width, nhwc);
+  const bool max_mode = is_max_mode(pool_mode);
+  if (max_mode) {
+    TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
+                      "_roi_align_backward: argmax must be int32 with the shape of grad ", grad.sizes());
+    TORCH_CHECK_VALUE(argmax.device() == grad.device(), "_roi_align_backward: argmax must be on the device of grad (",
+                      grad.device(), "), but is on ", argmax.device());
+  }
+  const c10::cuda::CUDAGuard device_guard(grad.device());
+  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
+  const int64_t numel = batch_size * channels * height * width;
+  if (grad.numel() == 0 || numel == 0) return at::zeros(sizes, grad.options().memory_format(layout));
+  const at::Tensor r = rois.contiguous();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    check_samples_per_bin<scalar_t>(r, a);
+    if (!deterministic) {
+      at::Tensor grad_in = at::zeros(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value)
+                                                .memory_format(layout));
+      launch_backward<scalar_t>(grad, r, argmax, max_mode, AtomicAdder<acc_t>{grad_in.mutable_data_ptr<acc_t>()}, a,
+                                stream);
+      result = std::is_same<acc_t, scalar_t>::value ? grad_in : grad_in.to(grad.scalar_type());
+    } else {
+      FixedPointBuffers buffers(grad, numel);
+      launch_backward<scalar_t>(grad, r, argmax, max_mode, buffers.adder<acc_t>(), a, stream);
+      result = at::empty(sizes, grad.options().memory_format(layout));
+      buffers.finish<scalar_t>(result, stream);
+    }
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(roiops, CUDA, m) {
+  m.impl("roi_align", TORCH_FN(roi_align_forward_cuda));
+  m.impl("_roi_align_backward", TORCH_FN(roi_align_backward_cuda));
+}
+
+}  // namespace cuda
+}  // namespace roiops
