@@ -154,7 +154,9 @@ def test_many_rois_one_image():
 
 @pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
 @pytest.mark.parametrize("mode", ["avg", "max"])
-def test_gradcheck(aligned, mode):
+def test_gradcheck(aligned, mode, restore_threads):
+    # Hundreds of tiny calls: one thread avoids thread-pool overhead on a busy machine.
+    torch.set_num_threads(1)
     # Distinct, well separated values keep max-mode ties away; roi_align is linear in input otherwise.
     x = make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True).requires_grad_(True)
     rois = torch.tensor(

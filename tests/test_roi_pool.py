@@ -105,7 +105,8 @@ def test_many_rois_one_image():
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_gradcheck(scale):
+def test_gradcheck(scale, restore_threads):
+    torch.set_num_threads(1)  # hundreds of tiny calls: no thread-pool overhead
     # Distinct values: no ties, so the maximum is locally constant in its position.
     x = make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True).requires_grad_(True)
     rois = torch.tensor(
