@@ -31,8 +31,8 @@ void check_rois_values_cpu(const at::Tensor& rois, int64_t batch_size, const cha
       }
       const double b = static_cast<double>(p[k * 5]);
       TORCH_CHECK_VALUE(b == std::floor(b) && b >= 0 && b < static_cast<double>(batch_size), op_name,
-                        ": the batch index of box ", k, " must be an integer in [0, ", batch_size,
-                        "), but it is ", b);
+                        ": the batch index of box ", k, " (boxes[", k, ", 0]) must be an integer in [0, ",
+                        batch_size, "), but it is ", b);
     }
   });
 }
@@ -51,7 +51,7 @@ void check_rois_values_device(const at::Tensor& rois, int64_t batch_size, const 
       at::logical_or(at::logical_or(at::ne(batch, at::floor(batch)), at::lt(batch, 0)), at::ge(batch, batch_size));
   if (bad.any().item<bool>()) {
     const int64_t k = bad.to(at::kInt).argmax().item<int64_t>();
-    TORCH_CHECK_VALUE(false, op_name, ": the batch index of box ", k, " must be an integer in [0, ",
+    TORCH_CHECK_VALUE(false, op_name, ": the batch index of box ", k, " (boxes[", k, ", 0]) must be an integer in [0, ",
                       batch_size, "), but it is ", batch[k].item<double>());
   }
 }
@@ -78,7 +78,8 @@ void check_pooled_size(int64_t pooled_height, int64_t pooled_width, const char* 
 }
 
 void check_plane(int64_t height, int64_t width, const char* op_name) {
-  TORCH_CHECK_VALUE(height * width < std::numeric_limits<int32_t>::max(), op_name,
+  // Divide rather than multiply: a backward call may pass sizes whose product overflows int64.
+  TORCH_CHECK_VALUE(height == 0 || width < std::numeric_limits<int32_t>::max() / height, op_name,
                     ": a feature map plane must have fewer than 2^31 cells, but it is ", height, " x ", width);
 }
 
@@ -99,7 +100,8 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t
                          int64_t channels, int64_t height, int64_t width, int64_t pooled_height,
                          int64_t pooled_width, const char* op_name) {
   TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op_name,
-                    ": input sizes must be non-negative");
+                    ": input sizes must be non-negative, but got [", batch_size, ", ", channels, ", ", height,
+                    ", ", width, "]");
   check_pooled_size(pooled_height, pooled_width, op_name);
   check_plane(height, width, op_name);
   check_rois(rois, grad, batch_size, op_name);
