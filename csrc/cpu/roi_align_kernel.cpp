@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "../roi_checks.h"
@@ -42,10 +43,12 @@ AlignGeometry<acc_t> roi_geometry(const scalar_t* roi_row, const AlignParams& p)
   for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(roi_row[j]);
   AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h,
                                                  p.pooled_w, p.sampling_ratio, p.aligned);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin,
-                    "roi_align: adaptive sampling (sampling_ratio <= 0) of box ", roi_row[1], ", ", roi_row[2],
-                    ", ", roi_row[3], ", ", roi_row[4], " would take ", static_cast<int64_t>(g.grid_h) * g.grid_w,
-                    " samples per bin (limit ", kMaxSamplesPerBin, "); pass a positive sampling_ratio");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin, "roi_align: ",
+                    p.sampling_ratio > 0 ? "sampling_ratio " : "adaptive sampling (sampling_ratio <= 0)",
+                    p.sampling_ratio > 0 ? std::to_string(p.sampling_ratio) : std::string(), " of box ",
+                    roi_row[1], ", ", roi_row[2], ", ", roi_row[3], ", ", roi_row[4], " would take ",
+                    static_cast<int64_t>(g.grid_h) * g.grid_w, " samples per bin (limit ", kMaxSamplesPerBin,
+                    "); pass ", p.sampling_ratio > 0 ? "a smaller" : "a positive", " sampling_ratio");
   return g;
 }
 
