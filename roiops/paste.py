@@ -2,9 +2,12 @@
 
 A mask of M x M cells predicted for a box [x1, y1, x2, y2] covers that box exactly: cell (a, b) has its
 centre at (x1 + (b + 0.5) * (x2 - x1) / M, y1 + (a + 0.5) * (y2 - y1) / M), and image pixel (i, j) has its
-centre at (j + 0.5, i + 0.5). Each pixel takes the bilinear interpolation of the cells at its centre,
-with zeros outside the mask (the same values ``grid_sample(..., align_corners=False, padding_mode="zeros")``
-gives). Bilinear interpolation is separable, so every mask is pasted with two batched matrix products
+centre at (j + 0.5, i + 0.5). A pixel whose centre lies in the box (x1 <= x < x2, y1 <= y < y2) takes the
+bilinear interpolation of the cells at its centre, clamped to the outer cell centres (the values
+``grid_sample(..., align_corners=False, padding_mode="border")`` gives); a pixel whose centre lies outside
+the box is 0. So a mask of ones pastes to exactly the pixels of the box, whatever the mask and box sizes
+(interpolating against zeros outside the mask instead would round off the corners of every box larger
+than the mask and shrink masks by up to half a cell). Bilinear interpolation is separable, so every mask is pasted with two batched matrix products
 (rows x mask x columns): no loop over masks or pixels, and memory O(N * (H + W) * M) besides the output.
 """
 from typing import Optional, Sequence, Tuple, Union
@@ -17,14 +20,18 @@ __all__ = ["paste_masks", "interpolation_matrix"]
 
 def interpolation_matrix(starts: Tensor, ends: Tensor, cells: int, length: int) -> Tensor:
     """Tensor[N, length, cells]: bilinear weights of the ``cells`` mask cells spread over [start, end)
-    for the pixel centres 0.5, 1.5, ..., length - 0.5 along one axis (zero outside the mask)."""
+    for the pixel centres 0.5, 1.5, ..., length - 0.5 along one axis: clamped to the first/last cell
+    centre inside [start, end), all zero for pixel centres outside it."""
     extent = (ends - starts).clamp(min=torch.finfo(starts.dtype).eps)
     centres = torch.arange(length, device=starts.device, dtype=starts.dtype) + 0.5
     # continuous cell coordinate of every pixel centre; cell k has its centre at coordinate k
-    coord = (centres[None, :] - starts[:, None]) / extent[:, None] * cells - 0.5
+    offset = centres[None, :] - starts[:, None]
+    inside = (offset >= 0) & (centres[None, :] < ends[:, None])
+    coord = (offset / extent[:, None] * cells - 0.5).clamp(0, cells - 1)
     index = torch.arange(cells, device=starts.device, dtype=starts.dtype)
     # tent function: weight 1 - |coord - k| on the (at most two) neighbouring cells, 0 elsewhere
-    return (1.0 - (coord[:, :, None] - index[None, None, :]).abs()).clamp(min=0.0)
+    weights = (1.0 - (coord[:, :, None] - index[None, None, :]).abs()).clamp(min=0.0)
+    return weights * inside[:, :, None].to(weights.dtype)
 
 
 def paste_masks(
