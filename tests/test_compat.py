@@ -64,7 +64,8 @@ def test_mmcv_max_mode_is_max_and_differentiable():
     out_avg = RoIAlign(3, 0.5, 2, "avg")(x, rois)
     assert (out_max >= out_avg - 1e-12).all() and (out_max > out_avg).any()
     assert torch.autograd.gradcheck(lambda t: RoIAlign(3, 0.5, 2, "max")(t, rois), (x,), eps=1e-6, atol=1e-5, fast_mode=True)
-    # hand case: one sample per bin, so max = avg = that sample = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # hand case: one sample per bin, so max = avg = that sample
+    feat = torch.arange(16.0).reshape(1, 1, 4, 4)
     got = RoIAlign(2, 1.0, 1, "max", aligned=True)(feat, torch.tensor([[0.0, 0, 0, 4, 4]]))
     # bin centres at image (1, 1), (1, 3), ... -> aligned feature coordinates (0.5, 0.5), ...: mean of 4 cells
     torch.testing.assert_close(got, torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
