@@ -39,8 +39,7 @@ struct AlignArgs {
   double spatial_scale;
   int pooled_h, pooled_w, sampling_ratio;
   bool aligned;
-  bool nhwc;       // layout of the map (forward: input; backward: grad and grad_input)
-  bool empty_map;  // height or width is 0: every sample lies outside the map
+  bool nhwc;  // layout of the map (forward: input; backward: grad and grad_input)
   int64_t channels, height, width;
 };
 
@@ -91,14 +90,14 @@ __global__ void __launch_bounds__(kThreads)
       for (int ix = 0; ix < g.grid_w; ++ix) {
         const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
         const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
-        const bool valid = t.valid && !a.empty_map;
         if (!kMax) {
-          if (!valid) continue;
+          if (!t.valid) continue;
           sum += t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
                  t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
         } else {
           // A sample outside the map is a 0 that can still win.
-          const acc_t v = !valid ? acc_t(0)
+          // (bilinear_taps also calls every sample of an empty map, H or W = 0, outside.)
+          const acc_t v = !t.valid ? acc_t(0)
                                  : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
                                        t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
                                        t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
@@ -180,8 +179,7 @@ AlignArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_
   TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
                     "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
   return AlignArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                   static_cast<int>(sampling_ratio), aligned, nhwc, height == 0 || width == 0,
-                   channels, height, width};
+                   static_cast<int>(sampling_ratio), aligned, nhwc, channels, height, width};
 }
 
 // The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; a kernel
