@@ -1,0 +1,180 @@
+"""Data for the misalignment benchmark (level 3): a seeded synthetic instance-segmentation set, and the
+one real 2-D image (fluorescence microscopy, labelled nuclei) that the ``stardist`` package ships.
+
+Both come out in the same form: a list of :class:`Sample` (one grey image in [0, 1] and its instances,
+each a boolean visible mask plus a class id starting at 1).
+"""
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+SHAPE_CLASSES = ("ellipse", "polygon", "ring")
+
+
+@dataclass
+class Instance:
+    mask: np.ndarray  # bool [H, W], the visible part
+    label: int  # 1-based class id
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def box(self) -> Tuple[float, float, float, float]:
+        """Tight box (x1, y1, x2, y2) in continuous pixel coordinates (pixel j covers [j, j+1))."""
+        ys, xs = np.nonzero(self.mask)
+        return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # float32 [H, W] in [0, 1]
+    instances: List[Instance] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------- synthetic
+def _ellipse(xx, yy, cx, cy, a, b, theta):
+    c, s = math.cos(theta), math.sin(theta)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+def _star_polygon(xx, yy, cx, cy, r, n_vertices, rng):
+    """A star-convex polygon: vertices at sorted random angles and radii in [0.55 r, r]; a pixel is inside
+    when its distance from the centre is below the straight edge between the two vertices around its angle."""
+    # keep the angular gaps below pi so the centre stays inside
+    angles = np.linspace(0, 2 * math.pi, n_vertices, endpoint=False) + rng.uniform(-0.35, 0.35, n_vertices) * (
+        2 * math.pi / n_vertices) + rng.uniform(0, 2 * math.pi)
+    angles = np.sort(np.mod(angles, 2 * math.pi))
+    radii = r * rng.uniform(0.55, 1.0, n_vertices)
+    px = cx + radii * np.cos(angles)
+    py = cy + radii * np.sin(angles)
+    inside = np.ones(xx.shape, dtype=bool)
+    for i in range(n_vertices):
+        x0, y0, x1, y1 = px[i], py[i], px[(i + 1) % n_vertices], py[(i + 1) % n_vertices]
+        # the centre is on the left of every edge of a counter-clockwise star-convex polygon with gaps < pi
+        inside &= (x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) >= 0
+    return inside
+
+
+def make_shapes(
+    n_images: int,
+    size: int = 256,
+    seed: int = 0,
+    min_diameter: float = 10.0,
+    max_diameter: float = 200.0,
+    instances_per_image: Tuple[int, int] = (4, 9),
+    min_visible: float = 0.45,
+) -> List[Sample]:
+    """Seeded synthetic instances: ellipses (class 1), star-convex polygons (2) and rings (3) of log-uniform
+    diameter, drawn in sequence so that later shapes occlude earlier ones (an instance keeps only its visible
+    part; one left with less than ``min_visible`` of its area, or under 12 pixels, is dropped).
+    Each instance has its own brightness and a faint texture; the background is dim and noisy."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    samples = []
+    for _ in range(n_images):
+        image = 0.08 + 0.04 * rng.standard_normal((size, size)).astype(np.float32)
+        owner = np.zeros((size, size), dtype=np.int32)  # 0 = background, k = k-th drawn shape
+        drawn = []
+        for k in range(1, int(rng.integers(instances_per_image[0], instances_per_image[1] + 1)) + 1):
+            label = int(rng.integers(1, len(SHAPE_CLASSES) + 1))
+            d = math.exp(rng.uniform(math.log(min_diameter), math.log(max_diameter)))
+            r = d / 2
+            cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
+            # rasterise inside the shape's bounding square only
+            y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, size)
+            x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, size)
+            sx, sy = xx[y0:y1, x0:x1], yy[y0:y1, x0:x1]
+            if label == 1:
+                sub = _ellipse(sx, sy, cx, cy, r, r * rng.uniform(0.45, 1.0), rng.uniform(0, math.pi))
+            elif label == 2:
+                sub = _star_polygon(sx, sy, cx, cy, r, int(rng.integers(3, 8)), rng)
+            else:
+                a, b, th = r, r * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi)
+                t = rng.uniform(0.35, 0.6)
+                sub = _ellipse(sx, sy, cx, cy, a, b, th) & ~_ellipse(sx, sy, cx, cy, a * t, b * t, th)
+            m = np.zeros((size, size), dtype=bool)
+            m[y0:y1, x0:x1] = sub
+            full_area = int(m.sum())
+            if full_area < 12:
+                continue
+            owner[m] = k
+            brightness = rng.uniform(0.35, 1.0)
+            fx, fy, ph = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0, 2 * math.pi)
+            texture = 0.12 * np.sin(fx * sx + fy * sy + ph)
+            patch = image[y0:y1, x0:x1]
+            patch[sub] = (brightness + texture)[sub]
+            drawn.append((k, label, full_area))
+        image = image + 0.03 * rng.standard_normal((size, size)).astype(np.float32)
+        instances = []
+        for k, label, full_area in drawn:
+            vis = owner == k
+            a = int(vis.sum())
+            if a >= 12 and a >= min_visible * full_area:
+                instances.append(Instance(vis, label))
+        samples.append(Sample(np.clip(image, 0, 1).astype(np.float32), instances))
+    return samples
+
+
+# ----------------------------------------------------------------------------------------- stardist
+def stardist_paths() -> Optional[Tuple[str, str]]:
+    """Paths of stardist's img2d.tif / mask2d.tif, found without importing stardist (whose import needs
+    scipy, tensorflow-free extras, ...); None when the package is not installed."""
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = os.path.join(list(spec.submodule_search_locations)[0], "data", "images")
+    img, mask = os.path.join(root, "img2d.tif"), os.path.join(root, "mask2d.tif")
+    if not (os.path.exists(img) and os.path.exists(mask)):
+        return None
+    return img, mask
+
+
+def _normalize(image: np.ndarray, lo: float = 1.0, hi: float = 99.8) -> np.ndarray:
+    a, b = np.percentile(image, [lo, hi])
+    return np.clip((image.astype(np.float32) - a) / max(b - a, 1e-6), 0, 1).astype(np.float32)
+
+
+def _instances_from_labels(labels: np.ndarray, min_area: int = 12) -> List[Instance]:
+    out = []
+    for i in np.unique(labels):
+        if i == 0:
+            continue
+        m = labels == i
+        if m.sum() >= min_area:
+            out.append(Instance(m, 1))
+    return out
+
+
+def dihedral(sample: Sample, k: int) -> Sample:
+    """The k-th (0..7) of the 8 flips/rotations of a sample (image and masks together)."""
+
+    def t(a):
+        a = np.rot90(a, k % 4)
+        return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
+
+    return Sample(t(sample.image), [Instance(t(i.mask), i.label) for i in sample.instances])
+
+
+def load_stardist(augment: bool = True) -> Tuple[List[Sample], List[Sample]]:
+    """The stardist 2-D image split into a training region (left half) and a test region (right half).
+    Nuclei cut by the split keep their visible part when at least 12 pixels remain. With ``augment`` the
+    training region is expanded to its 8 flips/rotations. Raises FileNotFoundError without stardist."""
+    import tifffile
+
+    paths = stardist_paths()
+    if paths is None:
+        raise FileNotFoundError("the stardist package (pip install --no-deps stardist) is not installed")
+    image = _normalize(tifffile.imread(paths[0]))
+    labels = tifffile.imread(paths[1]).astype(np.int32)
+    w = image.shape[1] // 2
+    train = Sample(np.ascontiguousarray(image[:, :w]), _instances_from_labels(labels[:, :w]))
+    test = Sample(np.ascontiguousarray(image[:, w:]), _instances_from_labels(labels[:, w:]))
+    train_set = [dihedral(train, k) for k in range(8)] if augment else [train]
+    return train_set, [test]
