@@ -7,6 +7,9 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C
 from ._ops import deterministic_backward, set_deterministic_backward
+from . import compat, models
+from .paste import paste_masks
+from .poolers import MultiScaleRoIAlign
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
 
@@ -23,6 +26,10 @@ __all__ = [
     "roi_pool",
     "RoIAlign",
     "RoIPool",
+    "MultiScaleRoIAlign",
+    "paste_masks",
+    "compat",
+    "models",
     "build_info",
     "deterministic_backward",
     "set_deterministic_backward",

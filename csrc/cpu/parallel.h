@@ -9,11 +9,20 @@
 namespace roiops {
 namespace cpu {
 
+// Below this many elementary steps (bilinear taps, cells) a call runs on the calling thread: waking
+// the pool costs more than it saves, and far more when the cores are busy (OpenMP spin-waits).
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
+
 // Runs body(i) for i in [0, n) on ATen's thread pool, handing out items one at a time: RoIs differ
 // in cost (adaptive sampling grids, clipped boxes), so a static split would leave threads idle.
+// `work_per_item` is a rough cost estimate used only to decide whether to go parallel.
 template <typename F>
-void parallel_for_each_dynamic(int64_t n, const F& body) {
+void parallel_for_each_dynamic(int64_t n, int64_t work_per_item, const F& body) {
   if (n <= 0) return;
+  if (n == 1 || n * work_per_item < kMinParallelWork) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
@@ -24,8 +33,12 @@ void parallel_for_each_dynamic(int64_t n, const F& body) {
 // Runs body(begin, end) over [0, n) in contiguous ranges, one per thread; for work that must be
 // partitioned (disjoint channel ranges make the backward scatter race-free).
 template <typename F>
-void parallel_for_ranges(int64_t n, const F& body) {
+void parallel_for_ranges(int64_t n, int64_t work_per_item, const F& body) {
   if (n <= 0) return;
+  if (n * work_per_item < kMinParallelWork) {
+    body(0, n);
+    return;
+  }
   at::parallel_for(0, n, 1, body);
 }
 

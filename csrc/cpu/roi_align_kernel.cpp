@@ -110,7 +110,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
                 as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
-  parallel_for_each_dynamic(rois.size(0), [&](int64_t k) {
+  parallel_for_each_dynamic(rois.size(0), C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
     const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
     const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
     const scalar_t* image = in_data + g.batch * C * HW;
@@ -142,7 +142,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
                                                 t->w2 * static_cast<acc_t>(plane[t->o2]) +
                                                 t->w3 * static_cast<acc_t>(plane[t->o3]) +
                                                 t->w4 * static_cast<acc_t>(plane[t->o4]);
-                if (v > top) {
+                if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
                   top = v;
                   top_s = static_cast<int32_t>(s);
                 }
@@ -188,7 +188,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int64_t as0 = p.max_mode ? argmax.stride(0) : 0, as1 = p.max_mode ? argmax.stride(1) : 0,
                 as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
 
-  parallel_for_ranges(C, [&](int64_t c0, int64_t c1) {
+  parallel_for_ranges(C, K * p.pooled_h * p.pooled_w * 4, [&](int64_t c0, int64_t c1) {
     std::vector<BilinearTaps<acc_t>> taps;
     std::vector<acc_t> g_bin(nhwc ? c1 - c0 : 0);
     std::vector<int32_t> s_bin(nhwc && p.max_mode ? c1 - c0 : 0);

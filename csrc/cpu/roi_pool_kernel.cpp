@@ -77,7 +77,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   const int64_t as0 = argmax.stride(0), as1 = argmax.stride(1), as2 = argmax.stride(2), as3 = argmax.stride(3);
   const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
 
-  parallel_for_each_dynamic(rois.size(0), [&](int64_t k) {
+  parallel_for_each_dynamic(rois.size(0), C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
     std::vector<CellRange> rows, cols;
     const int64_t n = bin_ranges<acc_t>(roi_data + k * 5, p, rows, cols);
     const scalar_t* image = in_data + n * C * HW;
@@ -91,7 +91,7 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
             for (int h = rows[ph].begin; h < rows[ph].end; ++h) {
               for (int w = cols[pw].begin; w < cols[pw].end; ++w) {
                 const int32_t i = static_cast<int32_t>(h * W + w);
-                if (plane[i] > top) {
+                if (plane[i] > top || top_i < 0) {  // the first cell always counts (-inf too)
                   top = plane[i];
                   top_i = i;
                 }
@@ -134,7 +134,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   // A cell stride per channel and per spatial index, for either layout.
   const int64_t c_stride = nhwc ? 1 : HW, i_stride = nhwc ? C : 1;
 
-  parallel_for_ranges(C, [&](int64_t c0, int64_t c1) {
+  parallel_for_ranges(C, K * p.pooled_h * p.pooled_w, [&](int64_t c0, int64_t c1) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t n = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
       acc_t* image = gi_data + n * C * HW;

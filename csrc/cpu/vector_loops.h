@@ -79,9 +79,11 @@ ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t c
         const acc_t v = t.valid ? t.w1 * static_cast<acc_t>(p1[j]) + t.w2 * static_cast<acc_t>(p2[j]) +
                                       t.w3 * static_cast<acc_t>(p3[j]) + t.w4 * static_cast<acc_t>(p4[j])
                                 : acc_t(0);
-        // A branch-free select (all ones where v wins) that the compiler vectorizes.
-        const int32_t mask = -static_cast<int32_t>(v > top[j]);
-        top[j] = v > top[j] ? v : top[j];
+        // A branch-free select (all ones where v wins) that the compiler vectorizes. The first sample
+        // always wins, so a bin of -inf samples gives -inf (not "no sample").
+        const bool win = v > top[j] || top_s[j] < 0;
+        const int32_t mask = -static_cast<int32_t>(win);
+        top[j] = win ? v : top[j];
         top_s[j] = (si & mask) | (top_s[j] & ~mask);
       }
     }
@@ -111,8 +113,9 @@ ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t 
         const int32_t i = static_cast<int32_t>(h * width + w);
         const scalar_t* cell = image + static_cast<int64_t>(i) * channels + c0;
         for (int64_t j = 0; j < n; ++j) {
-          const int32_t mask = -static_cast<int32_t>(cell[j] > top[j]);
-          top[j] = cell[j] > top[j] ? cell[j] : top[j];
+          const bool win = cell[j] > top[j] || top_i[j] < 0;  // the first cell always counts (-inf too)
+          const int32_t mask = -static_cast<int32_t>(win);
+          top[j] = win ? cell[j] : top[j];
           top_i[j] = (i & mask) | (top_i[j] & ~mask);
         }
       }
