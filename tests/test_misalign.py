@@ -1,0 +1,233 @@
+"""Tests of the misalignment benchmark (roiops/bench/misalign.py, roiops/bench/data.py).
+
+Every expected value is recomputed here from the rules in DESIGN.md (C rounding, floor/ceil bin edges,
+RoIAlign's sample grid) or by brute-force numeric integration, not read back from the module.
+"""
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pycocotools")
+pytest.importorskip("matplotlib")
+
+import roiops  # noqa: E402
+from roiops.bench import data as bdata  # noqa: E402
+from roiops.bench import misalign as m  # noqa: E402
+
+
+def c_round(x):  # C round(): half away from zero, written independently of the module
+    return math.copysign(math.floor(abs(x) + 0.5), x)
+
+
+def roipool_rule(x1, x2, stride, bins, size):
+    """Half-open cell ranges of RoIPool's bins along one axis, straight from DESIGN.md section 2."""
+    a, b = int(c_round(x1 / stride)), int(c_round(x2 / stride))
+    roi = max(b - a + 1, 1)
+    bw = roi / bins
+    out = []
+    for p in range(bins):
+        lo = min(max(math.floor(p * bw) + a, 0), size)
+        hi = min(max(math.ceil((p + 1) * bw) + a, 0), size)
+        out.append((lo, hi))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- level 1
+def test_article_example_floor_description():
+    ex = m.article_example()
+    assert ex["box_cells"] == pytest.approx(665 / 32) == pytest.approx(20.78125)
+    fl = ex["floor"]
+    assert fl["box_cells"] == 20
+    assert fl["box_err_px"] == pytest.approx((665 / 32 - 20) * 32) == pytest.approx(25.0)
+    assert fl["bin_cells"] == pytest.approx(20 / 7)
+    assert fl["bin_cells_q"] == 2
+    assert fl["bin_err_px"] == pytest.approx((20 / 7 - 2) * 32)
+    assert fl["bins_cells"] == [(2 * i, 2 * i + 2) for i in range(7)]
+    assert fl["region_px"] == (0, 14 * 32)
+    # bin i covers [64 i, 64 i + 64) px; the true bin i is [95 i, 95 (i + 1)) px: centre error 31 i + 15.5
+    assert fl["centre_err_px"] == pytest.approx([abs((64 * i + 32) - (95 * i + 47.5)) for i in range(7)])
+
+
+def test_article_example_real_rule():
+    ex = m.article_example()
+    rl = ex["real"]
+    assert rl["x2_cells"] == 21  # round(20.78) = 21, not floor's 20
+    assert rl["roi_cells"] == 22  # inclusive end
+    assert rl["bin_cells"] == pytest.approx(22 / 7)
+    expected = [(math.floor(p * 22 / 7), math.ceil((p + 1) * 22 / 7)) for p in range(7)]
+    assert rl["bins_cells"] == expected  # read from roiops.roi_pool by the module
+    assert rl["region_px"] == (0, 22 * 32)
+    assert rl["right_edge_err_px"] == 22 * 32 - 665
+    assert ex["roialign"]["centre_err_px"] == [0.0] * 7
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16, 32])
+def test_roipool_bins_match_the_rule(stride):
+    g = torch.Generator().manual_seed(stride)
+    boxes = m.random_boxes(40, 3 * stride, g, lo=stride, span=2 * stride)
+    # exact half-cell coordinates, where C rounding and Python's round() differ
+    boxes = torch.cat([boxes, torch.tensor([[2.5 * stride, 0.5 * stride, 6.5 * stride, 4.5 * stride]],
+                                           dtype=torch.float64)])
+    size = 12 + 4 * 32 // stride * 4
+    x0, x1, y0, y1, ne = m.roipool_bins(boxes, stride, 7, (size, size))
+    for k, b in enumerate(boxes.tolist()):
+        rx = roipool_rule(b[0], b[2], stride, 7, size)
+        ry = roipool_rule(b[1], b[3], stride, 7, size)
+        assert [(int(a), int(c)) for a, c in zip(x0[k].tolist(), x1[k].tolist())] == rx
+        assert [(int(a), int(c)) for a, c in zip(y0[k].tolist(), y1[k].tolist())] == ry
+        assert bool(ne[k].all())
+    assert int(x0[-1, 0]) == 3  # round(2.5) = 3 under C rounding (Python would give 2)
+
+
+def test_roialign_aligned_geometric_error_is_zero():
+    g = torch.Generator().manual_seed(0)
+    for stride in (4, 32):
+        for size in (16, 200):
+            boxes = m.random_boxes(50, size, g)
+            met = m.geometry_metrics(boxes, *m.roialign_bins(boxes, stride, 7, aligned=True), None, 7)
+            assert met["centre_err"] < 1e-9 and met["edge_err"] < 1e-9
+            assert met["bin_iou"] == pytest.approx(1.0) and met["region_iou"] == pytest.approx(1.0)
+
+
+def test_roialign_not_aligned_is_a_half_cell_shift():
+    g = torch.Generator().manual_seed(1)
+    boxes = m.random_boxes(50, 128, g)
+    met = m.geometry_metrics(boxes, *m.roialign_bins(boxes, 16, 7, aligned=False), None, 7)
+    assert met["centre_err"] == pytest.approx(8.0)
+    assert met["centre_spread"] < 1e-9  # constant: the same for every box
+
+
+def test_roialign_bin_centres_agree_with_the_operator():
+    """The bins the module draws for RoIAlign have the centres roiops.roi_align samples: pooled from a map
+    holding each cell's image-space centre (a linear function, so bilinear sampling is exact)."""
+    stride, n = 8, 60
+    c = (torch.arange(n, dtype=torch.float64) + 0.5) * stride
+    feat = torch.stack([c.expand(n, n), c[:, None].expand(n, n)])[None]
+    g = torch.Generator().manual_seed(2)
+    boxes = m.random_boxes(20, 64, g, lo=40, span=40)
+    rois = torch.cat([torch.zeros(20, 1, dtype=torch.float64), boxes], 1)
+    for aligned in (True, False):
+        out = roiops.roi_align(feat, rois, 7, 1.0 / stride, 2, aligned)
+        x0, x1, y0, y1 = m.roialign_bins(boxes, stride, 7, aligned)
+        torch.testing.assert_close(out[:, 0, 0, :], (x0 + x1) / 2)
+        torch.testing.assert_close(out[:, 1, :, 0], (y0 + y1) / 2)
+
+
+def test_roipool_geometry_error_grows_with_stride():
+    res = m.run_level1(n_boxes=30)
+    err = {(r["stride"], r["op"]): [] for r in res["rows"]}
+    for r in res["rows"]:
+        err[(r["stride"], r["op"])].append(r["centre_err"])
+    means = [np.mean(err[(s, "RoIPool")]) for s in m.STRIDES]
+    assert all(a < b for a, b in zip(means, means[1:]))
+    assert max(np.mean(err[(s, "RoIAlign aligned=True")]) for s in m.STRIDES) < 1e-9
+
+
+# ----------------------------------------------------------------------------------------- level 2
+def _fine_mean(f, x0, x1, y0, y1, n=400):
+    xs = x0 + (np.arange(n) + 0.5) / n * (x1 - x0)
+    ys = y0 + (np.arange(n) + 0.5) / n * (y1 - y0)
+    return f(xs[None, :], ys[:, None]).mean()
+
+
+def test_cell_average_map_is_the_cell_mean():
+    per = m.Periodic(period=40.0)
+    stride = 16
+    feat = m.cell_average_map(stride, 6, per)[0]
+    f = lambda x, y: np.sin(per.w * x + per.px) * np.sin(per.w * y + per.py)  # noqa: E731
+    for (i, j) in [(0, 0), (2, 5), (5, 3)]:
+        x0, y0 = j * stride, i * stride
+        assert feat[0, i, j].item() == pytest.approx(_fine_mean(lambda x, y: x + 0 * y, x0, x0 + stride, y0, y0 + stride))
+        assert feat[1, i, j].item() == pytest.approx(_fine_mean(lambda x, y: y + 0 * x, x0, x0 + stride, y0, y0 + stride))
+        assert feat[2, i, j].item() == pytest.approx(_fine_mean(f, x0, x0 + stride, y0, y0 + stride), abs=1e-5)
+
+
+def test_periodic_bin_mean_and_max_closed_forms():
+    per = m.Periodic(period=37.0, px=0.7, py=-0.4)
+    f = lambda x, y: np.sin(per.w * x + per.px) * np.sin(per.w * y + per.py)  # noqa: E731
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x0, y0 = rng.uniform(0, 100, 2)
+        x1, y1 = x0 + rng.uniform(0.5, 60), y0 + rng.uniform(0.5, 60)
+        t = [torch.tensor([v], dtype=torch.float64) for v in (x0, x1, y0, y1)]
+        assert per.mean(*t).item() == pytest.approx(_fine_mean(f, x0, x1, y0, y1), abs=2e-5)
+        xs, ys = np.linspace(x0, x1, 2001), np.linspace(y0, y1, 2001)
+        assert per.max(*t).item() == pytest.approx(f(xs[None, :], ys[:, None]).max(), abs=1e-4)
+
+
+def test_pool_bins_avg_matches_a_loop():
+    g = torch.Generator().manual_seed(3)
+    feat = torch.randn(1, 2, 20, 20, generator=g, dtype=torch.float64)
+    boxes = m.random_boxes(6, 40, g, lo=8, span=16)
+    out = m._pool_bins_avg(feat, boxes, 4, 7)
+    for k, b in enumerate(boxes.tolist()):
+        rx, ry = roipool_rule(b[0], b[2], 4, 7, 20), roipool_rule(b[1], b[3], 4, 7, 20)
+        for i, (ya, yb) in enumerate(ry):
+            for j, (xa, xb) in enumerate(rx):
+                torch.testing.assert_close(out[k, :, i, j], feat[0, :, ya:yb, xa:xb].mean(dim=(1, 2)))
+
+
+def test_level2_roialign_aligned_avg_is_exact_for_f_equals_x():
+    res = m.run_level2(n_boxes=10)
+    for r in res["rows"]:
+        if r["op"].startswith("RoIAlign avg aligned=True"):
+            assert r["err_px"] < 1e-9, r
+        if r["op"] == "RoIPool (max)":
+            assert r["err_px"] > 0.1 * r["stride"]
+
+
+# ----------------------------------------------------------------------------------------- helpers, data
+def test_c_round_and_mean_ci():
+    assert m.c_round(2.5) == 3 and m.c_round(-2.5) == -3 and m.c_round(20.78125) == 21 and m.c_round(0.49) == 0
+    mean, half = m.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert m.mean_ci([5.0]) == (5.0, 0.0)
+
+
+def test_synthetic_shapes_are_seeded_and_instances_disjoint():
+    a = bdata.make_shapes(3, size=96, seed=7, max_diameter=60)
+    b = bdata.make_shapes(3, size=96, seed=7, max_diameter=60)
+    for sa, sb in zip(a, b):
+        np.testing.assert_array_equal(sa.image, sb.image)
+        assert len(sa.instances) == len(sb.instances) > 0
+        total = sum(i.mask.astype(int) for i in sa.instances)
+        assert total.max() == 1  # occlusion: every pixel belongs to at most one instance
+        for inst in sa.instances:
+            x1, y1, x2, y2 = inst.box()
+            ys, xs = np.nonzero(inst.mask)
+            assert (x1, y1, x2, y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            assert 1 <= inst.label <= len(bdata.SHAPE_CLASSES)
+
+
+def test_stardist_missing_is_skipped_with_a_message(monkeypatch):
+    monkeypatch.setattr(bdata, "stardist_paths", lambda: None)
+    with pytest.raises(FileNotFoundError, match="stardist"):
+        bdata.load_stardist()
+    notes = []
+    sets = m.load_l3_datasets(True, True, notes.append)
+    assert [s[0].name for s in sets] == ["synthetic"]
+    assert any("stardist" in n for n in notes)
+
+
+# ----------------------------------------------------------------------------------------- level 3, CLI
+def test_tiny_run_writes_ap_in_unit_range_and_a_report(tmp_path):
+    parser = argparse.ArgumentParser()
+    m.add_arguments(parser)
+    out = tmp_path / "rep"
+    js = tmp_path / "r.json"
+    args = parser.parse_args(["--quick", "--levels", "3", "--strides", "16", "--seeds", "1", "--steps", "4",
+                              "--no-real", "--out", str(out), "--json", str(js)])
+    assert m.run(args) == 0
+    assert (out / "REPORT.md").exists() and (out / "level3_mask_ap.png").exists()
+    res = json.loads(js.read_text())
+    runs = res["level3"]["runs"]
+    assert {r["op"] for r in runs} == {"RoIPool", "RoIAlign avg"}
+    for r in runs:
+        for k in ("AP", "AP50", "AP75"):
+            assert 0.0 <= r[k] <= 1.0
+    assert "Level 3: mask AP" in (out / "REPORT.md").read_text()
