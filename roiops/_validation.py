@@ -51,7 +51,8 @@ def boxes_to_rois(op: str, boxes: BoxesArg, input: Tensor) -> Tensor:
 
 
 def _check_same(op: str, name: str, t: Tensor, input: Tensor) -> None:
-    if t.dtype != input.dtype:
+    # Under autocast the dtypes may differ: the autocast kernels cast both to float32.
+    if t.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
         raise TypeError(f"{op}: {name} must have the dtype of input ({input.dtype}), but got {t.dtype}")
     if t.device != input.device:
         raise ValueError(f"{op}: {name} must be on the device of input ({input.device}), but is on {t.device}")

@@ -340,3 +340,17 @@ def test_torch_compile_channels_last_aot_eager():
     torch.testing.assert_close(comp, eager, rtol=0, atol=0)
     g = torch.randn(eager.shape)
     torch.testing.assert_close(input_grad(comp, xc, g), input_grad(eager, xe, g), rtol=0, atol=0)
+
+
+def test_autocast_accepts_float32_boxes_with_half_input():
+    """Under autocast an activation may be bfloat16 while the boxes stay float32; the ops then run in
+    float32 and return the input's dtype (outside autocast the mismatch is an error, tested above)."""
+    x = torch.randn(1, 4, 16, 16)
+    rois = torch.tensor([[0, 1.0, 1.0, 9.0, 9.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roiops.roi_align(x.bfloat16(), rois, 3, 1.0, 2, True)
+        pooled = roiops.roi_pool(x.bfloat16(), rois, 3)
+    assert out.dtype == torch.bfloat16 and pooled.dtype == torch.bfloat16
+    expected = roiops.roi_align(x.bfloat16().float(), rois, 3, 1.0, 2, True)
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(pooled.float(), roiops.roi_pool(x.bfloat16().float(), rois, 3), atol=1e-2, rtol=1e-2)
