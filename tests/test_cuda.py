@@ -218,6 +218,31 @@ def test_roi_pool_hand_checked():
     torch.testing.assert_close(x.grad.cpu()[0, 0], expected)
 
 
+@needs_device
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_max_with_inf_and_nan_matches_cpu(layout):
+    # The max rule at its edges: bins of -inf (the first sample/cell counts: -inf, argmax 0), a NaN
+    # that comes first or later, ties between equal values (first wins).
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64).round().float()  # many ties
+    x[:, 0, :4, :4] = float("-inf")
+    x[:, 1, 0, 0] = float("nan")
+    x[:, 2, 5, 5] = float("nan")
+    x[:, 3] = 1.0
+    rois = torch.tensor([[0, 0, 0, 3, 3], [0, 0, 0, 7, 7], [0, 4, 4, 7, 7], [0, -2, -2, 2, 2], [0, 1.5, 0.5, 6.2, 5.1]],
+                        dtype=torch.float32)
+    x_cpu = to_layout(x, layout)
+    x_dev = on_device(x, layout)
+    for args in ((1.0, 2, 2, 2, True, "max"), (1.0, 3, 3, 1, False, "max"), (1.0, 2, 2, 2, True, "avg")):
+        out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
+        out_d, arg_d = ops.roi_align(x_dev, rois.to(DEVICE), *args)
+        torch.testing.assert_close(out_d.cpu(), out_c, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(arg_d.cpu(), arg_c)
+    out_c, arg_c = ops.roi_pool(x_cpu, rois, 1.0, 2, 2)
+    out_d, arg_d = ops.roi_pool(x_dev, rois.to(DEVICE), 1.0, 2, 2)
+    torch.testing.assert_close(out_d.cpu(), out_c, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(arg_d.cpu(), arg_c)
+
+
 # ---- empty inputs ------------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 // RoIAlign on CUDA: forward and backward, avg and max modes, NCHW and channels-last layouts.
 //
 // Semantics are those of the CPU kernels (csrc/cpu/roi_align_kernel.cpp), written once in
-// csrc/roi_geometry.h: the same sample positions, taps, weights, sample order and tie rule
-// (strict '>', first maximum wins), the same argmax encoding (sample index iy * grid_w + ix in the
+// csrc/roi_geometry.h: the same sample positions, taps, weights, sample order and max rule (the
+// first sample always counts, a later one wins only if strictly greater, so the first maximum wins
+// and a bin of -inf samples gives -inf), the same argmax encoding (sample index iy * grid_w + ix in the
 // bin's grid, -1 for a bin without samples), float accumulation for the half types. The extension
 // is compiled with --fmad=false, so each sample's arithmetic rounds as on the CPU.
 //
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(kThreads)
                                        t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
                                        t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
                                        t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
-          if (v > top) {
+          if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
             top = v;
             top_s = iy * g.grid_w + ix;
           }
@@ -309,8 +310,9 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   const c10::cuda::CUDAGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
-  const int64_t numel = batch_size * channels * height * width;
-  if (grad.numel() == 0 || numel == 0) return at::zeros(sizes, grad.options().memory_format(layout));
+  const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
+  // (at::zeros would drop a memory format given in its options: allocate with the layout, then zero.)
+  if (grad.numel() == 0 || no_input) return at::empty(sizes, grad.options(), layout).zero_();
   const at::Tensor r = rois.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor result;
@@ -318,15 +320,15 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     using acc_t = at::opmath_type<scalar_t>;
     check_samples_per_bin<scalar_t>(r, a);
     if (!deterministic) {
-      at::Tensor grad_in = at::zeros(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value)
-                                                .memory_format(layout));
+      at::Tensor grad_in =
+          at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();
       launch_backward<scalar_t>(grad, r, argmax, max_mode, AtomicAdder<acc_t>{grad_in.mutable_data_ptr<acc_t>()}, a,
                                 stream);
       result = std::is_same<acc_t, scalar_t>::value ? grad_in : grad_in.to(grad.scalar_type());
     } else {
-      FixedPointBuffers buffers(grad, numel);
+      result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
+      FixedPointBuffers buffers(grad, result.numel());
       launch_backward<scalar_t>(grad, r, argmax, max_mode, buffers.adder<acc_t>(), a, stream);
-      result = at::empty(sizes, grad.options().memory_format(layout));
       buffers.finish<scalar_t>(result, stream);
     }
   });

@@ -2,8 +2,9 @@
 //
 // Semantics are those of the CPU kernels (csrc/cpu/roi_pool_kernel.cpp), written once in
 // csrc/roi_geometry.h: boxes rounded half away from zero, bins floor/ceil'ed and clipped to the map,
-// max with strict '>' from -inf (first maximum in row-major cell order wins, NaN never wins), an
-// empty bin gives 0 with argmax -1, argmax = h * W + w. The geometry is computed in the opmath type
+// max over the bin's cells in row-major order where the first cell always counts and a later one
+// wins only if strictly greater (first maximum wins; a bin of -inf gives -inf), an empty bin gives
+// 0 with argmax -1, argmax = h * W + w. The geometry is computed in the opmath type
 // (float for the half types), as on the CPU.
 //
 // Work split: one thread per pooled element (k, c, ph, pw), pw-fastest for NCHW and c-fastest for
@@ -75,7 +76,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int w = cols.begin; w < cols.end; ++w) {
         const int32_t cell = h * W + w;
         const acc_t v = static_cast<acc_t>(plane[static_cast<int64_t>(cell) * cs]);
-        if (v > top) {
+        if (v > top || top_i < 0) {  // the first cell always counts (-inf and NaN too)
           top = v;
           top_i = cell;
         }
@@ -191,22 +192,23 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
   const c10::cuda::CUDAGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
-  const int64_t numel = batch_size * channels * height * width;
-  if (grad.numel() == 0 || numel == 0) return at::zeros(sizes, grad.options().memory_format(layout));
+  const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
+  // (at::zeros would drop a memory format given in its options: allocate with the layout, then zero.)
+  if (grad.numel() == 0 || no_input) return at::empty(sizes, grad.options(), layout).zero_();
   const at::Tensor r = rois.contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!deterministic) {
-      at::Tensor grad_in = at::zeros(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value)
-                                                .memory_format(layout));
+      at::Tensor grad_in =
+          at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();
       launch_backward<scalar_t>(grad, r, argmax, AtomicAdder<acc_t>{grad_in.mutable_data_ptr<acc_t>()}, a, stream);
       result = std::is_same<acc_t, scalar_t>::value ? grad_in : grad_in.to(grad.scalar_type());
     } else {
-      FixedPointBuffers buffers(grad, numel);
+      result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
+      FixedPointBuffers buffers(grad, result.numel());
       launch_backward<scalar_t>(grad, r, argmax, buffers.adder<acc_t>(), a, stream);
-      result = at::empty(sizes, grad.options().memory_format(layout));
       buffers.finish<scalar_t>(result, stream);
     }
   });
