@@ -501,7 +501,7 @@ def coco_mask_ap(gt, dets) -> Dict[str, float]:
 
 @dataclass
 class L3Config:
-    steps: int = 400
+    steps: int = 300
     batch: int = 32
     lr: float = 3e-3
     conv_channels: int = 16
@@ -762,7 +762,7 @@ def _plt():
 
 def plot_level1(res, path):
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.3))
     rows = res["rows"]
     colors = dict(zip(STRIDES, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
     for stride in STRIDES:
@@ -773,16 +773,20 @@ def plot_level1(res, path):
                          color=colors[stride], label=lab)
             axes[1].plot([r["size"] for r in rs], [r["edge_err"] for r in rs], ls, marker="o", ms=3,
                          color=colors[stride])
-            axes[2].plot([r["size"] for r in rs], [r["bin_iou"] for r in rs], ls, marker="o", ms=3,
+            axes[2].plot([r["size"] for r in rs], [max(r["centre_spread"], 1e-2) for r in rs], ls, marker="o", ms=3,
                          color=colors[stride])
-    titles = ("mean bin-centre error (px)", "mean edge error of pooled region (px)", "mean bin IoU with true bin")
+            axes[3].plot([r["size"] for r in rs], [r["bin_iou"] for r in rs], ls, marker="o", ms=3,
+                         color=colors[stride])
+    titles = ("mean |bin-centre error| (px)", "mean |edge error| of pooled region (px)",
+              "box-to-box spread of bin-centre error (px)\n(a constant offset can be learned; this cannot)",
+              "mean bin IoU with true bin")
     for ax, t in zip(axes, titles):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("box size (px)")
         ax.set_title(t)
         ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
+    for ax in axes[:3]:
+        ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle("Level 1: where the pooled bins are (RoIAlign aligned=True: error 0, bin IoU 1)")
     fig.tight_layout()
@@ -1006,10 +1010,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", default="1,2,3", help="comma-separated levels to run (default 1,2,3)")
     parser.add_argument("--no-real", action="store_true", help="skip the real (stardist) image at level 3")
     parser.add_argument("--strides", default=None, help="level-3 strides (default 8,16,32; quick 16,32)")
-    parser.add_argument("--steps", type=int, default=None, help="level-3 training steps (default 400; quick 120)")
+    parser.add_argument("--steps", type=int, default=None, help="level-3 training steps (default 300; quick 120)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the level-3 head is tiny, and extra threads only add "
                              "synchronisation, badly so on a busy machine)")
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="re-render the report and plots of an earlier run's results.json into --out (no compute)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -1022,8 +1028,36 @@ def run(args) -> int:
         torch.set_num_threads(threads)
 
 
+def _unjson(x):
+    if isinstance(x, dict):
+        return {k: _unjson(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_unjson(v) for v in x]
+    return float("nan") if x is None else x
+
+
+def render(results, out_dir, plots=True) -> str:
+    """The PNG plots and REPORT.md of a results dict."""
+    if plots:
+        if "level1" in results:
+            plot_level1(results["level1"], os.path.join(out_dir, "level1_geometry.png"))
+            plot_article(results["level1"]["article"], os.path.join(out_dir, "article_example.png"))
+        if "level2" in results:
+            plot_level2(results["level2"], os.path.join(out_dir, "level2_features.png"))
+        if "level3" in results:
+            plot_level3(results["level3"], os.path.join(out_dir, "level3_mask_ap.png"))
+    return write_report(results, out_dir)
+
+
 def _run(args) -> int:
     t_start = time.perf_counter()
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = _unjson(json.load(f))
+        os.makedirs(args.out, exist_ok=True)
+        results["findings"] = findings(results)
+        print(f"report: {render(results, args.out, not args.no_plots)}")
+        return 0
     torch.manual_seed(0)
     levels = {int(x) for x in str(args.levels).split(",") if x.strip()}
     quick = bool(args.quick)
@@ -1055,7 +1089,7 @@ def _run(args) -> int:
         strides = ([int(s) for s in args.strides.split(",")] if args.strides else ([16, 32] if quick else [8, 16, 32]))
         ops = [o for o in L3_OPS if o.name in QUICK_L3_OPS] if quick else list(L3_OPS)
         seeds = args.seeds if args.seeds else (2 if quick else 3)
-        cfg = L3Config(steps=args.steps if args.steps else (120 if quick else 400))
+        cfg = L3Config(steps=args.steps if args.steps else (120 if quick else 300))
         results["level3"] = run_level3(strides, ops, seeds, cfg, quick, not args.no_real, log)
         print("\n== Level 3: mask AP (x100, mean ± 95% CI over seeds) ==")
         print("\n".join(gap_table(results["level3"])))
@@ -1067,13 +1101,7 @@ def _run(args) -> int:
                            machine=f"{platform.machine()} {os.cpu_count()} CPUs", threads=torch.get_num_threads(),
                            seconds=time.perf_counter() - t_start, levels=sorted(levels))
     if not args.no_plots:
-        if "level1" in results:
-            plot_level1(results["level1"], os.path.join(args.out, "level1_geometry.png"))
-            plot_article(results["level1"]["article"], os.path.join(args.out, "article_example.png"))
-        if "level2" in results:
-            plot_level2(results["level2"], os.path.join(args.out, "level2_features.png"))
-        if "level3" in results:
-            plot_level3(results["level3"], os.path.join(args.out, "level3_mask_ap.png"))
+        render(results, args.out, True)  # plots (the report is rewritten below with the final time)
     results["meta"]["seconds"] = time.perf_counter() - t_start
     report = write_report(results, args.out)
     blob = json.dumps(_jsonable(results), indent=1, allow_nan=False)
