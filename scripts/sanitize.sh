@@ -18,7 +18,8 @@
 #   2. $DIR/lib/roiops = a copy of the Python package + the sanitized _C*.so; PYTHONPATH points there
 #      (setuptools' editable finder comes after PYTHONPATH, so this copy is the one imported; the
 #      script checks that).
-#   3. python runs with LD_PRELOAD=libasan (the ASan runtime must be loaded before anything else),
+#   3. python runs with LD_PRELOAD=libasan (the ASan runtime must be loaded before anything else;
+#      libstdc++ is preloaded right after it so that ASan can intercept C++ exceptions),
 #      ASAN_OPTIONS=detect_leaks=0 (CPython and torch keep memory until exit by design), and
 #      UBSAN_OPTIONS=halt_on_error=1, so the first report of either sanitizer ends the run with a
 #      stack trace and a non-zero exit status. ROIOPS_SANITIZED=1 tells the tests, which skip what
@@ -29,6 +30,7 @@
 # test subset ~4-6 min. The exit status is pytest's (or the sanitizer's abort).
 set -euo pipefail
 
+ORIG_PWD="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${ROIOPS_ASAN_DIR:-/tmp/roiops_asan}"
 cd "$ROOT"
@@ -42,6 +44,11 @@ if [[ ! -e "$LIBASAN" ]]; then
     echo "sanitize.sh: libasan not found (gcc -print-file-name=libasan.so gave '$LIBASAN')" >&2
     exit 2
 fi
+
+# libstdc++ right after libasan: otherwise ASan's __cxa_throw interceptor finds no real __cxa_throw
+# when it initializes, and the first C++ exception (any TORCH_CHECK) aborts with a CHECK failure.
+LIBSTDCXX="$(gcc -print-file-name=libstdc++.so.6)"
+PRELOAD="$LIBASAN $LIBSTDCXX"
 
 t0=$(date +%s)
 if [[ "${ROIOPS_ASAN_REBUILD:-0}" == "1" ]]; then
@@ -65,7 +72,8 @@ mkdir -p "$DIR/pkg"
 rm -rf "$DIR/pkg/roiops"
 (cd "$ROOT" && find roiops -name '*.py' -print0 | xargs -0 -I{} install -D -m 644 {} "$DIR/pkg/{}")
 cp "$SO" "$DIR/pkg/roiops/"
-nm -D "$SO" | grep -q __asan_init || nm -D "$SO" | grep -q __asan_report || {
+SYMBOLS="$(nm -D "$SO")"  # (not piped into grep -q: with pipefail, nm's SIGPIPE would fail the test)
+[[ "$SYMBOLS" == *__asan_report* && "$SYMBOLS" == *__ubsan_handle* ]] || {
     echo "sanitize.sh: $SO is not instrumented (does setup.py still honour ROIOPS_SANITIZE=1?)" >&2
     exit 2
 }
@@ -74,17 +82,33 @@ export PYTHONPATH="$DIR/pkg${PYTHONPATH:+:$PYTHONPATH}"
 export ROIOPS_SANITIZED=1
 export ROIOPS_FUZZ_EXAMPLES="${ROIOPS_FUZZ_EXAMPLES:-25}"
 # protect_shadow_gap=0: CUDA builds of torch map memory where ASan would otherwise reserve it.
-export ASAN_OPTIONS="detect_leaks=0:protect_shadow_gap=0:detect_odr_violation=0:alloc_dealloc_mismatch=0:abort_on_error=1:print_summary=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# ASan reports also go to $DIR/reports/asan.<pid> (UBSan's to stderr: it ignores log_path here).
+rm -rf "$DIR/reports"
+mkdir -p "$DIR/reports"
+export ASAN_OPTIONS="log_path=$DIR/reports/asan:detect_leaks=0:protect_shadow_gap=0:detect_odr_violation=0:alloc_dealloc_mismatch=0:abort_on_error=1:print_summary=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="log_path=$DIR/reports/ubsan:print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
-LD_PRELOAD="$LIBASAN" python - <<'EOF'
+# Run from the build folder: the checkout's roiops/ (with the uninstrumented _C) must not be on
+# sys.path (python puts the working directory first).
+cd "$DIR"
+LD_PRELOAD="$PRELOAD" python - <<'EOF'
 import roiops, roiops._C as c
 print("   using", c.__file__)
 assert "/pkg/roiops/" in c.__file__, "the sanitized copy was not the one imported"
 EOF
 
 if [[ $# -gt 0 ]]; then
-    TESTS=("$@")
+    # Test paths relative to where the script was called from (or to the checkout) become absolute.
+    TESTS=()
+    for a in "$@"; do
+        p="${a%%::*}"
+        if [[ "$a" != -* && "$a" != /* && -e "$ORIG_PWD/$p" ]]; then
+            a="$ORIG_PWD/$a"
+        elif [[ "$a" != -* && "$a" != /* && -e "$ROOT/$p" ]]; then
+            a="$ROOT/$a"
+        fi
+        TESTS+=("$a")
+    done
 else
     TESTS=()
     for f in tests/test_properties.py tests/test_hardening.py tests/test_roi_align.py tests/test_roi_pool.py \
@@ -93,11 +117,16 @@ else
     done
 fi
 echo "== pytest under ASan+UBSan: ${TESTS[*]}"
-# Run from the build folder: the checkout's roiops/ (with the uninstrumented _C) must not be on sys.path.
-cd "$DIR"
 status=0
-LD_PRELOAD="$LIBASAN" python -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
+# --capture=sys: pytest captures Python's sys.stdout/stderr only, so sanitizer reports written to fd 2
+# reach the terminal even when the process aborts.
+LD_PRELOAD="$PRELOAD" python -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
     "${TESTS[@]}" || status=$?
 t2=$(date +%s)
+if compgen -G "$DIR/reports/*" > /dev/null; then
+    echo "== sanitizer reports:"
+    cat "$DIR"/reports/*
+    [[ $status -eq 0 ]] && status=1
+fi
 echo "== sanitizer run: build $((t1 - t0)) s, tests $((t2 - t1)) s, exit status $status"
 exit $status
