@@ -75,31 +75,13 @@ void for_each_bin_chunk(const AlignGeometry<acc_t>& g, const AlignParams& p,
   }
 }
 
-// Bilinear samples per channel that a call takes, over all RoIs.
+// The channels-last forward: RoIs handed out to threads one at a time; the four taps of a sample
+// are contiguous channel vectors (SIMD loops in vector_loops.h). Output may have any layout.
 template <typename scalar_t>
-int64_t count_samples(const at::Tensor& rois, const AlignParams& p) {
+void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+                  const AlignParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
-  int64_t total = 0;
-  for (int64_t k = 0; k < rois.size(0); ++k) {
-    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
-    total += static_cast<int64_t>(g.grid_h) * g.grid_w * p.pooled_h * p.pooled_w;
-  }
-  return total;
-}
-
-// NCHW gathers jump between whole planes and are bound by memory latency. Once the RoIs sample the
-// map densely, one streaming transpose to NHWC plus contiguous channel-vector sampling is faster.
-bool prefer_nhwc(int64_t samples_per_channel, int64_t batch, const AlignParams& p) {
-  return p.channels >= 8 && samples_per_channel >= batch * p.height * p.width / 4;
-}
-
-// Reads input as NHWC when `nhwc` (transposing an NCHW input first); output may have any layout.
-template <typename scalar_t>
-void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
-                  bool nhwc, const AlignParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor in = input.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const at::Tensor in = input.contiguous(at::MemoryFormat::ChannelsLast);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
@@ -115,47 +97,9 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
     const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
     const scalar_t* image = in_data + g.batch * C * HW;
     std::vector<BilinearTaps<acc_t>> taps;
-    std::vector<acc_t> acc(nhwc ? C : 0);
-    std::vector<int32_t> best(nhwc && p.max_mode ? C : 0);
+    std::vector<acc_t> acc(C);
+    std::vector<int32_t> best(p.max_mode ? C : 0);
     for_each_bin_chunk(g, p, taps, [&](int64_t first, int64_t last) {
-      if (!nhwc) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* plane = image + c * HW;
-          const BilinearTaps<acc_t>* t = taps.data();
-          for (int64_t b = first; b < last; ++b) {
-            const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
-            acc_t value;
-            if (!p.max_mode) {
-              acc_t sum = 0;
-              for (int64_t s = 0; s < per_bin; ++s, ++t) {
-                if (!t->valid) continue;
-                sum += t->w1 * static_cast<acc_t>(plane[t->o1]) + t->w2 * static_cast<acc_t>(plane[t->o2]) +
-                       t->w3 * static_cast<acc_t>(plane[t->o3]) + t->w4 * static_cast<acc_t>(plane[t->o4]);
-              }
-              value = sum / g.count;
-            } else {
-              acc_t top = neg_inf;
-              int32_t top_s = -1;
-              for (int64_t s = 0; s < per_bin; ++s, ++t) {
-                const acc_t v = !t->valid ? acc_t(0)
-                                          : t->w1 * static_cast<acc_t>(plane[t->o1]) +
-                                                t->w2 * static_cast<acc_t>(plane[t->o2]) +
-                                                t->w3 * static_cast<acc_t>(plane[t->o3]) +
-                                                t->w4 * static_cast<acc_t>(plane[t->o4]);
-                if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
-                  top = v;
-                  top_s = static_cast<int32_t>(s);
-                }
-              }
-              value = top_s >= 0 ? top : acc_t(0);
-              arg_data[k * as0 + c * as1 + ph * as2 + pw * as3] = top_s;
-            }
-            out_data[k * os0 + c * os1 + ph * os2 + pw * os3] = static_cast<scalar_t>(value);
-          }
-        }
-        return;
-      }
-      // Channels-last: the four taps of a sample are contiguous channel vectors.
       for (int64_t b = first; b < last; ++b) {
         const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
         const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
@@ -173,11 +117,204 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   });
 }
 
-// grad_in is an opmath-typed buffer (float for the half types, so that many small contributions
-// are not rounded away), laid out NCHW or NHWC as `nhwc` says.
+// One sample's taps inside an H x W plane, compact for the NCHW backward (which streams them once
+// per channel): o1 < 0 marks a sample outside the map.
+template <typename acc_t>
+struct PlaneTaps {
+  int32_t o1, o2, o3, o4;
+  acc_t w1, w2, w3, w4;
+};
+
+// A run of bins of one RoI whose taps sit together in the shared buffer of the NCHW backward.
+struct TapRun {
+  int64_t roi, first_bin, last_bin, offset;
+};
+
+// Taps shared by all threads per round of the NCHW backward (~3-6 MB: stays in L3).
+constexpr int64_t kSharedTaps = int64_t(1) << 17;
+
+// Calls round(runs, begin, end, taps) for rounds of consecutive runs whose taps (at most about
+// kSharedTaps of them) were just computed in parallel into `taps`, at each run's offset.
+template <typename acc_t, typename scalar_t, typename F>
+void for_each_tap_round(const scalar_t* roi_data, int64_t K, const AlignParams& p,
+                        std::vector<AlignGeometry<acc_t>>& geometry, const F& round) {
+  const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
+  geometry.resize(K);
+  std::vector<TapRun> runs;
+  for (int64_t k = 0; k < K; ++k) {
+    geometry[k] = roi_geometry<acc_t>(roi_data + k * 5, p);
+    const int64_t per_bin = static_cast<int64_t>(geometry[k].grid_h) * geometry[k].grid_w;
+    if (per_bin == 0) continue;
+    const int64_t bins_per_run = std::max<int64_t>(1, kTapsPerChunk / per_bin);
+    for (int64_t first = 0; first < bins; first += bins_per_run) {
+      runs.push_back(TapRun{k, first, std::min(bins, first + bins_per_run), 0});
+    }
+  }
+  auto run_size = [&](const TapRun& r) {
+    return (r.last_bin - r.first_bin) * geometry[r.roi].grid_h * geometry[r.roi].grid_w;
+  };
+  std::vector<PlaneTaps<acc_t>> taps;
+  for (size_t begin = 0; begin < runs.size();) {
+    size_t end = begin;
+    int64_t total = 0;
+    while (end < runs.size() && (end == begin || total + run_size(runs[end]) <= kSharedTaps)) {
+      runs[end].offset = total;
+      total += run_size(runs[end]);
+      ++end;
+    }
+    taps.resize(total);
+    parallel_for_each_dynamic(end - begin, kTapsPerChunk, [&](int64_t q) {
+      const TapRun& r = runs[begin + q];
+      const AlignGeometry<acc_t>& g = geometry[r.roi];
+      const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+      PlaneTaps<acc_t>* t = taps.data() + r.offset;
+      for (int64_t b = r.first_bin; b < r.last_bin; ++b) {
+        for (int64_t s = 0; s < per_bin; ++s, ++t) {
+          const BilinearTaps<acc_t> bt = align_sample_taps(g, static_cast<int>(b / p.pooled_w),
+                                                           static_cast<int>(b % p.pooled_w), static_cast<int>(s),
+                                                           static_cast<int>(p.height), static_cast<int>(p.width));
+          *t = bt.valid ? PlaneTaps<acc_t>{static_cast<int32_t>(bt.o1), static_cast<int32_t>(bt.o2),
+                                           static_cast<int32_t>(bt.o3), static_cast<int32_t>(bt.o4),
+                                           bt.w1, bt.w2, bt.w3, bt.w4}
+                        : PlaneTaps<acc_t>{-1, 0, 0, 0, acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+        }
+      }
+    });
+    round(runs, begin, end, taps, total);
+    begin = end;
+  }
+}
+
+// The NCHW kernels work channel by channel rather than RoI by RoI: going RoI by RoI would jump to
+// another plane for every (RoI, channel) and miss the cache each time, whereas one channel's plane
+// stays in cache while every RoI of a round is pooled from (or scattered into) it. Threads own
+// disjoint channels: no races, and the order of the sums does not depend on the thread count.
 template <typename scalar_t>
-void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
-                   bool nhwc, const AlignParams& p) {
+void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+                  const AlignParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor in = input.contiguous();
+  const scalar_t* in_data = in.const_data_ptr<scalar_t>();
+  scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
+  int32_t* arg_data = p.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
+  const int64_t C = p.channels, HW = p.height * p.width;
+  const int64_t os0 = output.stride(0), os1 = output.stride(1), os2 = output.stride(2), os3 = output.stride(3);
+  const int64_t as0 = p.max_mode ? argmax.stride(0) : 0, as1 = p.max_mode ? argmax.stride(1) : 0,
+                as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
+  // Bins without samples (zero-size boxes with adaptive sampling) get no run: they are 0 (argmax -1).
+  output.zero_();
+  if (p.max_mode) argmax.fill_(-1);
+  std::vector<AlignGeometry<acc_t>> geometry;
+  for_each_tap_round(rois.const_data_ptr<scalar_t>(), rois.size(0), p, geometry,
+                     [&](const std::vector<TapRun>& runs, size_t begin, size_t end,
+                         const std::vector<PlaneTaps<acc_t>>& taps, int64_t total) {
+    parallel_for_ranges(C, total * 4, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (size_t ri = begin; ri < end; ++ri) {
+          const TapRun& r = runs[ri];
+          const AlignGeometry<acc_t>& g = geometry[r.roi];
+          const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+          const scalar_t* plane = in_data + (g.batch * C + c) * HW;
+          const PlaneTaps<acc_t>* t = taps.data() + r.offset;
+          for (int64_t b = r.first_bin; b < r.last_bin; ++b, t += per_bin) {
+            const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
+            acc_t value;
+            if (!p.max_mode) {
+              acc_t sum = 0;
+              for (int64_t s = 0; s < per_bin; ++s) {
+                const PlaneTaps<acc_t>& ts = t[s];
+                if (ts.o1 < 0) continue;
+                sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                       ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+              }
+              value = sum / g.count;
+            } else {
+              acc_t top = 0;
+              int32_t top_s = -1;
+              for (int64_t s = 0; s < per_bin; ++s) {
+                const PlaneTaps<acc_t>& ts = t[s];
+                // An outside sample is a 0 that can win.
+                const acc_t v = ts.o1 < 0 ? acc_t(0)
+                                          : ts.w1 * static_cast<acc_t>(plane[ts.o1]) +
+                                                ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                                                ts.w3 * static_cast<acc_t>(plane[ts.o3]) +
+                                                ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+                if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
+                  top = v;
+                  top_s = static_cast<int32_t>(s);
+                }
+              }
+              value = top;
+              arg_data[r.roi * as0 + c * as1 + ph * as2 + pw * as3] = top_s;
+            }
+            out_data[r.roi * os0 + c * os1 + ph * os2 + pw * os3] = static_cast<scalar_t>(value);
+          }
+        }
+      }
+    });
+  });
+}
+
+template <typename scalar_t>
+void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
+                   const AlignParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
+  const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
+  acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
+  const int64_t C = p.channels, HW = p.height * p.width;
+  const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
+  const int64_t as0 = p.max_mode ? argmax.stride(0) : 0, as1 = p.max_mode ? argmax.stride(1) : 0,
+                as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
+  std::vector<AlignGeometry<acc_t>> geometry;
+  for_each_tap_round(rois.const_data_ptr<scalar_t>(), rois.size(0), p, geometry,
+                     [&](const std::vector<TapRun>& runs, size_t begin, size_t end,
+                         const std::vector<PlaneTaps<acc_t>>& taps, int64_t total) {
+    parallel_for_ranges(C, total * 4, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (size_t ri = begin; ri < end; ++ri) {
+          const TapRun& r = runs[ri];
+          const AlignGeometry<acc_t>& g = geometry[r.roi];
+          const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+          acc_t* plane = gi_data + (g.batch * C + c) * HW;
+          const scalar_t* gk = grad_data + r.roi * gs0 + c * gs1;
+          const PlaneTaps<acc_t>* t = taps.data() + r.offset;
+          for (int64_t b = r.first_bin; b < r.last_bin; ++b, t += per_bin) {
+            const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
+            const acc_t gv = static_cast<acc_t>(gk[ph * gs2 + pw * gs3]);
+            if (!p.max_mode) {
+              const acc_t gs = gv / g.count;
+              for (int64_t s = 0; s < per_bin; ++s) {
+                const PlaneTaps<acc_t>& ts = t[s];
+                if (ts.o1 < 0) continue;
+                plane[ts.o1] += ts.w1 * gs;
+                plane[ts.o2] += ts.w2 * gs;
+                plane[ts.o3] += ts.w3 * gs;
+                plane[ts.o4] += ts.w4 * gs;
+              }
+            } else {
+              const int32_t s = arg_data[r.roi * as0 + c * as1 + ph * as2 + pw * as3];
+              // argmax comes from the caller: an index outside the bin's grid is ignored.
+              if (s < 0 || s >= per_bin || t[s].o1 < 0) continue;
+              const PlaneTaps<acc_t>& ts = t[s];
+              plane[ts.o1] += ts.w1 * gv;
+              plane[ts.o2] += ts.w2 * gv;
+              plane[ts.o3] += ts.w3 * gv;
+              plane[ts.o4] += ts.w4 * gv;
+            }
+          }
+        }
+      }
+    });
+  });
+}
+
+// The channels-last backward: each sample's four taps are channel vectors of the thread's channel
+// range. grad_in (here and in backward_nchw) is an opmath-typed buffer (float for the half types,
+// so that many small contributions are not rounded away).
+template <typename scalar_t>
+void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
+                   const AlignParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
@@ -190,8 +327,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
 
   parallel_for_ranges(C, K * p.pooled_h * p.pooled_w * 4, [&](int64_t c0, int64_t c1) {
     std::vector<BilinearTaps<acc_t>> taps;
-    std::vector<acc_t> g_bin(nhwc ? c1 - c0 : 0);
-    std::vector<int32_t> s_bin(nhwc && p.max_mode ? c1 - c0 : 0);
+    std::vector<acc_t> g_bin(c1 - c0);
     for (int64_t k = 0; k < K; ++k) {
       const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
       const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
@@ -199,36 +335,6 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
       acc_t* image = gi_data + g.batch * C * HW;
       const scalar_t* gk = grad_data + k * gs0;
       for_each_bin_chunk(g, p, taps, [&](int64_t first, int64_t last) {
-        if (!nhwc) {
-          for (int64_t c = c0; c < c1; ++c) {
-            acc_t* plane = image + c * HW;
-            for (int64_t b = first; b < last; ++b) {
-              const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
-              const acc_t gv = static_cast<acc_t>(gk[c * gs1 + ph * gs2 + pw * gs3]);
-              const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
-              if (!p.max_mode) {
-                const acc_t gs = gv / g.count;
-                for (int64_t s = 0; s < per_bin; ++s, ++t) {
-                  if (!t->valid) continue;
-                  plane[t->o1] += t->w1 * gs;
-                  plane[t->o2] += t->w2 * gs;
-                  plane[t->o3] += t->w3 * gs;
-                  plane[t->o4] += t->w4 * gs;
-                }
-              } else {
-                const int32_t s = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
-                // argmax comes from the caller: an index outside the bin's grid is ignored.
-                if (s < 0 || s >= per_bin || !t[s].valid) continue;
-                t += s;
-                plane[t->o1] += t->w1 * gv;
-                plane[t->o2] += t->w2 * gv;
-                plane[t->o3] += t->w3 * gv;
-                plane[t->o4] += t->w4 * gv;
-              }
-            }
-          }
-          return;
-        }
         const int64_t cn = c1 - c0;
         for (int64_t b = first; b < last; ++b) {
           const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
@@ -297,8 +403,11 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor r = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
-    const bool nhwc = use_channels_last(input) || prefer_nhwc(count_samples<scalar_t>(r, p), input.size(0), p);
-    forward_impl<scalar_t>(input, r, output, argmax, nhwc, p);
+    if (use_channels_last(input)) {
+      forward_nhwc<scalar_t>(input, r, output, argmax, p);
+    } else {
+      forward_nchw<scalar_t>(input, r, output, argmax, p);
+    }
   });
   return {output, argmax};
 }
@@ -329,7 +438,11 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
     // gradients stay NCHW and channels-last ones are scattered as channel vectors.
     // (at::zeros ignores a memory format passed in its options: allocate with the layout, then zero.)
     grad_in = at::empty({batch_size, channels, height, width}, acc_options, layout).zero_();
-    backward_impl<scalar_t>(grad, r, argmax, grad_in, layout == at::MemoryFormat::ChannelsLast, p);
+    if (layout == at::MemoryFormat::ChannelsLast) {
+      backward_nhwc<scalar_t>(grad, r, argmax, grad_in, p);
+    } else {
+      backward_nchw<scalar_t>(grad, r, argmax, grad_in, p);
+    }
   });
   return acc_dtype == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
 }

@@ -104,15 +104,15 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
       }
       return;
     }
-    std::vector<scalar_t> top(C);
+    std::vector<acc_t> top(C);
     std::vector<int32_t> top_i(C);
     for (int ph = 0; ph < p.pooled_h; ++ph) {
       for (int pw = 0; pw < p.pooled_w; ++pw) {
-        cell_max_nhwc(image, C, W, rows[ph], cols[pw], top.data(), top_i.data());
+        cell_max_nhwc<scalar_t, acc_t>(image, C, W, rows[ph], cols[pw], top.data(), top_i.data());
         scalar_t* out = out_data + k * os0 + ph * os2 + pw * os3;
         int32_t* arg = arg_data + k * as0 + ph * as2 + pw * as3;
         for (int64_t c = 0; c < C; ++c) {
-          out[c * os1] = top[c];
+          out[c * os1] = static_cast<scalar_t>(top[c]);
           arg[c * as1] = top_i[c];
         }
       }
@@ -134,27 +134,29 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   // A cell stride per channel and per spatial index, for either layout.
   const int64_t c_stride = nhwc ? 1 : HW, i_stride = nhwc ? C : 1;
 
+  std::vector<int64_t> batch(K);
+  for (int64_t k = 0; k < K; ++k) batch[k] = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
+
   parallel_for_ranges(C, K * p.pooled_h * p.pooled_w, [&](int64_t c0, int64_t c1) {
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t n = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
-      acc_t* image = gi_data + n * C * HW;
-      // NCHW: a channel's plane at a time; NHWC: a bin at a time, so neighbouring channels of a
-      // cell are written together.
-      auto add = [&](int64_t c, int ph, int pw) {
-        const int32_t i = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
-        // argmax comes from the caller: anything outside the plane is ignored, never written.
-        if (i < 0 || i >= HW) return;
-        image[c * c_stride + i * i_stride] += static_cast<acc_t>(grad_data[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
-      };
-      if (!nhwc) {
-        for (int64_t c = c0; c < c1; ++c)
+    auto add = [&](int64_t k, int64_t c, int ph, int pw) {
+      const int32_t i = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
+      // argmax comes from the caller: anything outside the plane is ignored, never written.
+      if (i < 0 || i >= HW) return;
+      gi_data[batch[k] * C * HW + c * c_stride + i * i_stride] +=
+          static_cast<acc_t>(grad_data[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
+    };
+    if (!nhwc) {
+      // One channel at a time, every RoI into its plane, which then stays in cache.
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t k = 0; k < K; ++k)
           for (int ph = 0; ph < p.pooled_h; ++ph)
-            for (int pw = 0; pw < p.pooled_w; ++pw) add(c, ph, pw);
-      } else {
+            for (int pw = 0; pw < p.pooled_w; ++pw) add(k, c, ph, pw);
+    } else {
+      // A bin at a time, so neighbouring channels of a cell are written together.
+      for (int64_t k = 0; k < K; ++k)
         for (int ph = 0; ph < p.pooled_h; ++ph)
           for (int pw = 0; pw < p.pooled_w; ++pw)
-            for (int64_t c = c0; c < c1; ++c) add(c, ph, pw);
-      }
+            for (int64_t c = c0; c < c1; ++c) add(k, c, ph, pw);
     }
   });
 }

@@ -95,17 +95,18 @@ ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t c
 }
 
 // RoIPool: out[c] / arg[c] = the maximum of the bin's cells at channel c and its cell h * W + w
-// (first wins; an empty bin gives 0 and -1).
-template <typename scalar_t>
+// (first wins; an empty bin gives 0 and -1). Compared in acc_t (float for the half types, which
+// converts exactly and vectorizes, where comparing half types directly does not).
+template <typename scalar_t, typename acc_t>
 ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t channels, int64_t width,
-                                      CellRange rows, CellRange cols, scalar_t* __restrict out,
+                                      CellRange rows, CellRange cols, acc_t* __restrict out,
                                       int32_t* __restrict arg) {
   for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, channels - c0);
-    scalar_t top[kChannelBlock];
+    acc_t top[kChannelBlock];
     int32_t top_i[kChannelBlock];
     for (int64_t j = 0; j < kChannelBlock; ++j) {
-      top[j] = -std::numeric_limits<scalar_t>::infinity();
+      top[j] = -std::numeric_limits<acc_t>::infinity();
       top_i[j] = -1;
     }
     for (int h = rows.begin; h < rows.end; ++h) {
@@ -113,15 +114,16 @@ ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t 
         const int32_t i = static_cast<int32_t>(h * width + w);
         const scalar_t* cell = image + static_cast<int64_t>(i) * channels + c0;
         for (int64_t j = 0; j < n; ++j) {
-          const bool win = cell[j] > top[j] || top_i[j] < 0;  // the first cell always counts (-inf too)
+          const acc_t v = static_cast<acc_t>(cell[j]);
+          const bool win = v > top[j] || top_i[j] < 0;  // the first cell always counts (-inf too)
           const int32_t mask = -static_cast<int32_t>(win);
-          top[j] = win ? cell[j] : top[j];
+          top[j] = win ? v : top[j];
           top_i[j] = (i & mask) | (top_i[j] & ~mask);
         }
       }
     }
     for (int64_t j = 0; j < n; ++j) {
-      out[c0 + j] = top_i[j] >= 0 ? top[j] : scalar_t(0);
+      out[c0 + j] = top_i[j] >= 0 ? top[j] : acc_t(0);
       arg[c0 + j] = top_i[j];
     }
   }
