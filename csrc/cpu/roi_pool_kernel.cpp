@@ -57,17 +57,70 @@ int64_t count_cells(const at::Tensor& rois, const PoolParams& p) {
   return total;
 }
 
-// As for RoIAlign: when the bins cover the map densely, transposing NCHW to NHWC once and taking
+// When the bins cover the map densely, transposing NCHW to NHWC once and taking
 // the maximum over contiguous channel vectors (SIMD) beats scalar compare-and-branch per plane.
 bool prefer_nhwc(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
-  return p.channels >= 8 && cells_per_channel >= batch * p.height * p.width / 4;
+  // (Measured on the FPN P2 cases: at 3 cells read per map cell the transpose already wins 2x.)
+  return p.channels >= 8 && cells_per_channel * 4 >= batch * p.height * p.width;
 }
 
+// NCHW, channel by channel: every RoI's bins are pooled from one channel's plane while it is in
+// cache (RoI by RoI would jump to another plane for each (RoI, channel)).
 template <typename scalar_t>
-void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
-                  bool nhwc, const PoolParams& p) {
+void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+                  const PoolParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor in = input.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const at::Tensor in = input.contiguous();
+  const scalar_t* in_data = in.const_data_ptr<scalar_t>();
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
+  int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
+  const int64_t C = p.channels, W = p.width, HW = p.height * p.width, K = rois.size(0);
+  const int64_t os0 = output.stride(0), os1 = output.stride(1), os2 = output.stride(2), os3 = output.stride(3);
+  const int64_t as0 = argmax.stride(0), as1 = argmax.stride(1), as2 = argmax.stride(2), as3 = argmax.stride(3);
+  std::vector<int64_t> batch(K);
+  std::vector<CellRange> rows(K * p.pooled_h), cols(K * p.pooled_w), r, c;
+  for (int64_t k = 0; k < K; ++k) {
+    batch[k] = bin_ranges<acc_t>(roi_data + k * 5, p, r, c);
+    std::copy(r.begin(), r.end(), rows.begin() + k * p.pooled_h);
+    std::copy(c.begin(), c.end(), cols.begin() + k * p.pooled_w);
+  }
+  parallel_for_ranges(C, K * p.pooled_h * p.pooled_w * 4, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      for (int64_t k = 0; k < K; ++k) {
+        const scalar_t* plane = in_data + (batch[k] * C + ch) * HW;
+        for (int ph = 0; ph < p.pooled_h; ++ph) {
+          const CellRange rr = rows[k * p.pooled_h + ph];
+          for (int pw = 0; pw < p.pooled_w; ++pw) {
+            const CellRange cr = cols[k * p.pooled_w + pw];
+            acc_t top = 0;
+            int32_t top_i = -1;
+            for (int h = rr.begin; h < rr.end; ++h) {
+              for (int w = cr.begin; w < cr.end; ++w) {
+                const int32_t i = static_cast<int32_t>(h * W + w);
+                const acc_t v = static_cast<acc_t>(plane[i]);
+                if (v > top || top_i < 0) {  // the first cell always counts (-inf too)
+                  top = v;
+                  top_i = i;
+                }
+              }
+            }
+            out_data[k * os0 + ch * os1 + ph * os2 + pw * os3] = static_cast<scalar_t>(top);  // 0 if empty
+            arg_data[k * as0 + ch * as1 + ph * as2 + pw * as3] = top_i;
+          }
+        }
+      }
+    }
+  });
+}
+
+// NHWC (or an NCHW input dense enough to be worth transposing): RoIs handed out one at a time, the
+// maximum taken over contiguous channel vectors (SIMD).
+template <typename scalar_t>
+void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+                  const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor in = input.contiguous(at::MemoryFormat::ChannelsLast);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
@@ -75,35 +128,11 @@ void forward_impl(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   const int64_t C = p.channels, W = p.width, HW = p.height * p.width;
   const int64_t os0 = output.stride(0), os1 = output.stride(1), os2 = output.stride(2), os3 = output.stride(3);
   const int64_t as0 = argmax.stride(0), as1 = argmax.stride(1), as2 = argmax.stride(2), as3 = argmax.stride(3);
-  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
 
   parallel_for_each_dynamic(rois.size(0), C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
     std::vector<CellRange> rows, cols;
     const int64_t n = bin_ranges<acc_t>(roi_data + k * 5, p, rows, cols);
     const scalar_t* image = in_data + n * C * HW;
-    if (!nhwc) {
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* plane = image + c * HW;
-        for (int ph = 0; ph < p.pooled_h; ++ph) {
-          for (int pw = 0; pw < p.pooled_w; ++pw) {
-            scalar_t top = lowest;
-            int32_t top_i = -1;
-            for (int h = rows[ph].begin; h < rows[ph].end; ++h) {
-              for (int w = cols[pw].begin; w < cols[pw].end; ++w) {
-                const int32_t i = static_cast<int32_t>(h * W + w);
-                if (plane[i] > top || top_i < 0) {  // the first cell always counts (-inf too)
-                  top = plane[i];
-                  top_i = i;
-                }
-              }
-            }
-            out_data[k * os0 + c * os1 + ph * os2 + pw * os3] = top_i >= 0 ? top : scalar_t(0);
-            arg_data[k * as0 + c * as1 + ph * as2 + pw * as3] = top_i;
-          }
-        }
-      }
-      return;
-    }
     std::vector<acc_t> top(C);
     std::vector<int32_t> top_i(C);
     for (int ph = 0; ph < p.pooled_h; ++ph) {
@@ -181,8 +210,11 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor r = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu", [&] {
-    const bool nhwc = use_channels_last(input) || prefer_nhwc(count_cells<scalar_t>(r, p), input.size(0), p);
-    forward_impl<scalar_t>(input, r, output, argmax, nhwc, p);
+    if (use_channels_last(input) || prefer_nhwc(count_cells<scalar_t>(r, p), input.size(0), p)) {
+      forward_nhwc<scalar_t>(input, r, output, argmax, p);
+    } else {
+      forward_nchw<scalar_t>(input, r, output, argmax, p);
+    }
   });
   return {output, argmax};
 }
