@@ -133,13 +133,17 @@ struct TapRun {
 // Taps shared by all threads per round of the NCHW backward (~3-6 MB: stays in L3).
 constexpr int64_t kSharedTaps = int64_t(1) << 17;
 
-// Calls round(runs, begin, end, taps) for rounds of consecutive runs whose taps (at most about
-// kSharedTaps of them) were just computed in parallel into `taps`, at each run's offset.
+// The NCHW kernels work channel by channel rather than RoI by RoI: going RoI by RoI would jump to
+// another plane for every (RoI, channel) and miss the cache each time, whereas one channel's plane
+// stays in cache while every RoI of a round is pooled from (or scattered into) it. The taps of a
+// round of RoIs (about kSharedTaps of them) are computed once, in parallel; then each thread takes
+// a disjoint range of channels and calls visit(c, k, geometry of k, ph, pw, taps of the bin) for
+// every bin that has samples. No races, and the visiting order within a channel does not depend
+// on the thread count.
 template <typename acc_t, typename scalar_t, typename F>
-void for_each_tap_round(const scalar_t* roi_data, int64_t K, const AlignParams& p,
-                        std::vector<AlignGeometry<acc_t>>& geometry, const F& round) {
+void for_each_channel_bin(const scalar_t* roi_data, int64_t K, const AlignParams& p, const F& visit) {
   const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
-  geometry.resize(K);
+  std::vector<AlignGeometry<acc_t>> geometry(K);
   std::vector<TapRun> runs;
   for (int64_t k = 0; k < K; ++k) {
     geometry[k] = roi_geometry<acc_t>(roi_data + k * 5, p);
@@ -180,15 +184,24 @@ void for_each_tap_round(const scalar_t* roi_data, int64_t K, const AlignParams& 
         }
       }
     });
-    round(runs, begin, end, taps, total);
+    parallel_for_ranges(p.channels, total * 4, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (size_t ri = begin; ri < end; ++ri) {
+          const TapRun& r = runs[ri];
+          const AlignGeometry<acc_t>& g = geometry[r.roi];
+          const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+          const PlaneTaps<acc_t>* t = taps.data() + r.offset;
+          for (int64_t b = r.first_bin; b < r.last_bin; ++b, t += per_bin) {
+            visit(c, r.roi, g, b / p.pooled_w, b % p.pooled_w, t);
+          }
+        }
+      }
+    });
     begin = end;
   }
 }
 
-// The NCHW kernels work channel by channel rather than RoI by RoI: going RoI by RoI would jump to
-// another plane for every (RoI, channel) and miss the cache each time, whereas one channel's plane
-// stays in cache while every RoI of a round is pooled from (or scattered into) it. Threads own
-// disjoint channels: no races, and the order of the sums does not depend on the thread count.
+// The NCHW forward (see for_each_channel_bin).
 template <typename scalar_t>
 void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
                   const AlignParams& p) {
@@ -204,54 +217,41 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   // Bins without samples (zero-size boxes with adaptive sampling) get no run: they are 0 (argmax -1).
   output.zero_();
   if (p.max_mode) argmax.fill_(-1);
-  std::vector<AlignGeometry<acc_t>> geometry;
-  for_each_tap_round(rois.const_data_ptr<scalar_t>(), rois.size(0), p, geometry,
-                     [&](const std::vector<TapRun>& runs, size_t begin, size_t end,
-                         const std::vector<PlaneTaps<acc_t>>& taps, int64_t total) {
-    parallel_for_ranges(C, total * 4, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (size_t ri = begin; ri < end; ++ri) {
-          const TapRun& r = runs[ri];
-          const AlignGeometry<acc_t>& g = geometry[r.roi];
-          const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
-          const scalar_t* plane = in_data + (g.batch * C + c) * HW;
-          const PlaneTaps<acc_t>* t = taps.data() + r.offset;
-          for (int64_t b = r.first_bin; b < r.last_bin; ++b, t += per_bin) {
-            const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
-            acc_t value;
-            if (!p.max_mode) {
-              acc_t sum = 0;
-              for (int64_t s = 0; s < per_bin; ++s) {
-                const PlaneTaps<acc_t>& ts = t[s];
-                if (ts.o1 < 0) continue;
-                sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
-                       ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
-              }
-              value = sum / g.count;
-            } else {
-              acc_t top = 0;
-              int32_t top_s = -1;
-              for (int64_t s = 0; s < per_bin; ++s) {
-                const PlaneTaps<acc_t>& ts = t[s];
-                // An outside sample is a 0 that can win.
-                const acc_t v = ts.o1 < 0 ? acc_t(0)
-                                          : ts.w1 * static_cast<acc_t>(plane[ts.o1]) +
-                                                ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
-                                                ts.w3 * static_cast<acc_t>(plane[ts.o3]) +
-                                                ts.w4 * static_cast<acc_t>(plane[ts.o4]);
-                if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
-                  top = v;
-                  top_s = static_cast<int32_t>(s);
-                }
-              }
-              value = top;
-              arg_data[r.roi * as0 + c * as1 + ph * as2 + pw * as3] = top_s;
-            }
-            out_data[r.roi * os0 + c * os1 + ph * os2 + pw * os3] = static_cast<scalar_t>(value);
+  for_each_channel_bin<acc_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), p,
+                              [&](int64_t c, int64_t k, const AlignGeometry<acc_t>& g, int64_t ph, int64_t pw,
+                                  const PlaneTaps<acc_t>* t) {
+      const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+      const scalar_t* plane = in_data + (g.batch * C + c) * HW;
+      acc_t value;
+      if (!p.max_mode) {
+        acc_t sum = 0;
+        for (int64_t s = 0; s < per_bin; ++s) {
+          const PlaneTaps<acc_t>& ts = t[s];
+          if (ts.o1 < 0) continue;
+          sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                 ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+        }
+        value = sum / g.count;
+      } else {
+        acc_t top = 0;
+        int32_t top_s = -1;
+        for (int64_t s = 0; s < per_bin; ++s) {
+          const PlaneTaps<acc_t>& ts = t[s];
+          // An outside sample is a 0 that can win.
+          const acc_t v = ts.o1 < 0 ? acc_t(0)
+                                    : ts.w1 * static_cast<acc_t>(plane[ts.o1]) +
+                                          ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                                          ts.w3 * static_cast<acc_t>(plane[ts.o3]) +
+                                          ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+          if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
+            top = v;
+            top_s = static_cast<int32_t>(s);
           }
         }
+        value = top;
+        arg_data[k * as0 + c * as1 + ph * as2 + pw * as3] = top_s;
       }
-    });
+      out_data[k * os0 + c * os1 + ph * os2 + pw * os3] = static_cast<scalar_t>(value);
   });
 }
 
@@ -266,46 +266,32 @@ void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
   const int64_t as0 = p.max_mode ? argmax.stride(0) : 0, as1 = p.max_mode ? argmax.stride(1) : 0,
                 as2 = p.max_mode ? argmax.stride(2) : 0, as3 = p.max_mode ? argmax.stride(3) : 0;
-  std::vector<AlignGeometry<acc_t>> geometry;
-  for_each_tap_round(rois.const_data_ptr<scalar_t>(), rois.size(0), p, geometry,
-                     [&](const std::vector<TapRun>& runs, size_t begin, size_t end,
-                         const std::vector<PlaneTaps<acc_t>>& taps, int64_t total) {
-    parallel_for_ranges(C, total * 4, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        for (size_t ri = begin; ri < end; ++ri) {
-          const TapRun& r = runs[ri];
-          const AlignGeometry<acc_t>& g = geometry[r.roi];
-          const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
-          acc_t* plane = gi_data + (g.batch * C + c) * HW;
-          const scalar_t* gk = grad_data + r.roi * gs0 + c * gs1;
-          const PlaneTaps<acc_t>* t = taps.data() + r.offset;
-          for (int64_t b = r.first_bin; b < r.last_bin; ++b, t += per_bin) {
-            const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
-            const acc_t gv = static_cast<acc_t>(gk[ph * gs2 + pw * gs3]);
-            if (!p.max_mode) {
-              const acc_t gs = gv / g.count;
-              for (int64_t s = 0; s < per_bin; ++s) {
-                const PlaneTaps<acc_t>& ts = t[s];
-                if (ts.o1 < 0) continue;
-                plane[ts.o1] += ts.w1 * gs;
-                plane[ts.o2] += ts.w2 * gs;
-                plane[ts.o3] += ts.w3 * gs;
-                plane[ts.o4] += ts.w4 * gs;
-              }
-            } else {
-              const int32_t s = arg_data[r.roi * as0 + c * as1 + ph * as2 + pw * as3];
-              // argmax comes from the caller: an index outside the bin's grid is ignored.
-              if (s < 0 || s >= per_bin || t[s].o1 < 0) continue;
-              const PlaneTaps<acc_t>& ts = t[s];
-              plane[ts.o1] += ts.w1 * gv;
-              plane[ts.o2] += ts.w2 * gv;
-              plane[ts.o3] += ts.w3 * gv;
-              plane[ts.o4] += ts.w4 * gv;
-            }
-          }
+  for_each_channel_bin<acc_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), p,
+                              [&](int64_t c, int64_t k, const AlignGeometry<acc_t>& g, int64_t ph, int64_t pw,
+                                  const PlaneTaps<acc_t>* t) {
+      const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
+      acc_t* plane = gi_data + (g.batch * C + c) * HW;
+      const acc_t gv = static_cast<acc_t>(grad_data[k * gs0 + c * gs1 + ph * gs2 + pw * gs3]);
+      if (!p.max_mode) {
+        const acc_t gs = gv / g.count;
+        for (int64_t s = 0; s < per_bin; ++s) {
+          const PlaneTaps<acc_t>& ts = t[s];
+          if (ts.o1 < 0) continue;
+          plane[ts.o1] += ts.w1 * gs;
+          plane[ts.o2] += ts.w2 * gs;
+          plane[ts.o3] += ts.w3 * gs;
+          plane[ts.o4] += ts.w4 * gs;
         }
+      } else {
+        const int32_t s = arg_data[k * as0 + c * as1 + ph * as2 + pw * as3];
+        // argmax comes from the caller: an index outside the bin's grid is ignored.
+        if (s < 0 || s >= per_bin || t[s].o1 < 0) return;
+        const PlaneTaps<acc_t>& ts = t[s];
+        plane[ts.o1] += ts.w1 * gv;
+        plane[ts.o2] += ts.w2 * gv;
+        plane[ts.o3] += ts.w3 * gv;
+        plane[ts.o4] += ts.w4 * gv;
       }
-    });
   });
 }
 
