@@ -87,27 +87,43 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
     std::copy(c.begin(), c.end(), cols.begin() + k * p.pooled_w);
   }
   parallel_for_ranges(C, K * p.pooled_h * p.pooled_w * 4, [&](int64_t c0, int64_t c1) {
+    std::vector<acc_t> top(W);
+    std::vector<int32_t> top_row(W);
     for (int64_t ch = c0; ch < c1; ++ch) {
       for (int64_t k = 0; k < K; ++k) {
         const scalar_t* plane = in_data + (batch[k] * C + ch) * HW;
+        const CellRange* kcols = cols.data() + k * p.pooled_w;
+        int lo = kcols[0].begin, hi = kcols[0].end;
+        for (int pw = 1; pw < p.pooled_w; ++pw) {
+          lo = std::min(lo, kcols[pw].begin);
+          hi = std::max(hi, kcols[pw].end);
+        }
         for (int ph = 0; ph < p.pooled_h; ++ph) {
           const CellRange rr = rows[k * p.pooled_h + ph];
+          // Column maxima over the bin row, then per bin a short scan of its columns. Same result as
+          // scanning the bin row-major with "first cell counts, later ones win if strictly greater":
+          // NaN and -inf never win a column, ties go to the smallest (row, column).
+          if (rr.end > rr.begin && hi > lo) column_max(plane, W, rr, lo, hi - lo, top.data(), top_row.data());
           for (int pw = 0; pw < p.pooled_w; ++pw) {
-            const CellRange cr = cols[k * p.pooled_w + pw];
-            acc_t top = 0;
-            int32_t top_i = -1;
-            for (int h = rr.begin; h < rr.end; ++h) {
+            const CellRange cr = kcols[pw];
+            acc_t best = 0;  // an empty bin gives 0, argmax -1
+            int32_t best_i = -1;
+            if (rr.end > rr.begin && cr.end > cr.begin) {
+              best = static_cast<acc_t>(plane[rr.begin * W + cr.begin]);
+              int32_t best_h = rr.begin, best_w = cr.begin;
               for (int w = cr.begin; w < cr.end; ++w) {
-                const int32_t i = static_cast<int32_t>(h * W + w);
-                const acc_t v = static_cast<acc_t>(plane[i]);
-                if (v > top || top_i < 0) {  // the first cell always counts (-inf too)
-                  top = v;
-                  top_i = i;
+                const int32_t h = top_row[w - lo];
+                const acc_t v = top[w - lo];
+                if (h >= 0 && (v > best || (v == best && (h < best_h || (h == best_h && w < best_w))))) {
+                  best = v;
+                  best_h = h;
+                  best_w = w;
                 }
               }
+              best_i = static_cast<int32_t>(best_h * W + best_w);
             }
-            out_data[out_at(k, ch, ph, pw)] = static_cast<scalar_t>(top);  // 0 if empty
-            arg_data[arg_at(k, ch, ph, pw)] = top_i;
+            out_data[out_at(k, ch, ph, pw)] = static_cast<scalar_t>(best);
+            arg_data[arg_at(k, ch, ph, pw)] = best_i;
           }
         }
       }

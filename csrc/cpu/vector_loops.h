@@ -129,6 +129,27 @@ ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t 
   }
 }
 
+// RoIPool on an NCHW plane, one row of bins: top[j] / top_row[j] = the largest value of column
+// first + j over rows [rows.begin, rows.end) and the first row holding it (-1 when no value beats
+// -inf: a column of -inf or NaN). Vectorized across the columns.
+template <typename scalar_t, typename acc_t>
+ROIOPS_SIMD_CLONES void column_max(const scalar_t* __restrict plane, int64_t width, CellRange rows, int first,
+                                   int64_t n, acc_t* __restrict top, int32_t* __restrict top_row) {
+  for (int64_t j = 0; j < n; ++j) {
+    top[j] = -std::numeric_limits<acc_t>::infinity();
+    top_row[j] = -1;
+  }
+  for (int h = rows.begin; h < rows.end; ++h) {
+    const scalar_t* row = plane + static_cast<int64_t>(h) * width + first;
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t v = static_cast<acc_t>(row[j]);
+      const int32_t mask = -static_cast<int32_t>(v > top[j]);
+      top[j] = v > top[j] ? v : top[j];
+      top_row[j] = (h & mask) | (top_row[j] & ~mask);
+    }
+  }
+}
+
 // dst[c] += w * src[c]: one tap of the RoIAlign backward scatter.
 template <typename acc_t>
 ROIOPS_SIMD_CLONES void scaled_add(acc_t* __restrict dst, acc_t w, const acc_t* __restrict src, int64_t n) {
