@@ -136,3 +136,25 @@ def test_opcheck(layout):
     rois = make_rois(5, 2, 6, 7, 1.0, "mixed", seed=52)
     torch.library.opcheck(torch.ops.roiops.roi_pool.default, (x, rois, 1.0, 2, 3))
     torch.library.opcheck(torch.ops.roiops.roi_pool.default, (x, rois, 0.5, 3, 2))
+
+
+@pytest.mark.parametrize("special", ["ties", "inf_nan"])
+def test_sparse_nchw_path_matches_channels_last_on_ties_inf_nan(special):
+    """Few small boxes on a large map take the NCHW column-max kernel; a channels-last input takes
+    the NHWC kernel. Both must give the same values and route the gradient to the same cell, also
+    with many ties (first cell in row-major order wins) and with -inf / NaN cells."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 3, (2, 8, 64, 80), generator=g).float()
+    if special == "inf_nan":
+        x[torch.rand(x.shape, generator=g) < 0.1] = float("-inf")
+        x[torch.rand(x.shape, generator=g) < 0.05] = float("nan")
+    rois = torch.tensor([[0, 3.0, 5.0, 40.0, 33.0], [1, 10.0, 2.0, 17.0, 60.0], [1, -5.0, -5.0, 6.0, 6.0]])
+    outs, grads = [], []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        out = roiops.roi_pool(xi, rois, (5, 4), spatial_scale=0.5)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape))
+        outs.append(out.detach())
+        grads.append(xi.grad)
+    torch.testing.assert_close(outs[0], outs[1], equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
