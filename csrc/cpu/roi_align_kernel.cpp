@@ -18,8 +18,8 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "../strides.h"
 #include "parallel.h"
-#include "strided.h"
 #include "vector_loops.h"
 
 namespace roiops {
@@ -88,8 +88,8 @@ void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = p.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
   const int64_t C = p.channels, HW = p.height * p.width;
-  const Strides4 out_at(output);
-  const Strides4 arg_at(argmax);
+  const Strides4 out_at = strides_of(output);
+  const Strides4 arg_at = strides_of(argmax);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
 
   parallel_for_each_dynamic(rois.size(0), C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
@@ -103,12 +103,12 @@ void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
       for (int64_t b = first; b < last; ++b) {
         const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
         const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
-        scalar_t* out = out_data + out_at(k, 0, ph, pw);
+        scalar_t* out = out_data + out_at.at(k, 0, ph, pw);
         if (!p.max_mode) {
           bin_average_nhwc(image, C, t, per_bin, g.count, acc.data());
         } else {
           bin_max_nhwc(image, C, t, per_bin, acc.data(), best.data());
-          int32_t* arg = arg_data + arg_at(k, 0, ph, pw);
+          int32_t* arg = arg_data + arg_at.at(k, 0, ph, pw);
           for (int64_t c = 0; c < C; ++c) arg[c * arg_at.s1] = best[c];
         }
         for (int64_t c = 0; c < C; ++c) out[c * out_at.s1] = static_cast<scalar_t>(acc[c]);
@@ -211,8 +211,8 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = p.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
   const int64_t C = p.channels, HW = p.height * p.width;
-  const Strides4 out_at(output);
-  const Strides4 arg_at(argmax);
+  const Strides4 out_at = strides_of(output);
+  const Strides4 arg_at = strides_of(argmax);
   // Bins without samples (zero-size boxes with adaptive sampling) get no run: they are 0 (argmax -1).
   output.zero_();
   if (p.max_mode) argmax.fill_(-1);
@@ -248,9 +248,9 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
           }
         }
         value = top;
-        arg_data[arg_at(k, c, ph, pw)] = top_s;
+        arg_data[arg_at.at(k, c, ph, pw)] = top_s;
       }
-      out_data[out_at(k, c, ph, pw)] = static_cast<scalar_t>(value);
+      out_data[out_at.at(k, c, ph, pw)] = static_cast<scalar_t>(value);
   });
 }
 
@@ -262,14 +262,14 @@ void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
   acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
   const int64_t C = p.channels, HW = p.height * p.width;
-  const Strides4 grad_at(grad);
-  const Strides4 arg_at(argmax);
+  const Strides4 grad_at = strides_of(grad);
+  const Strides4 arg_at = strides_of(argmax);
   for_each_channel_bin<acc_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), p,
                               [&](int64_t c, int64_t k, const AlignGeometry<acc_t>& g, int64_t ph, int64_t pw,
                                   const PlaneTaps<acc_t>* t) {
       const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
       acc_t* plane = gi_data + (g.batch * C + c) * HW;
-      const acc_t gv = static_cast<acc_t>(grad_data[grad_at(k, c, ph, pw)]);
+      const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
       if (!p.max_mode) {
         const acc_t gs = gv / g.count;
         for (int64_t s = 0; s < per_bin; ++s) {
@@ -281,7 +281,7 @@ void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
           plane[ts.o4] += ts.w4 * gs;
         }
       } else {
-        const int32_t s = arg_data[arg_at(k, c, ph, pw)];
+        const int32_t s = arg_data[arg_at.at(k, c, ph, pw)];
         // argmax comes from the caller: an index outside the bin's grid is ignored.
         if (s < 0 || s >= per_bin || t[s].o1 < 0) return;
         const PlaneTaps<acc_t>& ts = t[s];
@@ -305,8 +305,8 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
   acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
   const int64_t C = p.channels, HW = p.height * p.width, K = rois.size(0);
-  const Strides4 grad_at(grad);
-  const Strides4 arg_at(argmax);
+  const Strides4 grad_at = strides_of(grad);
+  const Strides4 arg_at = strides_of(argmax);
 
   parallel_for_ranges(C, K * p.pooled_h * p.pooled_w * 4, [&](int64_t c0, int64_t c1) {
     std::vector<BilinearTaps<acc_t>> taps;
@@ -316,14 +316,14 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
       const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
       if (per_bin == 0) continue;
       acc_t* image = gi_data + g.batch * C * HW;
-      const scalar_t* gk = grad_data + grad_at(k, 0, 0, 0);
+      const scalar_t* gk = grad_data + grad_at.at(k, 0, 0, 0);
       for_each_bin_chunk(g, p, taps, [&](int64_t first, int64_t last) {
         const int64_t cn = c1 - c0;
         for (int64_t b = first; b < last; ++b) {
           const int64_t ph = b / p.pooled_w, pw = b % p.pooled_w;
           const BilinearTaps<acc_t>* t = taps.data() + (b - first) * per_bin;
           for (int64_t c = 0; c < cn; ++c) {
-            g_bin[c] = static_cast<acc_t>(gk[grad_at(0, c0 + c, ph, pw)]);
+            g_bin[c] = static_cast<acc_t>(gk[grad_at.at(0, c0 + c, ph, pw)]);
           }
           if (!p.max_mode) {
             for (int64_t c = 0; c < cn; ++c) g_bin[c] /= g.count;
@@ -343,7 +343,7 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
             }
           } else {
             for (int64_t c = 0; c < cn; ++c) {
-              const int32_t s = arg_data[arg_at(k, c0 + c, ph, pw)];
+              const int32_t s = arg_data[arg_at.at(k, c0 + c, ph, pw)];
               if (s < 0 || s >= per_bin || !t[s].valid) continue;
               const BilinearTaps<acc_t>& ts = t[s];
               const acc_t gv = g_bin[c];

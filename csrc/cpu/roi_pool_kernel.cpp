@@ -13,8 +13,8 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "../strides.h"
 #include "parallel.h"
-#include "strided.h"
 #include "vector_loops.h"
 
 namespace roiops {
@@ -77,8 +77,8 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
   const int64_t C = p.channels, W = p.width, HW = p.height * p.width, K = rois.size(0);
-  const Strides4 out_at(output);
-  const Strides4 arg_at(argmax);
+  const Strides4 out_at = strides_of(output);
+  const Strides4 arg_at = strides_of(argmax);
   std::vector<int64_t> batch(K);
   std::vector<CellRange> rows(K * p.pooled_h), cols(K * p.pooled_w), r, c;
   for (int64_t k = 0; k < K; ++k) {
@@ -122,8 +122,8 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
               }
               best_i = static_cast<int32_t>(best_h * W + best_w);
             }
-            out_data[out_at(k, ch, ph, pw)] = static_cast<scalar_t>(best);
-            arg_data[arg_at(k, ch, ph, pw)] = best_i;
+            out_data[out_at.at(k, ch, ph, pw)] = static_cast<scalar_t>(best);
+            arg_data[arg_at.at(k, ch, ph, pw)] = best_i;
           }
         }
       }
@@ -143,8 +143,8 @@ void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
   const int64_t C = p.channels, W = p.width, HW = p.height * p.width;
-  const Strides4 out_at(output);
-  const Strides4 arg_at(argmax);
+  const Strides4 out_at = strides_of(output);
+  const Strides4 arg_at = strides_of(argmax);
 
   parallel_for_each_dynamic(rois.size(0), C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
     std::vector<CellRange> rows, cols;
@@ -155,8 +155,8 @@ void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
     for (int ph = 0; ph < p.pooled_h; ++ph) {
       for (int pw = 0; pw < p.pooled_w; ++pw) {
         cell_max_nhwc<scalar_t, acc_t>(image, C, W, rows[ph], cols[pw], top.data(), top_i.data());
-        scalar_t* out = out_data + out_at(k, 0, ph, pw);
-        int32_t* arg = arg_data + arg_at(k, 0, ph, pw);
+        scalar_t* out = out_data + out_at.at(k, 0, ph, pw);
+        int32_t* arg = arg_data + arg_at.at(k, 0, ph, pw);
         for (int64_t c = 0; c < C; ++c) {
           out[c * out_at.s1] = static_cast<scalar_t>(top[c]);
           arg[c * arg_at.s1] = top_i[c];
@@ -175,8 +175,8 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
   acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
   const int64_t C = p.channels, HW = p.height * p.width, K = rois.size(0);
-  const Strides4 grad_at(grad);
-  const Strides4 arg_at(argmax);
+  const Strides4 grad_at = strides_of(grad);
+  const Strides4 arg_at = strides_of(argmax);
   // A cell stride per channel and per spatial index, for either layout.
   const int64_t c_stride = nhwc ? 1 : HW, i_stride = nhwc ? C : 1;
 
@@ -185,11 +185,11 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
 
   parallel_for_ranges(C, K * p.pooled_h * p.pooled_w, [&](int64_t c0, int64_t c1) {
     auto add = [&](int64_t k, int64_t c, int ph, int pw) {
-      const int32_t i = arg_data[arg_at(k, c, ph, pw)];
+      const int32_t i = arg_data[arg_at.at(k, c, ph, pw)];
       // argmax comes from the caller: anything outside the plane is ignored, never written.
       if (i < 0 || i >= HW) return;
       gi_data[batch[k] * C * HW + c * c_stride + i * i_stride] +=
-          static_cast<acc_t>(grad_data[grad_at(k, c, ph, pw)]);
+          static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
     };
     if (!nhwc) {
       // One channel at a time, every RoI into its plane, which then stays in cache.

@@ -55,6 +55,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "../strides.h"
+
 namespace roiops {
 namespace cuda {
 
@@ -88,18 +90,6 @@ __device__ __forceinline__ void decompose_pooled_index(index_t i, bool nhwc, ind
     c = i % C;
     k = i / C;
   }
-}
-
-struct Strides4 {
-  int64_t s0, s1, s2, s3;
-  __host__ __device__ int64_t at(int64_t a, int64_t b, int64_t c, int64_t d) const {
-    return a * s0 + b * s1 + c * s2 + d * s3;
-  }
-};
-
-inline Strides4 strides_of(const at::Tensor& t) {
-  if (t.dim() != 4) return Strides4{0, 0, 0, 0};
-  return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
 // Fast path: float/double atomics into an opmath-typed buffer (float for the half types).
