@@ -9,11 +9,20 @@ from . import _C
 from ._ops import deterministic_backward, set_deterministic_backward
 from . import compat, models
 from .paste import paste_masks
-from .poolers import MultiScaleRoIAlign
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
 
 __version__ = _C.__version__
+
+
+def __getattr__(name: str):
+    # MultiScaleRoIAlign subclasses torchvision's when torchvision is installed; importing
+    # torchvision takes ~1 s, so it happens on first use of the pooler, not on `import roiops`.
+    if name == "MultiScaleRoIAlign":
+        from .poolers import MultiScaleRoIAlign
+
+        return MultiScaleRoIAlign
+    raise AttributeError(f"module 'roiops' has no attribute {name!r}")
 
 
 def build_info() -> dict:

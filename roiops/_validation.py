@@ -1,16 +1,30 @@
 """Argument checks and conversions of the public API. Each error names the argument, what was
-expected and what was given. Checks that need tensor values (finite coordinates, batch indices in
-range) run in the compiled kernels, so that torch.compile can trace these functions without breaks."""
+expected and what was given.
+
+Two kinds of code live here:
+- eager-only checks of Python-level arguments (types, bool vs int, the shape of boxes). The public
+  functions call them under ``if not torch.jit.is_scripting()``, so TorchScript never compiles them
+  (a scripted call relies on the compiled kernels' checks, which see the same rules);
+- ``boxes_to_rois``, written in the TorchScript subset, since scripted code converts boxes too.
+
+Checks that need tensor values (finite coordinates, batch indices in range) run in the compiled
+kernels, so that torch.compile and torch.export trace these functions without breaks.
+"""
 import math
 import numbers
-from typing import List, Sequence, Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 from torch import Tensor
 
-BoxesArg = Union[Tensor, Sequence[Tensor]]
+BoxesArg = Union[Tensor, List[Tensor]]
 
 POOL_MODES = ("avg", "max")
+
+
+class BoxesShapeError(ValueError, AssertionError):
+    """A wrongly shaped ``boxes`` argument. A ValueError, and also an AssertionError, which is what
+    torchvision's RoI ops raise for it, so code written against torchvision keeps catching it."""
 
 
 def check_input(op: str, input) -> None:
@@ -18,44 +32,56 @@ def check_input(op: str, input) -> None:
         raise TypeError(f"{op}: input must be a Tensor [N, C, H, W], but got {type(input).__name__}")
     if input.dim() != 4:
         raise ValueError(f"{op}: input must be 4-D [N, C, H, W], but got {input.dim()}-D with shape {tuple(input.shape)}")
-    if not input.is_floating_point():
-        raise TypeError(f"{op}: input must be a floating-point tensor, but got {input.dtype}")
+    if not (input.is_floating_point() or input.is_quantized):
+        raise TypeError(f"{op}: input must be a floating-point tensor (or a quantized one), but got {input.dtype}")
 
 
-def boxes_to_rois(op: str, boxes: BoxesArg, input: Tensor) -> Tensor:
-    """Returns boxes as a [K, 5] tensor (batch index, x1, y1, x2, y2), checking shape, dtype, device."""
+def check_boxes(op: str, boxes, input: Tensor) -> None:
+    """Type, shape, dtype and device of ``boxes``: Tensor[K, 5] or a list/tuple of Tensor[L, 4]."""
     if isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise ValueError(
+            raise BoxesShapeError(
                 f"{op}: boxes must be a Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L, 4], "
                 f"but got a tensor of shape {tuple(boxes.shape)}"
             )
-        rois = boxes
+        _check_like_input(op, "boxes", boxes, input)
     elif isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
             if not isinstance(b, Tensor):
                 raise TypeError(f"{op}: boxes[{i}] must be a Tensor[L, 4], but got {type(b).__name__}")
             if b.dim() != 2 or b.shape[1] != 4:
-                raise ValueError(f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), but got shape {tuple(b.shape)}")
-            _check_same(op, f"boxes[{i}]", b, input)
-        if len(boxes) == 0:
-            return input.new_zeros((0, 5))
-        index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
-        rois = torch.cat([torch.cat(index, dim=0), torch.cat(list(boxes), dim=0)], dim=1)
+                raise BoxesShapeError(
+                    f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), but got shape {tuple(b.shape)}"
+                )
+            _check_like_input(op, f"boxes[{i}]", b, input)
     else:
         raise TypeError(
             f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], but got {type(boxes).__name__}"
         )
-    _check_same(op, "boxes", rois, input)
-    return rois
 
 
-def _check_same(op: str, name: str, t: Tensor, input: Tensor) -> None:
-    # Under autocast the dtypes may differ: the autocast kernels cast both to float32.
-    if t.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+def _check_like_input(op: str, name: str, t: Tensor, input: Tensor) -> None:
+    # Under autocast the dtypes may differ: the autocast kernels cast both to float32. A quantized
+    # input takes float boxes (or quantized ones, as torchvision's quantized roi_align does).
+    if input.is_quantized:
+        ok = t.is_floating_point() or t.is_quantized
+    else:
+        ok = t.dtype == input.dtype or torch.is_autocast_enabled(input.device.type)
+    if not ok:
         raise TypeError(f"{op}: {name} must have the dtype of input ({input.dtype}), but got {t.dtype}")
     if t.device != input.device:
         raise ValueError(f"{op}: {name} must be on the device of input ({input.device}), but is on {t.device}")
+
+
+def boxes_to_rois(boxes: BoxesArg, input: Tensor) -> Tensor:
+    """Boxes as one Tensor[K, 5] (batch index, x1, y1, x2, y2). TorchScript-compatible."""
+    if isinstance(boxes, Tensor):
+        return boxes
+    if len(boxes) == 0:
+        return torch.zeros((0, 5), dtype=input.dtype if input.is_floating_point() else torch.float32,
+                           device=input.device)
+    index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(index, dim=0), torch.cat(boxes, dim=0)], dim=1)
 
 
 def output_size_pair(op: str, output_size) -> Tuple[int, int]:

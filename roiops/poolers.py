@@ -7,12 +7,16 @@ Each box goes to one pyramid level, by the FPN rule
 (computed as torchvision computes it, so that the assignment matches bit for bit), and each level is
 pooled with a single kernel call over all of its boxes. The scale of every feature map is inferred from
 its size and the largest image size, rounded to a power of two.
+
+When torchvision is installed, ``MultiScaleRoIAlign`` subclasses torchvision's, so torchvision's
+detection constructors (which check ``isinstance``) accept it and its feature extraction treats it as
+a leaf module. It scripts (TorchScript), and under torch.fx its steps are leaf functions.
 """
-import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from . import _validation as v
 from .roi_align import roi_align
@@ -23,18 +27,33 @@ __all__ = ["MultiScaleRoIAlign", "infer_scale", "assign_levels", "POOL_OPS"]
 POOL_OPS = ("roi_align", "roi_pool")
 
 
-def infer_scale(feature_size: Sequence[int], image_size: Sequence[int]) -> float:
+def _base_class() -> type:
+    try:
+        from torchvision.ops import MultiScaleRoIAlign as TorchvisionPooler
+    except Exception:  # not installed, or installed but broken (e.g. built for another torch)
+        return nn.Module
+    return TorchvisionPooler
+
+
+def infer_scale(feature_size: List[int], image_size: List[int]) -> float:
     """Spatial scale of a feature map of ``feature_size`` (h, w) for images padded to ``image_size``:
     2 ** round(log2(h / H)), taken from the height as torchvision does."""
     approx = float(feature_size[0]) / float(image_size[0])
     if approx <= 0:
-        raise ValueError(f"MultiScaleRoIAlign: cannot infer a scale from feature size {tuple(feature_size)} "
-                         f"and image size {tuple(image_size)}")
-    return 2.0 ** round(math.log2(approx))
+        raise ValueError(
+            f"MultiScaleRoIAlign: cannot infer a scale from feature size {feature_size} and image size {image_size}"
+        )
+    return 2.0 ** float(round(_log2(approx)))
+
+
+def _log2(x: float) -> float:
+    # math.log2 does not script; log2 of a float64 tensor is exact for the powers of two used here
+    return float(torch.log2(torch.tensor(x, dtype=torch.float64)).item())
 
 
 def assign_levels(
-    boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224, canonical_level: int = 4, eps: float = 1e-6
+    boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
+    eps: float = 1e-6,
 ) -> Tensor:
     """Pyramid level of each (x1, y1, x2, y2) box [N, 4] minus k_min (an index into the levels), int64."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -43,7 +62,84 @@ def assign_levels(
     return (lvl.clamp(min=k_min, max=k_max) - k_min).to(torch.int64)
 
 
-class MultiScaleRoIAlign(nn.Module):
+@torch.fx.wrap
+def _filter_features(x: Dict[str, Tensor], featmap_names: List[str]) -> List[Tensor]:
+    feats: List[Tensor] = []
+    for name, feature in x.items():
+        if name in featmap_names:
+            feats.append(feature)
+    if len(feats) == 0:
+        raise ValueError(
+            f"MultiScaleRoIAlign: none of featmap_names {featmap_names} is in the features (keys {list(x.keys())})"
+        )
+    return feats
+
+
+@torch.fx.wrap
+def _infer_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]]) -> List[float]:
+    if len(image_shapes) == 0:
+        raise ValueError("MultiScaleRoIAlign: image_shapes must not be empty")
+    max_h = 0
+    max_w = 0
+    for shape in image_shapes:
+        max_h = max(max_h, int(shape[0]))
+        max_w = max(max_w, int(shape[1]))
+    return [infer_scale([int(f.shape[-2]), int(f.shape[-1])], [max_h, max_w]) for f in features]
+
+
+def _boxes_to_rois(boxes: List[Tensor], first: Tensor) -> Tensor:
+    # rois keep the boxes' dtype (levels are assigned from it, as torchvision does); each level's
+    # rois are cast to that level's feature dtype (they differ under autocast)
+    if not torch.jit.is_scripting():
+        if isinstance(boxes, Tensor) or not isinstance(boxes, (list, tuple)):
+            raise TypeError(
+                f"MultiScaleRoIAlign: boxes must be a list of Tensor[L, 4], one per image, but got {type(boxes).__name__}"
+            )
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4 or not b.is_floating_point():
+                got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise v.BoxesShapeError(f"MultiScaleRoIAlign: boxes[{i}] must be a floating-point Tensor[L, 4], but got {got}")
+    if len(boxes) == 0:
+        return torch.zeros((0, 5), dtype=first.dtype, device=first.device)
+    index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
+    return torch.cat([index, torch.cat(boxes, dim=0)], dim=1)
+
+
+@torch.fx.wrap
+def _multiscale_pool(
+    features: List[Tensor], boxes: List[Tensor], scales: List[float], output_size: List[int], sampling_ratio: int,
+    canonical_scale: int, canonical_level: int, aligned: bool, pool_mode: str, op: str,
+) -> Tensor:
+    first = features[0]
+    rois = _boxes_to_rois(boxes, first)
+    if len(features) == 1:
+        return _pool_level(first, rois.to(first.dtype), scales[0], output_size, sampling_ratio, aligned, pool_mode, op)
+    k_min = int(-_log2(scales[0]))
+    k_max = int(-_log2(scales[-1]))
+    levels = assign_levels(rois[:, 1:], k_min, k_max, float(canonical_scale), canonical_level)
+    result = torch.zeros(
+        (rois.shape[0], first.shape[1], output_size[0], output_size[1]), dtype=first.dtype, device=first.device
+    )
+    for level, feature in enumerate(features):
+        idx = torch.nonzero(levels == level).squeeze(1)
+        pooled = _pool_level(
+            feature, rois.index_select(0, idx).to(feature.dtype), scales[level], output_size, sampling_ratio,
+            aligned, pool_mode, op,
+        )
+        result = result.index_copy(0, idx, pooled.to(result.dtype))
+    return result
+
+
+def _pool_level(
+    feature: Tensor, rois: Tensor, scale: float, output_size: List[int], sampling_ratio: int, aligned: bool,
+    pool_mode: str, op: str,
+) -> Tensor:
+    if op == "roi_pool":
+        return roi_pool(feature, rois, output_size, scale)
+    return roi_align(feature, rois, output_size, scale, sampling_ratio, aligned, pool_mode)
+
+
+class MultiScaleRoIAlign(_base_class()):
     """FPN RoI pooling: torchvision's constructor and call, plus ``aligned``, ``pool_mode`` and ``op``.
 
     Args:
@@ -57,13 +153,15 @@ class MultiScaleRoIAlign(nn.Module):
 
     Call: ``pooler(features: dict[str, Tensor], boxes: list[Tensor[L, 4]], image_shapes: list[(h, w)])``
     -> Tensor[sum L, C, h, w]. Unlike torchvision, scales are inferred again on every call (cheap
-    integer arithmetic) instead of being frozen at the first call.
+    integer arithmetic) instead of being frozen at the first call; ``scales`` holds the last call's.
     """
+
+    __annotations__ = {"scales": Optional[List[float]]}
 
     def __init__(
         self,
         featmap_names: List[str],
-        output_size: Union[int, Tuple[int, int], List[int]],
+        output_size: BroadcastingList2[int],
         sampling_ratio: int,
         *,
         canonical_scale: int = 224,
@@ -72,7 +170,7 @@ class MultiScaleRoIAlign(nn.Module):
         pool_mode: str = "avg",
         op: str = "roi_align",
     ):
-        super().__init__()
+        nn.Module.__init__(self)  # torchvision's __init__ would redo (unchecked) what follows
         name = type(self).__name__
         if isinstance(featmap_names, str) or not all(isinstance(k, str) for k in featmap_names):
             raise TypeError(f"{name}: featmap_names must be a list of str, but got {featmap_names!r}")
@@ -88,77 +186,41 @@ class MultiScaleRoIAlign(nn.Module):
         self.aligned = v.check_aligned(name, aligned)
         self.pool_mode = v.check_pool_mode(name, pool_mode)
         self.op = op
-        self.scales: Optional[List[float]] = None  # scales of the last call (for inspection)
+        self.scales = None
 
-    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        if self.op == "roi_pool":
-            return roi_pool(feature, rois, self.output_size, scale)
-        return roi_align(
-            feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned, self.pool_mode
+    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+        features = _filter_features(x, self.featmap_names)
+        scales = _infer_scales(features, image_shapes)
+        self.scales = scales
+        return _multiscale_pool(
+            features, boxes, scales, [self.output_size[0], self.output_size[1]], self.sampling_ratio,
+            self.canonical_scale, self.canonical_level, self.aligned, self.pool_mode, self.op,
         )
 
+    @torch.jit.unused
     def setup(self, features: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tuple[List[float], int, int]:
         """(scales, k_min, k_max) for these feature maps and image sizes."""
-        if len(image_shapes) == 0:
-            raise ValueError(f"{type(self).__name__}: image_shapes must not be empty")
-        image_size = (max(int(s[0]) for s in image_shapes), max(int(s[1]) for s in image_shapes))
-        scales = [infer_scale(f.shape[-2:], image_size) for f in features]
-        k_min = int(-math.log2(scales[0]))
-        k_max = int(-math.log2(scales[-1]))
-        return scales, k_min, k_max
+        scales = _infer_scales(features, image_shapes)
+        return scales, int(-_log2(scales[0])), int(-_log2(scales[-1]))
 
+    @torch.jit.unused
     def levels(self, boxes: List[Tensor], image_shapes: List[Tuple[int, int]], features: Dict[str, Tensor]) -> Tensor:
         """Index (into the pooled levels) that each box is pooled from, int64 [sum L]."""
-        feats = self._filter(features)
+        feats = _filter_features(features, self.featmap_names)
         _, k_min, k_max = self.setup(feats, image_shapes)
-        rois = self._rois(boxes, feats[0])
-        return assign_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
+        rois = _boxes_to_rois(boxes, feats[0])
+        return assign_levels(rois[:, 1:], k_min, k_max, float(self.canonical_scale), self.canonical_level)
 
-    def _rois(self, boxes: List[Tensor], first: Tensor) -> Tensor:
-        # rois keep the boxes' dtype (levels are assigned from it, as torchvision does); each level's
-        # rois are cast to that level's feature dtype (they differ under autocast)
-        name = type(self).__name__
-        if isinstance(boxes, Tensor) or not isinstance(boxes, (list, tuple)):
-            raise TypeError(f"{name}: boxes must be a list of Tensor[L, 4], one per image, but got {type(boxes).__name__}")
-        for i, b in enumerate(boxes):
-            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4 or not b.is_floating_point():
-                got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
-                raise ValueError(f"{name}: boxes[{i}] must be a floating-point Tensor[L, 4], but got {got}")
-        if len(boxes) == 0:
-            return first.new_zeros((0, 5))
-        index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
-        return torch.cat([index, torch.cat(list(boxes), dim=0)], dim=1)
-
-    def _filter(self, features: Dict[str, Tensor]) -> List[Tensor]:
-        feats = [f for k, f in features.items() if k in self.featmap_names]
-        if not feats:
-            raise ValueError(
-                f"{type(self).__name__}: none of featmap_names {self.featmap_names} is in the features "
-                f"(keys {list(features.keys())})"
-            )
-        return feats
-
-    def forward(
-        self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]
-    ) -> Tensor:
-        feats = self._filter(x)
-        scales, k_min, k_max = self.setup(feats, image_shapes)
-        self.scales = scales
-        first = feats[0]
-        rois = self._rois(boxes, first)
-        if len(feats) == 1:
-            return self._pool(first, rois.to(first.dtype), scales[0])
-        levels = assign_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
-        result = first.new_zeros((rois.shape[0], first.shape[1]) + self.output_size)
-        for level, (feature, scale) in enumerate(zip(feats, scales)):
-            idx = torch.nonzero(levels == level).squeeze(1)
-            pooled = self._pool(feature, rois.index_select(0, idx).to(feature.dtype), scale)
-            result = result.index_copy(0, idx, pooled.to(result.dtype))
-        return result
-
-    def extra_repr(self) -> str:
+    def __repr__(self) -> str:
+        # torchvision's repr, extended only by the options that differ from their defaults
+        extra = ""
+        if self.aligned:
+            extra += f", aligned={self.aligned}"
+        if self.pool_mode != "avg":
+            extra += f", pool_mode={self.pool_mode!r}"
+        if self.op != "roi_align":
+            extra += f", op={self.op!r}"
         return (
-            f"featmap_names={self.featmap_names}, output_size={self.output_size}, "
-            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, pool_mode={self.pool_mode!r}, "
-            f"op={self.op!r}"
+            f"{type(self).__name__}(featmap_names={self.featmap_names}, output_size={self.output_size}, "
+            f"sampling_ratio={self.sampling_ratio}{extra})"
         )

@@ -1,18 +1,18 @@
-from typing import Tuple, Union
-
-
+import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
+from torch.nn.modules.utils import _pair
 
+from . import _fx
 from . import _validation as v
-from ._ops import ops
-
-OutputSize = Union[int, Tuple[int, int]]
+from ._validation import BoxesArg
 
 
+@torch.fx.wrap
 def roi_align(
     input: Tensor,
-    boxes: v.BoxesArg,
-    output_size: OutputSize,
+    boxes: BoxesArg,
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -22,10 +22,12 @@ def roi_align(
     quantizing the box; every bin aggregates a grid of bilinearly interpolated samples.
 
     A drop-in for ``torchvision.ops.roi_align`` (same arguments, order and defaults), plus ``pool_mode``.
+    Scriptable (TorchScript), an FX leaf function, and exportable to ONNX (see README "Deploy").
 
     Args:
         input: Tensor[N, C, H, W], float32/float64/float16/bfloat16, any layout (channels_last stays
-            channels_last).
+            channels_last); or a per-tensor-affine quantized CPU tensor (the result is quantized
+            with the input's scale and zero point).
         boxes: Tensor[K, 5] of (batch index, x1, y1, x2, y2), or a list of N Tensor[L, 4] (x1, y1, x2, y2),
             in input-image coordinates; same dtype and device as ``input``. No gradient flows to boxes.
         output_size: int or (h, w): the number of bins per box.
@@ -39,19 +41,23 @@ def roi_align(
     Returns:
         Tensor[K, C, h, w].
     """
-    op = "roi_align"
-    v.check_input(op, input)
-    rois = v.boxes_to_rois(op, boxes, input)
-    pooled_height, pooled_width = v.output_size_pair(op, output_size)
-    output, _ = ops.roi_align(
-        input,
-        rois,
-        v.check_spatial_scale(op, spatial_scale),
-        pooled_height,
-        pooled_width,
-        v.check_sampling_ratio(op, sampling_ratio),
-        v.check_aligned(op, aligned),
-        v.check_pool_mode(op, pool_mode),
+    if not torch.jit.is_scripting():
+        if _fx.has_proxy(input, boxes):
+            return _fx.record_call(
+                roi_align, (input, boxes, output_size, spatial_scale, sampling_ratio, aligned, pool_mode)
+            )
+        op = "roi_align"
+        v.check_input(op, input)
+        v.check_boxes(op, boxes, input)
+        output_size = v.output_size_pair(op, output_size)
+        spatial_scale = v.check_spatial_scale(op, spatial_scale)
+        sampling_ratio = v.check_sampling_ratio(op, sampling_ratio)
+        aligned = v.check_aligned(op, aligned)
+        pool_mode = v.check_pool_mode(op, pool_mode)
+    rois = v.boxes_to_rois(boxes, input)
+    size = _pair(output_size)
+    output, _ = torch.ops.roiops.roi_align(
+        input, rois, spatial_scale, size[0], size[1], sampling_ratio, aligned, pool_mode
     )
     return output
 
@@ -61,7 +67,7 @@ class RoIAlign(nn.Module):
 
     def __init__(
         self,
-        output_size: OutputSize,
+        output_size: BroadcastingList2[int],
         spatial_scale: float = 1.0,
         sampling_ratio: int = -1,
         aligned: bool = False,
@@ -75,7 +81,7 @@ class RoIAlign(nn.Module):
         self.aligned = v.check_aligned(op, aligned)
         self.pool_mode = v.check_pool_mode(op, pool_mode)
 
-    def forward(self, input: Tensor, rois: v.BoxesArg) -> Tensor:
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
         return roi_align(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned, self.pool_mode
         )

@@ -1,19 +1,22 @@
-from typing import Tuple, Union
-
+import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
+from torch.nn.modules.utils import _pair
 
+from . import _fx
 from . import _validation as v
-from ._ops import ops
-
-OutputSize = Union[int, Tuple[int, int]]
+from ._validation import BoxesArg
 
 
-def roi_pool(input: Tensor, boxes: v.BoxesArg, output_size: OutputSize, spatial_scale: float = 1.0) -> Tensor:
+@torch.fx.wrap
+def roi_pool(input: Tensor, boxes: BoxesArg, output_size: BroadcastingList2[int], spatial_scale: float = 1.0) -> Tensor:
     """RoIPool (Fast R-CNN): rounds each box to whole feature cells, splits it into output_size bins
-    whose edges are rounded again, and takes each bin's maximum. A drop-in for ``torchvision.ops.roi_pool``.
+    whose edges are rounded again, and takes each bin's maximum. A drop-in for ``torchvision.ops.roi_pool``;
+    scriptable, an FX leaf function, and exportable to ONNX (MaxRoiPool).
 
     Args:
-        input: Tensor[N, C, H, W], float32/float64/float16/bfloat16, any layout.
+        input: Tensor[N, C, H, W], float32/float64/float16/bfloat16, any layout; or a per-tensor-affine
+            quantized CPU tensor.
         boxes: Tensor[K, 5] of (batch index, x1, y1, x2, y2), or a list of N Tensor[L, 4]; same dtype and
             device as ``input``. No gradient flows to boxes.
         output_size: int or (h, w).
@@ -22,23 +25,29 @@ def roi_pool(input: Tensor, boxes: v.BoxesArg, output_size: OutputSize, spatial_
     Returns:
         Tensor[K, C, h, w]; an empty bin gives 0.
     """
-    op = "roi_pool"
-    v.check_input(op, input)
-    rois = v.boxes_to_rois(op, boxes, input)
-    pooled_height, pooled_width = v.output_size_pair(op, output_size)
-    output, _ = ops.roi_pool(input, rois, v.check_spatial_scale(op, spatial_scale), pooled_height, pooled_width)
+    if not torch.jit.is_scripting():
+        if _fx.has_proxy(input, boxes):
+            return _fx.record_call(roi_pool, (input, boxes, output_size, spatial_scale))
+        op = "roi_pool"
+        v.check_input(op, input)
+        v.check_boxes(op, boxes, input)
+        output_size = v.output_size_pair(op, output_size)
+        spatial_scale = v.check_spatial_scale(op, spatial_scale)
+    rois = v.boxes_to_rois(boxes, input)
+    size = _pair(output_size)
+    output, _ = torch.ops.roiops.roi_pool(input, rois, spatial_scale, size[0], size[1])
     return output
 
 
 class RoIPool(nn.Module):
     """Module form of :func:`roi_pool` (torchvision.ops.RoIPool signature)."""
 
-    def __init__(self, output_size: OutputSize, spatial_scale: float = 1.0):
+    def __init__(self, output_size: BroadcastingList2[int], spatial_scale: float = 1.0):
         super().__init__()
         self.output_size = v.output_size_pair("RoIPool", output_size)
         self.spatial_scale = v.check_spatial_scale("RoIPool", spatial_scale)
 
-    def forward(self, input: Tensor, rois: v.BoxesArg) -> Tensor:
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def extra_repr(self) -> str:
