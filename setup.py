@@ -53,7 +53,8 @@ def _cuda_include_dirs():
 
 def extensions():
     with_cuda = _want_cuda()
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+                     + glob.glob(os.path.join("csrc", "quantized", "*.cpp")))
     # -g0 drops the debug info that Python's default CFLAGS ask for (an 11 MB library otherwise).
     # -fopenmp: at::parallel_for is an inline template that only runs in parallel when the including
     # file is compiled with OpenMP (ATen's backend here); the loader then shares torch's libgomp.

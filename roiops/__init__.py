@@ -7,12 +7,14 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C
 from ._ops import deterministic_backward, set_deterministic_backward
+from . import _onnx
 from . import compat, models
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
 
 __version__ = _C.__version__
+_onnx.register()
 
 
 def __getattr__(name: str):

@@ -5,6 +5,7 @@ module a leaf: the modules' forwards and ``roiops.roi_align(...)``. Code that im
 by name (``from roiops import roi_align``) is not patched by it, so the ops also record themselves
 when they receive a Proxy; either way the graph holds one call_function node per op call.
 """
+import inspect
 from typing import Any, Callable, Tuple
 
 import torch.fx
@@ -22,7 +23,8 @@ def has_proxy(*args: Any) -> bool:
 def record_call(fn: Callable, args: Tuple[Any, ...]) -> torch.fx.Proxy:
     """Adds ``fn(*args)`` to the graph being traced, as a leaf call, and returns its Proxy."""
     tracer = next(p for p in _proxies(args)).tracer
-    return tracer.create_proxy("call_function", fn, args, {})
+    # While torch.fx traces, the op's global name is patched to torch.fx's wrapper: record the op itself.
+    return tracer.create_proxy("call_function", inspect.unwrap(fn), args, {})
 
 
 def _proxies(args):
