@@ -10,9 +10,12 @@ works too) and follow the torchvision/roiops semantics, which detectron2 and mmc
 """
 from typing import Tuple, Union
 
+import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from . import _validation as v
+from ._validation import BoxesArg
 from .roi_align import roi_align as _roi_align
 from .roi_pool import roi_pool as _roi_pool
 
@@ -21,14 +24,15 @@ __all__ = ["ROIAlign", "RoIAlign", "RoIPool", "roi_align", "roi_pool"]
 OutputSize = Union[int, Tuple[int, int]]
 
 
-def _rois_like(rois, input: Tensor):
+@torch.fx.wrap  # a leaf under FX: its branches look at the tensors
+def _rois_like(rois: BoxesArg, input: Tensor) -> BoxesArg:
     # detectron2 and mmcv accept rois whose dtype differs from the features' (e.g. fp32 boxes with fp16
     # features under autocast): cast them to the features' dtype
-    if isinstance(rois, Tensor) and rois.dtype != input.dtype and input.is_floating_point():
+    if not input.is_floating_point():
+        return rois
+    if isinstance(rois, Tensor):
         return rois.to(input.dtype)
-    if isinstance(rois, (list, tuple)):
-        return [r.to(input.dtype) if isinstance(r, Tensor) and r.dtype != input.dtype else r for r in rois]
-    return rois
+    return [r.to(input.dtype) for r in rois]
 
 
 class ROIAlign(nn.Module):
@@ -43,9 +47,10 @@ class ROIAlign(nn.Module):
         self.sampling_ratio = v.check_sampling_ratio(op, sampling_ratio)
         self.aligned = v.check_aligned(op, aligned)
 
-    def forward(self, input: Tensor, rois) -> Tensor:
-        if isinstance(rois, Tensor) and not (rois.dim() == 2 and rois.shape[1] == 5):
-            raise ValueError(f"ROIAlign: rois must be a Tensor[K, 5], but got shape {tuple(rois.shape)}")
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
+        if not torch.jit.is_scripting():
+            if isinstance(rois, Tensor) and not (rois.dim() == 2 and rois.shape[1] == 5):
+                raise v.BoxesShapeError(f"ROIAlign: rois must be a Tensor[K, 5], but got shape {tuple(rois.shape)}")
         return _roi_align(
             input, _rois_like(rois, input), self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )
@@ -59,8 +64,8 @@ class ROIAlign(nn.Module):
 
 def roi_align(
     input: Tensor,
-    rois,
-    output_size: OutputSize,
+    rois: BoxesArg,
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = 0,
     pool_mode: str = "avg",
@@ -95,7 +100,7 @@ class RoIAlign(nn.Module):
         self.aligned = v.check_aligned(op, aligned)
         self.use_torchvision = bool(use_torchvision)
 
-    def forward(self, input: Tensor, rois) -> Tensor:
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
         return roi_align(
             input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.pool_mode, self.aligned
         )
@@ -107,7 +112,7 @@ class RoIAlign(nn.Module):
         )
 
 
-def roi_pool(input: Tensor, rois, output_size: OutputSize, spatial_scale: float = 1.0) -> Tensor:
+def roi_pool(input: Tensor, rois: BoxesArg, output_size: BroadcastingList2[int], spatial_scale: float = 1.0) -> Tensor:
     """mmcv-style functional ``roi_pool(input, rois, output_size, spatial_scale=1.0)``."""
     return _roi_pool(input, _rois_like(rois, input), output_size, spatial_scale)
 
@@ -120,7 +125,7 @@ class RoIPool(nn.Module):
         self.output_size = v.output_size_pair("RoIPool", output_size)
         self.spatial_scale = v.check_spatial_scale("RoIPool", spatial_scale)
 
-    def forward(self, input: Tensor, rois) -> Tensor:
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def __repr__(self) -> str:
