@@ -94,6 +94,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "expecttest"],
         "bench": ["pycocotools", "matplotlib", "tqdm", "tifffile"],
+        "export": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["roiops-bench=roiops.bench.cli:main"]},
     ext_modules=extensions(),

@@ -12,6 +12,7 @@ from . import compat, models
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
+from ._validation import BoxesShapeError
 
 __version__ = _C.__version__
 _onnx.register()
@@ -38,6 +39,7 @@ __all__ = [
     "RoIAlign",
     "RoIPool",
     "MultiScaleRoIAlign",
+    "BoxesShapeError",
     "paste_masks",
     "compat",
     "models",
