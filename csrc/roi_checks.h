@@ -22,7 +22,7 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t
 bool is_max_mode(const std::string& pool_mode);
 
 // True where a tensor is laid out channels-last (and not also plain contiguous): the kernels then
-// use their NHWC path and produce NHWC results. Mirrored by roiops/_layout.py for the fake kernels.
+// use their NHWC path and produce NHWC results. Mirrored by _memory_format in roiops/_ops.py for the fake kernels.
 bool use_channels_last(const at::Tensor& t);
 
 }  // namespace roiops

@@ -1,7 +1,7 @@
 """Pure-PyTorch reference implementations of RoIAlign and RoIPool ("the pure-PyTorch path").
 
 These functions are an independent oracle for the compiled kernels: they are written from the
-operator semantics in DESIGN.md section 2 (torchvision-compatible), using only tensor operations,
+operator definition in docs/semantics.md (torchvision-compatible), using only tensor operations,
 so they run on any device PyTorch supports and are differentiable by autograd with respect to
 ``input`` (which gives reference gradients). Boxes never receive a gradient.
 

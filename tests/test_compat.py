@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import roiops
-from roiops.compat import ROIAlign, RoIAlign, RoIPool, roi_align, roi_pool
+from roiops.compat.detectron2 import ROIAlign
+from roiops.compat.mmcv import RoIAlign, RoIPool, roi_align, roi_pool
 from roiops.reference import roi_align_reference, roi_pool_reference
 
 
@@ -91,3 +92,23 @@ def test_bad_arguments():
         RoIAlign(7, pool_mode="sum")
     with pytest.raises(ValueError, match="rois"):
         ROIAlign(7, 1.0, 0)(torch.zeros(1, 1, 4, 4), torch.zeros(3, 4))
+
+
+def test_half_features_keep_float32_boxes():
+    # boxes are cast to float32/float64 features, never down to a half type (which would move them by
+    # whole pixels): outside autocast that is a dtype error, under autocast the float32 kernels run
+    x, rois = _data(dtype=torch.float32, seed=5)
+    with pytest.raises(TypeError, match="boxes must have the dtype of input"):
+        RoIAlign(5, 0.25, 2)(x.half(), rois)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ROIAlign(5, 0.25, 2)(x.bfloat16(), rois)
+    want = roiops.roi_align(x.bfloat16().float(), rois, 5, 0.25, 2, True).bfloat16()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_old_flat_names_still_work_with_a_warning():
+    import roiops.compat
+
+    for name, home in [("ROIAlign", "detectron2"), ("RoIAlign", "mmcv"), ("roi_pool", "mmcv")]:
+        with pytest.warns(DeprecationWarning, match=f"roiops.compat.{home}.{name}"):
+            assert getattr(roiops.compat, name) is getattr(getattr(roiops.compat, home), name)

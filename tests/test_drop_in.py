@@ -137,8 +137,8 @@ CALLS = {
     "roi_align": lambda b: roiops.roi_align(X, b, 2),
     "roi_pool": lambda b: roiops.roi_pool(X, b, 2),
     "RoIAlign": lambda b: roiops.RoIAlign(2)(X, b),
-    "detectron2.ROIAlign": lambda b: compat.ROIAlign(2, 1.0, 0)(X, b),
-    "mmcv.RoIPool": lambda b: compat.RoIPool(2)(X, b),
+    "detectron2.ROIAlign": lambda b: compat.detectron2.ROIAlign(2, 1.0, 0)(X, b),
+    "mmcv.RoIPool": lambda b: compat.mmcv.RoIPool(2)(X, b),
 }
 
 

@@ -1,4 +1,4 @@
-"""The hand-checkable cases of DESIGN.md section 2, exactly (op and reference), forward and gradient."""
+"""The hand-checkable cases of docs/semantics.md, exactly (op and reference), forward and gradient."""
 import pytest
 import torch
 
@@ -125,7 +125,7 @@ def test_zero_images_zero_rois(op):
 
 
 def test_misalignment_example_665_box_stride_32():
-    # DESIGN.md section 1: a 665 px box at stride 32 ends at 20.78 cells. RoIPool rounds the end to
+    # docs/semantics.md, case 5: a 665 px box at stride 32 ends at 20.78 cells. RoIPool rounds the end to
     # cell 21, so the box spans 22 cells and the bins are 22/7 cells wide with floor/ceil edges:
     # bin pw covers cells [floor(pw * 22/7), ceil((pw + 1) * 22/7)). On a map holding each cell's
     # x index the bin maximum is the last covered cell: 3, 6, 9, 12, 15, 18, 21.

@@ -50,9 +50,9 @@ MODULES = {
     "RoIAlign": lambda: roiops.RoIAlign((3, 4), 0.5, 2, True),
     "RoIAlign_max": lambda: roiops.RoIAlign(3, 0.5, -1, False, pool_mode="max"),
     "RoIPool": lambda: roiops.RoIPool(3, 0.5),
-    "detectron2.ROIAlign": lambda: compat.ROIAlign(4, 0.5, 0),
-    "mmcv.RoIAlign": lambda: compat.RoIAlign(4, 0.5, 2, "max"),
-    "mmcv.RoIPool": lambda: compat.RoIPool(4, 0.5),
+    "detectron2.ROIAlign": lambda: compat.detectron2.ROIAlign(4, 0.5, 0),
+    "mmcv.RoIAlign": lambda: compat.mmcv.RoIAlign(4, 0.5, 2, "max"),
+    "mmcv.RoIPool": lambda: compat.mmcv.RoIPool(4, 0.5),
 }
 
 
@@ -127,7 +127,7 @@ class _Modules(torch.nn.Module):
         super().__init__()
         self.align = roiops.RoIAlign(3, 0.5, 2, True)
         self.pool = roiops.RoIPool(3, 0.5)
-        self.mmcv = compat.RoIAlign(3, 0.5)
+        self.mmcv = compat.mmcv.RoIAlign(3, 0.5)
 
     def forward(self, x, rois):
         return self.align(x, rois) - self.pool(x, rois) + self.mmcv(x, rois)
