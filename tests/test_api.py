@@ -8,7 +8,7 @@ import torch
 import roiops
 from roiops.reference import roi_align_reference, roi_pool_reference
 
-from conftest import input_grad, make_input, make_rois
+from helpers import input_grad, make_input, make_rois
 
 X = torch.randn(2, 3, 8, 8)
 ROIS = torch.tensor([[0, 1.0, 1.0, 5.0, 6.0], [1, 0.0, 2.0, 7.0, 4.0]])
@@ -198,37 +198,7 @@ def test_thread_count_independent(op, layout, restore_threads):
     assert torch.equal(g1, g2)
 
 
-# ---- inputs, boxes forms, modules --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
-def test_inputs_not_modified(op):
-    x = make_input((2, 3, 8, 8), seed=71).requires_grad_(True)
-    rois = make_rois(10, 2, 8, 8, 1.0, "mixed", seed=72)
-    x0, rois0 = x.detach().clone(), rois.clone()
-    if op == "pool":
-        out = roiops.roi_pool(x, rois, 3)
-    else:
-        out = roiops.roi_align(x, rois, 3, 1.0, 2, True, op.split("_")[1])
-    grad_out = torch.randn(out.shape)
-    grad0 = grad_out.clone()
-    out.backward(grad_out)
-    assert torch.equal(x.detach(), x0)
-    assert torch.equal(rois, rois0)
-    assert torch.equal(grad_out, grad0)
-
-
-@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
-def test_boxes_requiring_grad_get_no_grad(op):
-    x = make_input((2, 3, 8, 8), seed=73).requires_grad_(True)
-    rois = make_rois(6, 2, 8, 8, 1.0, "inside", seed=74).requires_grad_(True)
-    if op == "pool":
-        out = roiops.roi_pool(x, rois, 3)
-    else:
-        out = roiops.roi_align(x, rois, 3, 1.0, 2, True, op.split("_")[1])
-    out.sum().backward()
-    assert x.grad is not None and torch.count_nonzero(x.grad) > 0
-    assert rois.grad is None
+# ---- boxes forms, modules (inputs are never modified, boxes get no gradient: test_hardening.py) --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])

@@ -16,7 +16,7 @@ import torch
 
 import roiops
 
-from conftest import make_input, make_rois, to_layout, tolerances
+from helpers import make_input, make_rois, to_layout, tolerances
 
 ops = torch.ops.roiops
 DEVICE = os.environ.get("ROIOPS_TEST_DEVICE", "cuda")

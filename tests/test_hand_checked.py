@@ -5,7 +5,7 @@ import torch
 import roiops
 from roiops.reference import roi_align_reference, roi_pool_reference
 
-from conftest import input_grad
+from helpers import input_grad
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -8,7 +8,7 @@ import torch
 import roiops
 from roiops.reference import roi_align_reference
 
-from conftest import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, to_layout, tolerances
+from helpers import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, to_layout, tolerances
 
 SCALES = (1.0, 0.5, 0.25, 1.0 / 16)
 SAMPLING = (-1, 0, 1, 2, 3)
