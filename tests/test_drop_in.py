@@ -27,6 +27,7 @@ def _backbone():
     ("MaskRCNN", dict(box_roi_pool=7, mask_roi_pool=14)),
     ("KeypointRCNN", dict(box_roi_pool=7, keypoint_roi_pool=14)),
 ])
+@pytest.mark.slow
 def test_torchvision_constructors_accept_the_pooler(detector, pool_args):
     from torchvision.models import detection
 

@@ -246,6 +246,7 @@ def test_tiny_maps_single_channel_large_outputs(shape, output_size, channels_las
     torch.testing.assert_close(gx, input_grad(ref, xr, g), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_million_rois():
     """10^6 RoIs of every kind on a tiny map (forward only); rows checked against the vectorized
     reference on a random sample of 3000."""
@@ -342,6 +343,7 @@ def _rss_kib():
     pytest.skip("no VmRSS in /proc/self/status")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SANITIZED, reason="ASan's quarantine keeps freed memory resident")
 def test_repeated_calls_do_not_leak_memory():
     """Resident memory stays flat over 4000 forward + backward calls of both ops (small tensors, all

@@ -284,6 +284,7 @@ def _tv_batch():
     return images, targets
 
 
+@pytest.mark.slow
 def test_torchvision_maskrcnn_trains_with_roiops_poolers():
     model = _swap_poolers(_tv_maskrcnn())
     model.train()
@@ -299,6 +300,7 @@ def test_torchvision_maskrcnn_trains_with_roiops_poolers():
     assert any(gr is not None and gr.abs().sum() > 0 for gr in fpn_grads)
 
 
+@pytest.mark.slow
 def test_torchvision_maskrcnn_eval_same_as_torchvision_poolers():
     images, _ = _tv_batch()
     theirs = _tv_maskrcnn(seed=1).eval()

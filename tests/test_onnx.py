@@ -135,6 +135,7 @@ def test_multiscale_pooler_exports(tmp_path, exporter, options):
         torch.testing.assert_close(_run(session, (*feats, boxes)), model(*feats, boxes), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchvision_mask_rcnn_with_roiops_poolers_runs_in_onnx_runtime(tmp_path):
     # torch.onnx's dynamo exporter cannot export torchvision's detectors themselves on torch 2.14
     # (a data-dependent guard in torchvision's batched_nms, with torchvision's own poolers too), so

@@ -86,6 +86,7 @@ def test_scripted_pooler_equals_eager(options):
     _assert_same(loaded(feats, boxes, shapes), pooler(feats, boxes, shapes))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("builder", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
 def test_scripted_torchvision_detector_with_roiops_poolers(builder):
     from torchvision.models import detection
