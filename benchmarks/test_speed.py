@@ -3,15 +3,17 @@
     pytest benchmarks/ --benchmark-group-by=param:case        # everything
     pytest benchmarks/ -k "box_head and roi_align_avg"        # a subset
 
-Each case is timed for roiops and, where it has the op and dtype, torchvision; compare the groups.
+Each case is timed for roiops and, where they have the op and dtype, the peers (torchvision, ONNX
+Runtime, OpenVINO when installed; inference runtimes forward only); compare the groups.
 """
 import pytest
 import torch
 
+from roiops.bench import peers
 from roiops.bench.speed import Case, implementations, make_inputs, standard_cases
 
 CASES = [c for c in standard_cases(full=True) if c.threads == 2]
-IMPLS = ["roiops", "torchvision"]
+IMPLS = ["roiops", *peers.PEERS]
 
 
 def _case_id(c: Case) -> str:
@@ -26,13 +28,22 @@ def _two_threads():
     torch.set_num_threads(before)
 
 
+def _implementation(impl, case, x, rois, backward):
+    if impl == "roiops":
+        return implementations(case, with_reference=False)["roiops"]
+    if peers.availability()[impl] is not None:
+        pytest.skip(f"{impl}: {peers.availability()[impl]}")
+    built = peers.build(impl, case, x, rois)
+    if built is None or (backward and not built[1]):
+        pytest.skip(f"{impl} has no {'backward of ' if backward else ''}{case.op} for {case.dtype}")
+    return built[0]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_forward(benchmark, case, impl):
-    fn = implementations(case, with_reference=False).get(impl)
-    if fn is None:
-        pytest.skip(f"{impl} has no {case.op} for {case.dtype}")
     x, rois = make_inputs(case, "cpu")
+    fn = _implementation(impl, case, x, rois, backward=False)
     benchmark.group = f"forward {_case_id(case)}"
     with torch.no_grad():
         benchmark.pedantic(fn, args=(x, rois), rounds=5, warmup_rounds=1)
@@ -41,10 +52,8 @@ def test_forward(benchmark, case, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_backward(benchmark, case, impl):
-    fn = implementations(case, with_reference=False).get(impl)
-    if fn is None:
-        pytest.skip(f"{impl} has no {case.op} for {case.dtype}")
     x, rois = make_inputs(case, "cpu")
+    fn = _implementation(impl, case, x, rois, backward=True)
     x.requires_grad_(True)
     grad = torch.randn_like(fn(x, rois))
 

@@ -1,0 +1,66 @@
+"""The workloads of `roiops-bench speed`: an FPN P2 map of an 800x1088 image (stride 4) pooled by the
+box head (512 RoIs -> 7x7) and the mask head (100 RoIs -> 14x14) of a Mask R-CNN."""
+from dataclasses import dataclass
+from typing import List
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass
+class Case:
+    name: str
+    op: str  # "roi_align_avg", "roi_align_max" or "roi_pool"
+    num_rois: int
+    output_size: int
+    batch: int = 2
+    channels: int = 256
+    height: int = 200
+    width: int = 272
+    spatial_scale: float = 0.25
+    sampling_ratio: int = 2
+    aligned: bool = True
+    dtype: str = "float32"
+    layout: str = "nchw"  # or "channels_last"
+    threads: int = 2
+    min_box: float = 16.0
+    max_box: float = 400.0
+
+
+def make_inputs(case: Case, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.batch, case.channels, case.height, case.width, generator=g)
+    image_h, image_w = case.height / case.spatial_scale, case.width / case.spatial_scale
+    size = case.min_box + (case.max_box - case.min_box) * torch.rand(case.num_rois, 2, generator=g)
+    x1 = torch.rand(case.num_rois, generator=g) * (image_w - size[:, 0])
+    y1 = torch.rand(case.num_rois, generator=g) * (image_h - size[:, 1])
+    batch_index = torch.randint(0, case.batch, (case.num_rois,), generator=g).float()
+    rois = torch.stack([batch_index, x1, y1, x1 + size[:, 0], y1 + size[:, 1]], dim=1)
+    dtype = DTYPES[case.dtype]
+    x = x.to(device=device, dtype=dtype)
+    if case.layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, rois.to(device=device, dtype=dtype)
+
+
+def standard_cases(full: bool) -> List[Case]:
+    """Both heads, every op, both layouts; --full adds bfloat16 and 1 thread."""
+    heads = [("box_head_7x7", 512, 7), ("mask_head_14x14", 100, 14)]
+    dtypes = ["float32", "bfloat16"] if full else ["float32"]
+    threads = [1, 2] if full else [2]
+    cases = []
+    for name, k, size in heads:
+        for op in ["roi_align_avg", "roi_align_max", "roi_pool"]:
+            for dtype in dtypes:
+                for layout in ["nchw", "channels_last"]:
+                    for t in threads:
+                        cases.append(Case(name, op, k, size, dtype=dtype, layout=layout, threads=t))
+    return cases
+
+
+def sweep_cases() -> List[Case]:
+    """How the cost grows: RoIAlign box-head forward/backward vs number of RoIs and vs channels."""
+    cases = [Case(f"rois_{k}", "roi_align_avg", k, 7) for k in (16, 64, 256, 1024, 2048)]
+    cases += [Case(f"channels_{c}", "roi_align_avg", 512, 7, channels=c) for c in (16, 64, 256)]
+    return cases
