@@ -1,0 +1,73 @@
+"""roiops-bench speed: its peers compute what they claim, its lower bound counts what it says, and
+the command runs end to end on a small case."""
+import json
+
+import pytest
+import torch
+
+import roiops
+from roiops.bench import cli, limits, peers
+from roiops.bench.speed_cases import Case, make_inputs
+
+SMALL = dict(num_rois=6, output_size=3, batch=2, channels=4, height=12, width=16, min_box=8.0, max_box=30.0)
+
+
+@pytest.mark.parametrize("op", ["roi_align_avg", "roi_align_max", "roi_pool"])
+@pytest.mark.parametrize("peer", ["onnxruntime", "torchvision"])
+def test_peers_compute_the_op_on_the_same_inputs(peer, op):
+    if peers.availability()[peer] is not None:
+        pytest.skip(peers.availability()[peer])
+    case = Case("small", op, **SMALL)
+    x, rois = make_inputs(case, "cpu")
+    built = peers.build(peer, case, x, rois)
+    if peer == "torchvision" and op == "roi_align_max":
+        assert built is None  # torchvision has no max mode
+        return
+    fn, differentiable = built
+    assert differentiable == (peer == "torchvision")
+    if op == "roi_pool":
+        want = roiops.roi_pool(x, rois, 3, case.spatial_scale)
+    else:
+        want = roiops.roi_align(x, rois, 3, case.spatial_scale, 2, True, op.split("_")[-1])
+    got = fn(x, rois)
+    assert got.shape == want.shape
+    if op == "roi_align_max" and peer == "onnxruntime":
+        assert (got - want).abs().max() > 1e-3  # ONNX's max mode is another quantity, as the table says
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_touched_cells_is_the_union_of_box_footprints():
+    case = Case("hand", "roi_pool", 2, 2, batch=2, channels=1, height=10, width=10, spatial_scale=1.0)
+    # image 0: cells [1, 5) x [1, 5) widened by the taps' reach (+2 at the end), overlapping [3, 6) x [3, 6)
+    rois = torch.tensor([[0, 1.0, 1.0, 4.0, 4.0], [0, 3.0, 3.0, 4.0, 4.0], [1, 8.0, 8.0, 20.0, 20.0]])
+    covered = torch.zeros(2, 10, 10, dtype=torch.bool)
+    covered[0, 1:6, 1:6] = True
+    covered[0, 3:6, 3:6] = True
+    covered[1, 8:10, 8:10] = True
+    assert limits.touched_cells(case, rois) == int(covered.sum())
+
+
+def test_bound_grows_with_work_and_falls_with_bandwidth():
+    case = Case("small", "roi_align_avg", **SMALL)
+    _, rois = make_inputs(case, "cpu")
+    slow, fast = limits.Machine(1.0, 1.0), limits.Machine(10.0, 10.0)
+    assert limits.bound_ms(case, rois, "forward", slow) == pytest.approx(10 * limits.bound_ms(case, rois, "forward", fast))
+    wide = Case("small", "roi_align_avg", **{**SMALL, "channels": 8})
+    assert limits.bound_ms(wide, rois, "backward", slow) == pytest.approx(2 * limits.bound_ms(case, rois, "backward", slow))
+
+
+def test_speed_command_runs_and_writes_json(tmp_path, monkeypatch, capsys):
+    import roiops.bench.speed_cases as cases
+
+    monkeypatch.setattr(cases, "standard_cases", lambda full: [Case("tiny", "roi_align_avg", **SMALL)])
+    monkeypatch.setattr("roiops.bench.speed.standard_cases", cases.standard_cases)
+    out = tmp_path / "speed.json"
+    assert cli.main(["speed", "--repeats", "2", "--warmup", "0", "--peers", "onnxruntime", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "x limit" in table and "tiny" in table
+    payload = json.loads(out.read_text())
+    forward = next(r for r in payload["results"] if r["direction"] == "forward")
+    assert len(forward["times_ms"]["roiops"]) == 2 and forward["bound_ms"] > 0
+    if payload["peers"]["onnxruntime"] is None:
+        assert forward["disagreement"]["onnxruntime"] < 1e-5
