@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -183,7 +184,15 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   std::vector<int64_t> batch(K);
   for (int64_t k = 0; k < K; ++k) batch[k] = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
 
-  parallel_for_ranges(C, K * p.pooled_h * p.pooled_w, [&](int64_t c0, int64_t c1) {
+  // Each thread zeroes its own channels of grad_in and then scatters into them: the zero fill runs
+  // in parallel, and the pages are first touched by the thread that writes them.
+  const int64_t N = grad_in.size(0);
+  parallel_for_ranges(C, K * p.pooled_h * p.pooled_w + N * HW, [&](int64_t c0, int64_t c1) {
+    if (!nhwc) {
+      for (int64_t b = 0; b < N; ++b) std::fill_n(gi_data + (b * C + c0) * HW, (c1 - c0) * HW, acc_t(0));
+    } else {
+      for (int64_t cell = 0; cell < N * HW; ++cell) std::fill_n(gi_data + cell * C + c0, c1 - c0, acc_t(0));
+    }
     auto add = [&](int64_t k, int64_t c, int ph, int pw) {
       const int32_t i = arg_data[arg_at.at(k, c, ph, pw)];
       // argmax comes from the caller: anything outside the plane is ignored, never written.
@@ -248,9 +257,9 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const bool nhwc = use_channels_last(grad);
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  // at::zeros ignores a memory format passed in its options: allocate with the layout, then zero.
-  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout).zero_();
-  if (grad.numel() > 0 && grad_in.numel() > 0) {
+  // Allocated with the layout (at::zeros would drop it) and zeroed by backward_impl's threads.
+  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout);
+  if (grad_in.numel() > 0) {
     const at::Tensor r = rois.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu",
                                     [&] { backward_impl<scalar_t>(grad, r, argmax, grad_in, nhwc, p); });
