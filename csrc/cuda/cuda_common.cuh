@@ -35,7 +35,6 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/any.h>
@@ -46,28 +45,81 @@
 #include <ATen/ops/sum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
+#include "../library.h"
 #include "../strides.h"
+
+// The CUDA runtime, or its stand-in for running these sources on the CPU (see emulation.h).
+#ifdef ROIOPS_EMULATE_CUDA
+#include "emulation.h"
+#define ROIOPS_CUDA_DISPATCH_KEY CPU
+#else
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define ROIOPS_CUDA_DISPATCH_KEY CUDA
+// kernel<<<grid, block, 0, stream>>>(args...) is written ROIOPS_LAUNCH(grid, block, stream, kernel)(args...).
+#define ROIOPS_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
+#endif
 
 namespace roiops {
 namespace cuda {
 
+#ifdef ROIOPS_EMULATE_CUDA
+using DeviceGuard = emu::DeviceGuard;
+inline cudaStream_t current_stream() { return nullptr; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+#endif
+
 constexpr int kThreads = 256;
 // Grid-stride loops cover any size with at most this many blocks, so an int32 loop index stays
 // safe up to kMaxInt32Work elements (index + stride < 2^31).
+// Both can be lowered at compile time (a test build forces the 64-bit index kernels and several
+// grid-stride rounds on small inputs).
+#ifdef ROIOPS_MAX_BLOCKS
+constexpr int64_t kMaxBlocks = ROIOPS_MAX_BLOCKS;
+#else
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+#endif
+#ifdef ROIOPS_MAX_INT32_WORK
+constexpr int64_t kMaxInt32Work = ROIOPS_MAX_INT32_WORK;
+#else
 constexpr int64_t kMaxInt32Work = int64_t(1) << 30;
+#endif
 
 inline int num_blocks(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+// Calls launch(index_t{}) with the narrowest loop index type that is safe for `total` elements:
+// int32 arithmetic is faster, int64 covers any size.
+template <typename F>
+void with_index_type(int64_t total, const F& launch) {
+  if (total <= kMaxInt32Work) {
+    launch(int32_t{});
+  } else {
+    launch(int64_t{});
+  }
+}
+
+// Calls launch(std::true_type{}) or launch(std::false_type{}): a runtime flag as a kernel template argument.
+template <typename F>
+void with_flag(bool flag, const F& launch) {
+  if (flag) {
+    launch(std::true_type{});
+  } else {
+    launch(std::false_type{});
+  }
 }
 
 // Output element i of a [K, C, PH, PW] result, in NCHW order (pw fastest) or NHWC order (c fastest,
@@ -190,7 +242,7 @@ struct FixedPointBuffers {
   template <typename scalar_t>
   void finish(at::Tensor& grad_in, cudaStream_t stream) {
     const int64_t n = grad_in.numel();
-    fixed_point_to_float_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+    ROIOPS_LAUNCH(num_blocks(n), kThreads, stream, fixed_point_to_float_kernel<scalar_t>)(
         n, reinterpret_cast<const unsigned long long*>(acc.const_data_ptr<int64_t>()),
         flags.defined() ? flags.const_data_ptr<int>() : nullptr, 1.0 / plan.scale,
         grad_in.mutable_data_ptr<scalar_t>());

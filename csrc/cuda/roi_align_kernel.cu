@@ -16,7 +16,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <array>
@@ -219,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
   const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, input.size(1),
                                 input.size(2), input.size(3), nhwc);
   const bool max_mode = is_max_mode(pool_mode);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const DeviceGuard device_guard(input.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, a.channels, pooled_height, pooled_width}, input.options(), layout);
@@ -229,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor in = nhwc ? input : input.contiguous();
   const at::Tensor r = rois.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
@@ -239,23 +238,13 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
     int32_t* arg_p = max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     const int blocks = num_blocks(total);
-    if (total <= kMaxInt32Work) {
-      if (max_mode) {
-        roi_align_forward_kernel<scalar_t, int32_t, true><<<blocks, kThreads, 0, stream>>>(
-            static_cast<int32_t>(total), in_p, roi_p, out_p, arg_p, os, a);
-      } else {
-        roi_align_forward_kernel<scalar_t, int32_t, false><<<blocks, kThreads, 0, stream>>>(
-            static_cast<int32_t>(total), in_p, roi_p, out_p, arg_p, os, a);
-      }
-    } else {
-      if (max_mode) {
-        roi_align_forward_kernel<scalar_t, int64_t, true><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p, out_p,
-                                                                                           arg_p, os, a);
-      } else {
-        roi_align_forward_kernel<scalar_t, int64_t, false><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p,
-                                                                                            out_p, arg_p, os, a);
-      }
-    }
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      with_flag(max_mode, [&](auto is_max) {
+        ROIOPS_LAUNCH(blocks, kThreads, stream, roi_align_forward_kernel<scalar_t, index_t, is_max.value>)(
+            static_cast<index_t>(total), in_p, roi_p, out_p, arg_p, os, a);
+      });
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {output, argmax};
@@ -265,29 +254,19 @@ template <typename scalar_t, typename Adder>
 void launch_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, bool max_mode,
                      const Adder& add, const AlignArgs& a, cudaStream_t stream) {
   const int64_t total = grad.numel();
-  const int blocks = num_blocks(total);
   const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
   const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
   const int32_t* arg_p = max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
   const Strides4 gs = strides_of(grad);
   const Strides4 as = max_mode ? strides_of(argmax) : Strides4{0, 0, 0, 0};
-  if (total <= kMaxInt32Work) {
-    if (max_mode) {
-      roi_align_backward_kernel<scalar_t, int32_t, true, Adder><<<blocks, kThreads, 0, stream>>>(
-          static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
-    } else {
-      roi_align_backward_kernel<scalar_t, int32_t, false, Adder><<<blocks, kThreads, 0, stream>>>(
-          static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
-    }
-  } else {
-    if (max_mode) {
-      roi_align_backward_kernel<scalar_t, int64_t, true, Adder><<<blocks, kThreads, 0, stream>>>(
-          total, g_p, gs, roi_p, arg_p, as, add, a);
-    } else {
-      roi_align_backward_kernel<scalar_t, int64_t, false, Adder><<<blocks, kThreads, 0, stream>>>(
-          total, g_p, gs, roi_p, arg_p, as, add, a);
-    }
-  }
+  const int blocks = num_blocks(total);
+  with_index_type(total, [&](auto index) {
+    using index_t = decltype(index);
+    with_flag(max_mode, [&](auto is_max) {
+      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_align_backward_kernel<scalar_t, index_t, is_max.value, Adder>)(
+          static_cast<index_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+    });
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -307,14 +286,14 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     TORCH_CHECK_VALUE(argmax.device() == grad.device(), "_roi_align_backward: argmax must be on the device of grad (",
                       grad.device(), "), but is on ", argmax.device());
   }
-  const c10::cuda::CUDAGuard device_guard(grad.device());
+  const DeviceGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
   const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
   // (at::zeros would drop a memory format given in its options: allocate with the layout, then zero.)
   if (grad.numel() == 0 || no_input) return at::empty(sizes, grad.options(), layout).zero_();
   const at::Tensor r = rois.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -337,7 +316,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(roiops, CUDA, m) {
+TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, ROIOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("roi_align", TORCH_FN(roi_align_forward_cuda));
   m.impl("_roi_align_backward", TORCH_FN(roi_align_backward_cuda));
 }

@@ -16,7 +16,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <array>
@@ -127,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   const bool nhwc = use_channels_last(input);
   const PoolArgs a =
       make_args(spatial_scale, pooled_height, pooled_width, input.size(1), input.size(2), input.size(3), nhwc);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const DeviceGuard device_guard(input.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, a.channels, pooled_height, pooled_width}, input.options(), layout);
@@ -136,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor in = nhwc ? input : input.contiguous();
   const at::Tensor r = rois.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cuda", [&] {
@@ -145,13 +144,11 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
     int32_t* arg_p = argmax.mutable_data_ptr<int32_t>();
     const int blocks = num_blocks(total);
-    if (total <= kMaxInt32Work) {
-      roi_pool_forward_kernel<scalar_t, int32_t><<<blocks, kThreads, 0, stream>>>(static_cast<int32_t>(total), in_p,
-                                                                                   roi_p, out_p, arg_p, os, a);
-    } else {
-      roi_pool_forward_kernel<scalar_t, int64_t><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p, out_p, arg_p,
-                                                                                   os, a);
-    }
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_pool_forward_kernel<scalar_t, index_t>)(
+          static_cast<index_t>(total), in_p, roi_p, out_p, arg_p, os, a);
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {output, argmax};
@@ -161,19 +158,17 @@ template <typename scalar_t, typename Adder>
 void launch_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, const Adder& add,
                      const PoolArgs& a, cudaStream_t stream) {
   const int64_t total = grad.numel();
-  const int blocks = num_blocks(total);
   const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
   const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
   const int32_t* arg_p = argmax.const_data_ptr<int32_t>();
   const Strides4 gs = strides_of(grad);
   const Strides4 as = strides_of(argmax);
-  if (total <= kMaxInt32Work) {
-    roi_pool_backward_kernel<scalar_t, int32_t, Adder><<<blocks, kThreads, 0, stream>>>(
-        static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
-  } else {
-    roi_pool_backward_kernel<scalar_t, int64_t, Adder><<<blocks, kThreads, 0, stream>>>(total, g_p, gs, roi_p, arg_p,
-                                                                                         as, add, a);
-  }
+  const int blocks = num_blocks(total);
+  with_index_type(total, [&](auto index) {
+    using index_t = decltype(index);
+    ROIOPS_LAUNCH(blocks, kThreads, stream, roi_pool_backward_kernel<scalar_t, index_t, Adder>)(
+        static_cast<index_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -189,14 +184,14 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                     grad.device(), "), but is on ", argmax.device());
   const bool nhwc = use_channels_last(grad);
   const PoolArgs a = make_args(spatial_scale, pooled_height, pooled_width, channels, height, width, nhwc);
-  const c10::cuda::CUDAGuard device_guard(grad.device());
+  const DeviceGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
   const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
   // (at::zeros would drop a memory format given in its options: allocate with the layout, then zero.)
   if (grad.numel() == 0 || no_input) return at::empty(sizes, grad.options(), layout).zero_();
   const at::Tensor r = rois.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -217,7 +212,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(roiops, CUDA, m) {
+TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, ROIOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("roi_pool", TORCH_FN(roi_pool_forward_cuda));
   m.impl("_roi_pool_backward", TORCH_FN(roi_pool_backward_cuda));
 }

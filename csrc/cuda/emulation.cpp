@@ -1,0 +1,90 @@
+// The emulated CUDA launcher's state, and the ops through which tests drive it. Compiled only into the
+// emulated CUDA test library (scripts/build_emulated_cuda.sh), never into roiops._C.
+#include "emulation.h"
+
+#include <torch/library.h>
+
+#include <algorithm>
+#include <mutex>
+#include <random>
+
+#include "../library.h"
+
+namespace roiops {
+namespace emu {
+namespace {
+
+// Guarded by a mutex: torch may call the ops from several threads, and a launch reads the order.
+std::mutex state_mutex;
+Order current_order = Order::kForward;
+std::mt19937_64 shuffle_rng;
+int64_t launch_count = 0;
+
+// Limits of every CUDA GPU since compute capability 3.0 (a larger grid or block fails to launch
+// with cudaErrorInvalidConfiguration).
+constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr int64_t kMaxBlockXY = 1024;
+constexpr int64_t kMaxBlockZ = 64;
+constexpr int64_t kMaxThreadsPerBlock = 1024;
+
+}  // namespace
+
+void set_order(Order order, uint64_t seed) {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  current_order = order;
+  shuffle_rng.seed(seed);
+}
+
+void check_launch(dim3 grid, dim3 block) {
+  const int64_t threads = int64_t(block.x) * block.y * block.z;
+  const bool ok = grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= kMaxGridX && grid.y <= kMaxGridYZ &&
+                  grid.z <= kMaxGridYZ && block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= kMaxBlockXY &&
+                  block.y <= kMaxBlockXY && block.z <= kMaxBlockZ && threads <= kMaxThreadsPerBlock;
+  TORCH_CHECK(ok, "emulated CUDA error: invalid configuration argument (grid ", grid.x, " x ", grid.y, " x ", grid.z,
+              ", block ", block.x, " x ", block.y, " x ", block.z, ")");
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  ++launch_count;
+}
+
+Schedule::Schedule(int64_t n) : n_(n), reversed_(false) {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  if (current_order == Order::kReversed) {
+    reversed_ = true;
+  } else if (current_order == Order::kShuffled) {
+    shuffled_.resize(n);
+    for (int64_t j = 0; j < n; ++j) shuffled_[j] = j;
+    std::shuffle(shuffled_.begin(), shuffled_.end(), shuffle_rng);
+  }
+}
+
+namespace {
+
+void set_launch_order(const std::string& order, int64_t seed) {
+  if (order == "forward") {
+    set_order(Order::kForward, 0);
+  } else if (order == "reversed") {
+    set_order(Order::kReversed, 0);
+  } else if (order == "shuffled") {
+    set_order(Order::kShuffled, static_cast<uint64_t>(seed));
+  } else {
+    TORCH_CHECK_VALUE(false, "set_launch_order: order must be 'forward', 'reversed' or 'shuffled', but got '", order,
+                      "'");
+  }
+}
+
+int64_t launches() {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  return launch_count;
+}
+
+}  // namespace
+}  // namespace emu
+}  // namespace roiops
+
+TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
+  // The order in which later launches run their (block, thread) pairs; seed picks the shuffle.
+  m.def("set_launch_order(str order, int seed=0) -> ()", &roiops::emu::set_launch_order);
+  // Number of kernel launches so far (a test can check that a call really ran emulated kernels).
+  m.def("launch_count() -> int", &roiops::emu::launches);
+}
