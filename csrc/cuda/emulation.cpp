@@ -2,9 +2,11 @@
 // emulated CUDA test library (scripts/build_emulated_cuda.sh), never into roiops._C.
 #include "emulation.h"
 
+#include <ATen/ops/full.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <mutex>
 #include <random>
 
@@ -78,6 +80,33 @@ int64_t launches() {
   return launch_count;
 }
 
+// Each thread appends its flat number (block * threads per block + thread) to `trace`, so that a
+// test sees which (block, thread) pairs ran, in which order.
+__global__ void trace_kernel(int64_t* trace, int64_t capacity, int64_t* next) {
+  const int64_t threads = int64_t(blockDim.x) * blockDim.y * blockDim.z;
+  const int64_t block = (int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int64_t thread = (int64_t(threadIdx.z) * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  if (*next < capacity) trace[*next] = block * threads + thread;
+  ++*next;
+}
+
+// Launches trace_kernel on a grid x block configuration (3 numbers each) and returns the trace (the
+// first 2^20 entries) and the number of threads that ran.
+std::tuple<at::Tensor, int64_t> trace_launch(at::IntArrayRef grid, at::IntArrayRef block) {
+  TORCH_CHECK_VALUE(grid.size() == 3 && block.size() == 3, "trace_launch: grid and block must have 3 dimensions");
+  for (const int64_t v : {grid[0], grid[1], grid[2], block[0], block[1], block[2]}) {
+    TORCH_CHECK_VALUE(v >= 0 && v <= std::numeric_limits<unsigned int>::max(),
+                      "trace_launch: dimensions must fit an unsigned int, but got ", v);
+  }
+  constexpr int64_t kCapacity = int64_t(1) << 20;
+  at::Tensor trace = at::full({kCapacity}, -1, at::kLong);
+  int64_t next = 0;
+  const auto u = [](int64_t v) { return static_cast<unsigned int>(v); };
+  ROIOPS_LAUNCH(dim3(u(grid[0]), u(grid[1]), u(grid[2])), dim3(u(block[0]), u(block[1]), u(block[2])), nullptr,
+                trace_kernel)(trace.mutable_data_ptr<int64_t>(), kCapacity, &next);
+  return {trace.narrow(0, 0, std::min(next, kCapacity)).clone(), next};
+}
+
 }  // namespace
 }  // namespace emu
 }  // namespace roiops
@@ -87,4 +116,6 @@ TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
   m.def("set_launch_order(str order, int seed=0) -> ()", &roiops::emu::set_launch_order);
   // Number of kernel launches so far (a test can check that a call really ran emulated kernels).
   m.def("launch_count() -> int", &roiops::emu::launches);
+  // Tests of the launcher itself (see trace_launch).
+  m.def("trace_launch(int[] grid, int[] block) -> (Tensor, int)", &roiops::emu::trace_launch);
 }
