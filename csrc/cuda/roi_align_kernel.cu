@@ -85,30 +85,28 @@ __global__ void __launch_bounds__(kThreads)
     acc_t sum = acc_t(0);
     acc_t top = -std::numeric_limits<acc_t>::infinity();
     int32_t top_s = -1;
-    for (int iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
-      for (int ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
-        const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
-        if (!kMax) {
-          if (!t.valid) continue;
-          sum += t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
-                 t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
-        } else {
-          // A sample outside the map is a 0 that can still win.
-          // (bilinear_taps also calls every sample of an empty map, H or W = 0, outside.)
-          const acc_t v = !t.valid ? acc_t(0)
-                                 : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
-                                       t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
-                                       t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
-                                       t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
-          if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
-            top = v;
-            top_s = iy * g.grid_w + ix;
-          }
+    // Only the samples that can touch the map, and one stand-in for the others (roi_geometry.h).
+    const int bin_h = static_cast<int>(ph), bin_w = static_cast<int>(pw);
+    bin_samples(g, bin_h, bin_w, H, W).for_each([&](int s, int iy, int ix) {
+      const BilinearTaps<acc_t> t = iy < 0 ? outside_taps<acc_t>() : align_sample_taps(g, bin_h, bin_w, iy, ix, H, W);
+      if (!kMax) {
+        if (!t.valid) return;
+        sum += t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+               t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+      } else {
+        // A sample outside the map is a 0 that can still win.
+        // (bilinear_taps also calls every sample of an empty map, H or W = 0, outside.)
+        const acc_t v = !t.valid ? acc_t(0)
+                               : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
+                                     t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+                                     t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
+                                     t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+        if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
+          top = v;
+          top_s = s;
         }
       }
-    }
+    });
     const int64_t o = out_strides.at(k, c, ph, pw);
     if (!kMax) {
       output[o] = static_cast<scalar_t>(sum / g.count);
@@ -141,27 +139,21 @@ __global__ void __launch_bounds__(kThreads)
 
     if (!kMax) {
       const acc_t gs = gv / g.count;
-      for (int iy = 0; iy < g.grid_h; ++iy) {
-        const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
-        for (int ix = 0; ix < g.grid_w; ++ix) {
-          const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
-          const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
-          if (!t.valid) continue;
-          add(base + t.o1 * cs, t.w1 * gs);
-          add(base + t.o2 * cs, t.w2 * gs);
-          add(base + t.o3 * cs, t.w3 * gs);
-          add(base + t.o4 * cs, t.w4 * gs);
-        }
-      }
+      const int bin_h = static_cast<int>(ph), bin_w = static_cast<int>(pw);
+      bin_samples(g, bin_h, bin_w, H, W).for_each([&](int, int iy, int ix) {
+        if (iy < 0) return;  // the samples outside the map take no gradient
+        const BilinearTaps<acc_t> t = align_sample_taps(g, bin_h, bin_w, iy, ix, H, W);
+        if (!t.valid) return;
+        add(base + t.o1 * cs, t.w1 * gs);
+        add(base + t.o2 * cs, t.w2 * gs);
+        add(base + t.o3 * cs, t.w3 * gs);
+        add(base + t.o4 * cs, t.w4 * gs);
+      });
     } else {
       const int32_t s = argmax[arg_strides.at(k, c, ph, pw)];
       // argmax comes from the caller: anything outside the bin's grid is ignored, never followed.
       if (s < 0 || s >= per_bin) continue;
-      const int iy = s / g.grid_w;
-      const int ix = s - iy * g.grid_w;
-      const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
-      const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
-      const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
+      const BilinearTaps<acc_t> t = align_sample_taps(g, static_cast<int>(ph), static_cast<int>(pw), s, H, W);
       if (!t.valid) continue;
       add(base + t.o1 * cs, t.w1 * gv);
       add(base + t.o2 * cs, t.w2 * gv);
