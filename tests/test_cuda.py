@@ -13,6 +13,7 @@ The emulated libraries are looked up in $ROIOPS_EMULATED_CUDA_DIR (default build
 import contextlib
 import os
 import pathlib
+import time
 import zlib
 
 import pytest
@@ -366,6 +367,36 @@ def test_max_with_inf_and_nan_matches_cpu(dev, layout):
     out_d, arg_d = dev.ops.roi_pool(x_dev, dev.to(rois), 1.0, 2, 2)
     torch.testing.assert_close(out_d.cpu(), out_c, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(arg_d.cpu(), arg_c)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_absurd_boxes_match_cpu_in_milliseconds(dev, mode, aligned, channels_last):
+    # 28,000-px boxes on a 64 x 64 map, adaptive sampling: ~4000 x 4000 samples per bin, of which the
+    # kernels visit only those that can touch the map (tests/test_absurd_boxes.py checks the CPU
+    # kernels on such boxes). Emulated, one such call took ~30 s before; a GPU would be as busy.
+    x = make_input((1, 16, 64, 64), torch.float32, seed=4) - 1  # mostly negative: outside samples win max bins
+    x_cpu = to_layout(x, "channels_last" if channels_last else "contiguous")
+    x_dev = on_device(dev, x, "channels_last" if channels_last else "contiguous")
+    rois = torch.tensor([[0, -14000.0, -13000.0, 14000.0, 15000.0], [0, -14000.0, 20.0, 14000.0, 50.0],
+                         [0, 40.0, 50.0, 28040.0, 28050.0], [0, -30000.0, -2000.0, -2000.0, 26000.0]])
+    args = (1.0, 7, 7, 0, aligned, mode)
+    out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
+    grad = random_grad(out_c.shape, torch.float32, 3, channels_last=is_channels_last(out_c))
+    bwd = (1.0, 7, 7, 1, 16, 64, 64, 0, aligned, mode)
+    gin_c = ops._roi_align_backward(grad, rois, arg_c, *bwd, False)
+
+    start = time.perf_counter()
+    out_d, arg_d = dev.ops.roi_align(x_dev, dev.to(rois), *args)
+    gin_d = {det: dev.ops._roi_align_backward(dev.to(grad), dev.to(rois), arg_d, *bwd, det) for det in (False, True)}
+    if dev.torch_device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert torch.equal(out_d.cpu(), out_c) and torch.equal(arg_d.cpu(), arg_c)
+    for det in (False, True):
+        torch.testing.assert_close(gin_d[det].cpu(), gin_c, rtol=1e-5, atol=1e-6)
 
 
 # ---- empty inputs ------------------------------------------------------------------------------
