@@ -74,7 +74,10 @@ compile() {
     fi
     echo "   compiling $src -> $(basename "$obj")"
     # .cu sources are C++ here (-x c++).
-    "$CXX" -x c++ "${CXXFLAGS[@]}" "${EXTRA[@]}" "$@" -MMD -MF "$obj.d" -c "$src" -o "$obj"
+    "$CXX" -x c++ "${CXXFLAGS[@]}" "${EXTRA[@]}" "$@" -MMD -MF "$obj.d" -c "$src" -o "$obj" || {
+        rm -f "$obj"  # (a stale object must not pass for this source)
+        return 1
+    }
     echo "$* ${CXXFLAGS[*]} ${EXTRA[*]}" > "$obj.flags"
 }
 export -f compile

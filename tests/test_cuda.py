@@ -576,6 +576,34 @@ def test_deterministic_backward_scales_with_the_gradient(dev, magnitude):
     torch.testing.assert_close(det.cpu() / magnitude, oracle / magnitude, rtol=1e-5, atol=1e-5)
 
 
+def test_deterministic_backward_one_scale_per_channel(dev):
+    # An outlier channel costs the others no precision: every channel has its own fixed-point scale
+    # (with one scale for all, channel 0 at 1e15 left the others ~2e-3 relative error).
+    (N, C, H, W), rois = _crowded(torch.float32, num=100, seed=12)
+    grad = random_grad((100, C, 4, 4), torch.float32, 6)
+    grad[:, 0] *= 1e15
+    no_argmax = torch.empty(0, dtype=torch.int32)
+    args = (1.0, 4, 4, N, C, H, W, 2, False, "avg")
+    det = dev.ops._roi_align_backward(dev.to(grad), dev.to(rois), dev.to(no_argmax), *args, True)
+    oracle = ops._roi_align_backward(grad, rois, no_argmax, *args, False)
+    torch.testing.assert_close(det.cpu()[:, 1:], oracle[:, 1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(det.cpu()[:, 0], oracle[:, 0], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("magnitude", [1e-295, 1e-303, 1e300], ids=["1e-295", "1e-303", "1e300"])
+def test_deterministic_backward_float64_extremes(dev, magnitude):
+    # The scale is applied with ldexp, so no exponent is out of reach: float64 gradients near the
+    # bottom of the range keep their precision (before: ~1e-290 lost digits, ~1e-303 came out 0).
+    (N, C, H, W), rois = _crowded(torch.float64, num=60, seed=13)
+    grad = random_grad((60, C, 3, 3), torch.float64, 7) * magnitude
+    no_argmax = torch.empty(0, dtype=torch.int32)
+    args = (1.0, 3, 3, N, C, H, W, 2, True, "avg")
+    det = dev.ops._roi_align_backward(dev.to(grad), dev.to(rois), dev.to(no_argmax), *args, True)
+    oracle = ops._roi_align_backward(grad, rois, no_argmax, *args, False)
+    assert oracle.abs().max() > 0
+    torch.testing.assert_close(det.cpu() / magnitude, oracle / magnitude, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("op", ["align-avg", "align-max", "pool"])
 def test_deterministic_backward_nan_and_inf(dev, op):
     # NaN and inf in grad cannot be held in fixed point; they must come out where float sums put them.

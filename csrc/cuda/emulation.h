@@ -15,6 +15,8 @@
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 
+#include <math.h>  // ldexpf, ldexp: the CUDA math functions the kernels call
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -86,14 +88,18 @@ inline int atomicOr(int* address, int val) {
   return old;
 }
 
-// cvt.rni.s64.f64: round half to even, saturating to the int64 range, NaN to 0 (a C++ cast of an
-// out-of-range value would be undefined).
+// cvt.rni.s64.f64 / .f32: round half to even, saturating to the int64 range, NaN to 0 (a C++ cast
+// of an out-of-range value would be undefined).
 inline long long __double2ll_rn(double v) {
   if (std::isnan(v)) return 0;
   const double r = std::nearbyint(v);  // the default rounding mode is round-half-to-even
   if (r >= 9223372036854775808.0) return std::numeric_limits<long long>::max();
   if (r < -9223372036854775808.0) return std::numeric_limits<long long>::min();
   return static_cast<long long>(r);
+}
+
+inline long long __float2ll_rn(float v) {
+  return __double2ll_rn(static_cast<double>(v));  // exact: every float is a double
 }
 
 // ---- the launcher ----------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ template <typename scalar_t, typename index_t, bool kMax, typename Adder>
 __global__ void __launch_bounds__(kThreads)
     roi_align_backward_kernel(index_t total, const scalar_t* __restrict__ grad, Strides4 grad_strides,
                               const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
-                              Strides4 arg_strides, Adder add, AlignArgs a) {
+                              Strides4 arg_strides, Adder adder, AlignArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
   const int H = static_cast<int>(a.height), W = static_cast<int>(a.width);
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(kThreads)
     if (per_bin == 0) continue;
     int64_t base, cs;
     plane_base(a, g.batch, c, base, cs);
+    const auto add = adder.channel(static_cast<int64_t>(c));
 
     if (!kMax) {
       const acc_t gs = gv / g.count;
@@ -300,7 +301,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
       result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
       FixedPointBuffers buffers(grad, result.numel());
       launch_backward<scalar_t>(grad, r, argmax, max_mode, buffers.adder<acc_t>(), a, stream);
-      buffers.finish<scalar_t>(result, stream);
+      buffers.finish<scalar_t>(result, nhwc, stream);
     }
   });
   return result;

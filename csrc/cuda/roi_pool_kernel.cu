@@ -91,7 +91,7 @@ template <typename scalar_t, typename index_t, typename Adder>
 __global__ void __launch_bounds__(kThreads)
     roi_pool_backward_kernel(index_t total, const scalar_t* __restrict__ grad, Strides4 grad_strides,
                              const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
-                             Strides4 arg_strides, Adder add, PoolArgs a) {
+                             Strides4 arg_strides, Adder adder, PoolArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t HW = a.height * a.width;
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
     if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
     const int64_t n = static_cast<int64_t>(static_cast<acc_t>(rois[static_cast<int64_t>(k) * 5]));
     const int64_t offset = a.nhwc ? (n * HW + cell) * a.channels + c : (n * a.channels + c) * HW + cell;
-    add(offset, gv);
+    adder.channel(static_cast<int64_t>(c))(offset, gv);
   }
 }
 
@@ -204,7 +204,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
       result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
       FixedPointBuffers buffers(grad, result.numel());
       launch_backward<scalar_t>(grad, r, argmax, buffers.adder<acc_t>(), a, stream);
-      buffers.finish<scalar_t>(result, stream);
+      buffers.finish<scalar_t>(result, nhwc, stream);
     }
   });
   return result;
