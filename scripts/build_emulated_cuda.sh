@@ -53,7 +53,7 @@ plan() {
         ns="roiops_$variant"
         defines="-DROIOPS_OP_NAMESPACE=$ns"
         [[ $variant == emu64 ]] && defines+=" -DROIOPS_MAX_INT32_WORK=0 -DROIOPS_MAX_BLOCKS=3"
-        for src in csrc/roi_align.cpp csrc/roi_pool.cpp csrc/cuda/emulation.cpp csrc/cuda/roi_align_kernel.cu \
+        for src in csrc/roi_align.cpp csrc/roi_pool.cpp csrc/settings.cpp csrc/cuda/emulation.cpp csrc/cuda/roi_align_kernel.cu \
                    csrc/cuda/roi_pool_kernel.cu; do
             echo "$OUT/obj/$variant.$(basename "${src%.*}").o $src $defines"
         done

@@ -210,9 +210,9 @@ def test_python_layer_runs_the_emulated_kernels(emu):
     with dev.python_layer():
         roiops.roi_align(x, rois, 3, 1.0, 2, True).sum().backward()
         roiops.roi_pool(x, rois, 3, 1.0).sum().backward()
-    assert dev.ops.launch_count() == before + 4
+    assert dev.ops.launch_count() == before + 6  # each forward: box check + kernel; each backward: kernel
     roiops.roi_align(x, rois, 3, 1.0, 2, True)  # outside the context: the CPU kernel
-    assert dev.ops.launch_count() == before + 4
+    assert dev.ops.launch_count() == before + 6
 
 
 # ---- roi_align ---------------------------------------------------------------------------------
@@ -645,6 +645,107 @@ def test_python_layer_passes_the_deterministic_flag(dev, deterministic_algorithm
             arg = dev.ops.roi_pool(x.detach(), r_dev, 1.0, 5, 5)[1]
             direct = dev.ops._roi_pool_backward(grad, r_dev, arg, 1.0, 5, 5, N, C, H, W, True)
         assert torch.equal(g1, direct)
+
+
+# ---- host synchronization ----------------------------------------------------------------------
+
+
+def _sync_cases(dev):
+    """(name, forward(), backward(deterministic, argmax)) of every op and mode on dev."""
+    x = dev.to(make_input((2, 3, 9, 11), torch.float32, seed=1))
+    rois = dev.to(make_rois(12, 2, 9, 11, 0.5, "mixed", torch.float32, seed=1))
+    grad = dev.to(random_grad((12, 3, 3, 4), torch.float32, 2))
+    cases = []
+    for sr in (0, 2):
+        for mode in ("avg", "max"):
+            args = (0.5, 3, 4, sr, True, mode)
+            fwd = lambda args=args: dev.ops.roi_align(x, rois, *args)  # noqa: E731
+            bwd = lambda det, arg, args=args: dev.ops._roi_align_backward(  # noqa: E731
+                grad, rois, arg, *args[:3], 2, 3, 9, 11, *args[3:], det)
+            cases.append((f"align-{mode}-sr{sr}", fwd, bwd))
+    fwd = lambda: dev.ops.roi_pool(x, rois, 0.5, 3, 4)  # noqa: E731
+    bwd = lambda det, arg: dev.ops._roi_pool_backward(grad, rois, arg, 0.5, 3, 4, 2, 3, 9, 11, det)  # noqa: E731
+    cases.append(("pool", fwd, bwd))
+    return cases
+
+
+@pytest.fixture
+def device_box_checks(emu):
+    yield emu
+    emu.ops.set_device_box_checks(True)
+    emu.ops.set_capturing(False)
+
+
+def test_host_syncs_forward_at_most_one_backward_none(device_box_checks):
+    dev = device_box_checks
+    for name, fwd, bwd in _sync_cases(dev):
+        before = dev.ops.host_sync_count()
+        out, arg = fwd()
+        assert dev.ops.host_sync_count() - before == 1, name  # the box value check
+        for det in (False, True):
+            before = dev.ops.host_sync_count()
+            gin = bwd(det, arg)
+            assert dev.ops.host_sync_count() == before, (name, det)
+            assert gin.shape == (2, 3, 9, 11) and out.numel() > 0
+        # Not while a CUDA graph is being captured, nor with the checks off.
+        for capturing, checks in ((True, True), (False, False)):
+            dev.ops.set_capturing(capturing)
+            dev.ops.set_device_box_checks(checks)
+            before = dev.ops.host_sync_count()
+            bwd(True, fwd()[1])
+            assert dev.ops.host_sync_count() == before, (name, capturing, checks)
+            dev.ops.set_capturing(False)
+            dev.ops.set_device_box_checks(True)
+
+
+BAD_BOXES = {
+    "nan": ([[0, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("nan"), 5.0, 5.0], [5, 1.0, 1.0, 5.0, 5.0]], "box 1 has value nan in column 2"),
+    "batch": ([[0, 1.0, 1.0, 5.0, 5.0], [1.5, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("inf"), 5.0, 5.0]],
+              r"batch index of box 1 \(boxes\[1, 0\]\) must be an integer in \[0, 2\), but it is 1.5"),
+    "samples": ([[0, 1.0, 1.0, 5.0, 5.0], [1, -1e6, -1e6, 1e6, 1e6]], "would take .* samples per bin"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_BOXES, ids=list(BAD_BOXES))
+def test_bad_boxes_raise_the_cpu_errors(dev, bad):
+    boxes, message = BAD_BOXES[bad]
+    rois = torch.tensor(boxes)
+    x = make_input((2, 3, 9, 11), torch.float32, seed=2)
+    calls = [lambda o, r, t: o.roi_align(t, r, 1.0, 2, 2, 0, True, "avg")]
+    if bad != "samples":
+        calls.append(lambda o, r, t: o.roi_pool(t, r, 1.0, 2, 2))
+    for call in calls:
+        with pytest.raises(ValueError, match=message):
+            call(ops, rois, x)
+        with pytest.raises(ValueError, match=message):
+            call(dev.ops, dev.to(rois), dev.to(x))
+
+
+def test_unchecked_bad_boxes_are_skipped_not_followed(device_box_checks):
+    # Without the value check (capture, or checks off) a kernel meets the bad boxes itself: a bad
+    # batch index or too many samples gives NaN (argmax -1) in forward and nothing in backward,
+    # and never a read or write out of bounds (the ASan run of these tests checks that too).
+    dev = device_box_checks
+    dev.ops.set_device_box_checks(False)
+    x = make_input((2, 3, 9, 11), torch.float32, seed=3)
+    rois = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0], [2, 1.0, 1.0, 5.0, 5.0], [-1, 1.0, 1.0, 5.0, 5.0],
+                         [0.5, 1.0, 1.0, 5.0, 5.0], [float("nan"), 1.0, 1.0, 5.0, 5.0], [1, -1e6, -1e6, 1e6, 1e6]])
+    good = ops.roi_align(x, rois[:1], 1.0, 2, 2, 0, True, "max")
+    for mode in ("avg", "max"):
+        out, arg = dev.ops.roi_align(x, rois, 1.0, 2, 2, 0, True, mode)
+        assert torch.equal(out[:1], ops.roi_align(x, rois[:1], 1.0, 2, 2, 0, True, mode)[0])
+        assert out[1:].isnan().all()
+        if mode == "max":
+            assert torch.equal(arg[:1], good[1]) and (arg[1:] == -1).all()
+        gin = dev.ops._roi_align_backward(torch.ones_like(out), rois, arg, 1.0, 2, 2, 2, 3, 9, 11, 0, True, mode, True)
+        ref = ops._roi_align_backward(torch.ones_like(out[:1]), rois[:1], arg[:1], 1.0, 2, 2, 2, 3, 9, 11, 0, True,
+                                      mode, False)
+        torch.testing.assert_close(gin, ref)
+    out, arg = dev.ops.roi_pool(x, rois[:5], 1.0, 2, 2)
+    assert out[1:].isnan().all() and (arg[1:] == -1).all()
+    gin = dev.ops._roi_pool_backward(torch.ones_like(out), rois[:5], arg, 1.0, 2, 2, 2, 3, 9, 11, False)
+    ref = ops._roi_pool_backward(torch.ones_like(out[:1]), rois[:1], arg[:1], 1.0, 2, 2, 2, 3, 9, 11, False)
+    torch.testing.assert_close(gin, ref)
 
 
 # ---- large tensors (64-bit indexing) -----------------------------------------------------------

@@ -81,9 +81,21 @@ namespace cuda {
 #ifdef ROIOPS_EMULATE_CUDA
 using DeviceGuard = emu::DeviceGuard;
 inline cudaStream_t current_stream() { return nullptr; }
+inline bool stream_is_capturing(cudaStream_t) { return emu::capturing(); }
+// Every device-to-host copy of the CUDA path goes through here, so that tests can count them.
+inline at::Tensor to_host(const at::Tensor& t) {
+  emu::count_host_sync();
+  return t.clone();
+}
 #else
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+inline bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+inline at::Tensor to_host(const at::Tensor& t) { return t.to(at::kCPU); }
 #endif
 
 constexpr int kThreads = 256;

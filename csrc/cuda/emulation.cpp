@@ -21,6 +21,8 @@ std::mutex state_mutex;
 Order current_order = Order::kForward;
 std::mt19937_64 shuffle_rng;
 int64_t launch_count = 0;
+int64_t host_syncs = 0;
+bool capturing_graph = false;
 
 // Limits of every CUDA GPU since compute capability 3.0 (a larger grid or block fails to launch
 // with cudaErrorInvalidConfiguration).
@@ -47,6 +49,16 @@ void check_launch(dim3 grid, dim3 block) {
               ", block ", block.x, " x ", block.y, " x ", block.z, ")");
   const std::lock_guard<std::mutex> lock(state_mutex);
   ++launch_count;
+}
+
+void count_host_sync() {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  ++host_syncs;
+}
+
+bool capturing() {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  return capturing_graph;
 }
 
 Schedule::Schedule(int64_t n) : n_(n), reversed_(false) {
@@ -78,6 +90,18 @@ void set_launch_order(const std::string& order, int64_t seed) {
 int64_t launches() {
   const std::lock_guard<std::mutex> lock(state_mutex);
   return launch_count;
+}
+
+int64_t host_sync_count() {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  return host_syncs;
+}
+
+bool set_capturing(bool capturing) {
+  const std::lock_guard<std::mutex> lock(state_mutex);
+  const bool previous = capturing_graph;
+  capturing_graph = capturing;
+  return previous;
 }
 
 // Each thread appends its flat number (block * threads per block + thread) to `trace`, so that a
@@ -116,6 +140,10 @@ TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
   m.def("set_launch_order(str order, int seed=0) -> ()", &roiops::emu::set_launch_order);
   // Number of kernel launches so far (a test can check that a call really ran emulated kernels).
   m.def("launch_count() -> int", &roiops::emu::launches);
+  // Device-to-host copies made by the CUDA path so far.
+  m.def("host_sync_count() -> int", &roiops::emu::host_sync_count);
+  // Makes the stream count as capturing a CUDA graph (or not); returns the previous state.
+  m.def("set_capturing(bool capturing) -> bool", &roiops::emu::set_capturing);
   // Tests of the launcher itself (see trace_launch).
   m.def("trace_launch(int[] grid, int[] block) -> (Tensor, int)", &roiops::emu::trace_launch);
 }

@@ -82,6 +82,12 @@ inline unsigned long long atomicAdd(unsigned long long* address, unsigned long l
   return old;
 }
 
+inline long long atomicMin(long long* address, long long val) {
+  const long long old = *address;
+  *address = val < old ? val : old;
+  return old;
+}
+
 inline int atomicOr(int* address, int val) {
   const int old = *address;
   *address = old | val;
@@ -165,6 +171,11 @@ Launch<Params...> make_launch(dim3 grid, dim3 block, cudaStream_t stream, void (
   TORCH_CHECK(stream == nullptr, "emulated CUDA: only the default (null) stream exists");
   return Launch<Params...>(grid, block, kernel);
 }
+
+// Host syncs: every device-to-host copy of the CUDA path is counted (to_host in cuda_common.cuh).
+void count_host_sync();
+// Whether the stream counts as capturing a CUDA graph (set by tests: set_capturing).
+bool capturing();
 
 // Stands in for c10::cuda::CUDAGuard: in emulation every tensor lives on the CPU.
 struct DeviceGuard {

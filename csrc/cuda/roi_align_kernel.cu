@@ -26,6 +26,7 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "box_checks.cuh"
 #include "cuda_common.cuh"
 
 namespace roiops {
@@ -40,17 +41,34 @@ struct AlignArgs {
   int pooled_h, pooled_w, sampling_ratio;
   bool aligned;
   bool nhwc;  // layout of the map (forward: input; backward: grad and grad_input)
-  int64_t channels, height, width;
+  int64_t batch_size, channels, height, width;
 };
 
+// The geometry of box k, or false for a box the kernels skip: a bad batch index, or more samples per
+// bin than kMaxSamplesPerBin (only when the box values went unchecked, see box_checks.cuh).
 template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ AlignGeometry<acc_t> load_geometry(const scalar_t* rois, int64_t k, const AlignArgs& a) {
+__device__ __forceinline__ bool load_geometry(const scalar_t* rois, int64_t k, const AlignArgs& a,
+                                              AlignGeometry<acc_t>& g) {
   acc_t roi[5];
 #pragma unroll
   for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(rois[k * 5 + j]);
-  return align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w, a.sampling_ratio,
-                               a.aligned);
+  if (!box_usable(roi[0], a.batch_size)) return false;
+  g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w, a.sampling_ratio,
+                            a.aligned);
+  return static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin;
 }
+
+// Refuses the boxes of adaptive sampling whose bins would take more than kMaxSamplesPerBin samples,
+// as the CPU kernel does (the device check of box_checks.cuh).
+struct SamplesLimit {
+  AlignArgs a;
+  template <typename acc_t>
+  __device__ __forceinline__ bool operator()(const acc_t* roi) const {
+    const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
+                                                         a.pooled_w, a.sampling_ratio, a.aligned);
+    return static_cast<int64_t>(g.grid_h) * g.grid_w > kMaxSamplesPerBin;
+  }
+};
 
 // Offset of cell 0 of (batch, channel) in the map, and the distance between two cells of a plane.
 __device__ __forceinline__ void plane_base(const AlignArgs& a, int64_t batch, int64_t c, int64_t& base,
@@ -77,7 +95,13 @@ __global__ void __launch_bounds__(kThreads)
     index_t k, c, ph, pw;
     decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
                                     ph, pw);
-    const AlignGeometry<acc_t> g = load_geometry<acc_t>(rois, k, a);
+    const int64_t o = out_strides.at(k, c, ph, pw);
+    AlignGeometry<acc_t> g;
+    if (!load_geometry(rois, k, a, g)) {  // a refused box: NaN, visibly
+      output[o] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+      if (kMax) argmax[o] = -1;
+      continue;
+    }
     int64_t base, cs;
     plane_base(a, g.batch, c, base, cs);
     const scalar_t* plane = input + base;
@@ -107,7 +131,6 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     });
-    const int64_t o = out_strides.at(k, c, ph, pw);
     if (!kMax) {
       output[o] = static_cast<scalar_t>(sum / g.count);
     } else {
@@ -131,7 +154,8 @@ __global__ void __launch_bounds__(kThreads)
                                     ph, pw);
     const acc_t gv = static_cast<acc_t>(grad[grad_strides.at(k, c, ph, pw)]);
     if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-    const AlignGeometry<acc_t> g = load_geometry<acc_t>(rois, k, a);
+    AlignGeometry<acc_t> g;
+    if (!load_geometry(rois, k, a, g)) continue;  // a refused box
     const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
     if (per_bin == 0) continue;
     int64_t base, cs;
@@ -166,50 +190,47 @@ __global__ void __launch_bounds__(kThreads)
 
 // Same checks and messages as the CPU kernel's make_params.
 AlignArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                    bool aligned, int64_t channels, int64_t height, int64_t width, bool nhwc) {
+                    bool aligned, int64_t batch_size, int64_t channels, int64_t height, int64_t width, bool nhwc) {
   TORCH_CHECK_VALUE(sampling_ratio <= (1 << 20), "roi_align: sampling_ratio must be at most 2^20, but got ",
                     sampling_ratio);
   TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
                     "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
   return AlignArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                   static_cast<int>(sampling_ratio), aligned, nhwc, channels, height, width};
+                   static_cast<int>(sampling_ratio), aligned, nhwc, batch_size, channels, height, width};
 }
 
-// The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; a kernel
-// cannot throw, so the boxes are checked here. With a fixed sampling_ratio no box values are
-// needed; adaptive sampling reads the boxes back to the host (one small copy and sync) and computes
-// each grid with the very function the kernels use.
+// The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; so does the
+// forward here: from the arguments alone for a fixed sampling_ratio, and with the device box check
+// (SamplesLimit) for adaptive sampling, whose message reads the refused box back.
+void check_sampling_ratio(const AlignArgs& a) {
+  if (a.sampling_ratio <= 0) return;
+  const int64_t n = static_cast<int64_t>(a.sampling_ratio) * a.sampling_ratio;
+  TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: sampling_ratio ", a.sampling_ratio, " would take ", n,
+                    " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
+}
+
 template <typename scalar_t>
-void check_samples_per_bin(const at::Tensor& rois, const AlignArgs& a) {
+[[noreturn]] void fail_samples_per_bin(const at::Tensor& rois, int64_t k, const AlignArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (a.sampling_ratio > 0) {
-    const int64_t n = static_cast<int64_t>(a.sampling_ratio) * a.sampling_ratio;
-    TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: sampling_ratio ", a.sampling_ratio, " would take ", n,
-                      " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
-    return;
-  }
-  const at::Tensor host = rois.to(at::kCPU);
-  const scalar_t* r = host.const_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < host.size(0); ++k) {
-    acc_t roi[5];
-    for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(r[k * 5 + j]);
-    const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
-                                                         a.pooled_w, a.sampling_ratio, a.aligned);
-    const int64_t n = static_cast<int64_t>(g.grid_h) * g.grid_w;
-    TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: adaptive sampling (sampling_ratio <= 0) of box ",
-                      r[k * 5 + 1], ", ", r[k * 5 + 2], ", ", r[k * 5 + 3], ", ", r[k * 5 + 4], " would take ", n,
-                      " samples per bin (limit ", kMaxSamplesPerBin, "); pass a positive sampling_ratio");
-  }
+  const at::Tensor row = to_host(rois[k].to(at::kDouble));  // (an error: syncs freely)
+  const double* r = row.const_data_ptr<double>();
+  acc_t roi[5];
+  for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(r[j]);
+  const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
+                                                       a.pooled_w, a.sampling_ratio, a.aligned);
+  TORCH_CHECK_VALUE(false, "roi_align: adaptive sampling (sampling_ratio <= 0) of box ", r[1], ", ", r[2], ", ", r[3],
+                    ", ", r[4], " would take ", static_cast<int64_t>(g.grid_h) * g.grid_w, " samples per bin (limit ",
+                    kMaxSamplesPerBin, "); pass a positive sampling_ratio");
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                                           double spatial_scale, int64_t pooled_height,
                                                           int64_t pooled_width, int64_t sampling_ratio, bool aligned,
                                                           std::string pool_mode) {
-  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align");
+  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align", /*check_values=*/false);
   const bool nhwc = use_channels_last(input);
-  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, input.size(1),
-                                input.size(2), input.size(3), nhwc);
+  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, input.size(0),
+                                input.size(1), input.size(2), input.size(3), nhwc);
   const bool max_mode = is_max_mode(pool_mode);
   const DeviceGuard device_guard(input.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -225,7 +246,10 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
-    check_samples_per_bin<scalar_t>(r, a);
+    check_sampling_ratio(a);
+    if (const auto refused = check_boxes_on_device<scalar_t>(r, a.batch_size, SamplesLimit{a}, "roi_align", stream)) {
+      fail_samples_per_bin<scalar_t>(r, *refused, a);
+    }
     const scalar_t* in_p = in.const_data_ptr<scalar_t>();
     const scalar_t* roi_p = r.const_data_ptr<scalar_t>();
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
@@ -268,10 +292,10 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                    int64_t sampling_ratio, bool aligned, std::string pool_mode, bool deterministic) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
-                      "_roi_align_backward");
+                      "_roi_align_backward", /*check_values=*/false);
   const bool nhwc = use_channels_last(grad);
-  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, channels, height,
-                                width, nhwc);
+  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, batch_size,
+                                channels, height, width, nhwc);
   const bool max_mode = is_max_mode(pool_mode);
   if (max_mode) {
     TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
@@ -288,9 +312,9 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   const at::Tensor r = rois.contiguous();
   const cudaStream_t stream = current_stream();
   at::Tensor result;
+  check_sampling_ratio(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_samples_per_bin<scalar_t>(r, a);
     if (!deterministic) {
       at::Tensor grad_in =
           at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();

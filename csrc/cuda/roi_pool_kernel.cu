@@ -26,6 +26,7 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "box_checks.cuh"
 #include "cuda_common.cuh"
 
 namespace roiops {
@@ -36,7 +37,7 @@ struct PoolArgs {
   double spatial_scale;
   int pooled_h, pooled_w;
   bool nhwc;  // layout of the map (forward: input; backward: grad and grad_input)
-  int64_t channels, height, width;
+  int64_t batch_size, channels, height, width;
 };
 
 template <typename scalar_t, typename index_t>
@@ -55,6 +56,12 @@ __global__ void __launch_bounds__(kThreads)
     acc_t roi[5];
 #pragma unroll
     for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(rois[static_cast<int64_t>(k) * 5 + j]);
+    const int64_t o = out_strides.at(k, c, ph, pw);
+    if (!box_usable(roi[0], a.batch_size)) {  // possible only when box values went unchecked: NaN, visibly
+      output[o] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+      argmax[o] = -1;
+      continue;
+    }
     const PoolGeometry<acc_t> g =
         pool_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w);
     const CellRange rows = pool_bin_range(g.start_h, g.bin_h, static_cast<int>(ph), H);
@@ -81,7 +88,6 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    const int64_t o = out_strides.at(k, c, ph, pw);
     output[o] = static_cast<scalar_t>(top_i >= 0 ? top : acc_t(0));
     argmax[o] = top_i;
   }
@@ -104,28 +110,31 @@ __global__ void __launch_bounds__(kThreads)
     if (cell < 0 || cell >= HW) continue;
     const acc_t gv = static_cast<acc_t>(grad[grad_strides.at(k, c, ph, pw)]);
     if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-    const int64_t n = static_cast<int64_t>(static_cast<acc_t>(rois[static_cast<int64_t>(k) * 5]));
+    const acc_t batch_index = static_cast<acc_t>(rois[static_cast<int64_t>(k) * 5]);
+    if (!box_usable(batch_index, a.batch_size)) continue;  // (box values are not checked in backward)
+    const int64_t n = static_cast<int64_t>(batch_index);
     const int64_t offset = a.nhwc ? (n * HW + cell) * a.channels + c : (n * a.channels + c) * HW + cell;
     adder.channel(static_cast<int64_t>(c))(offset, gv);
   }
 }
 
 // Same check and message as the CPU kernel's make_params.
-PoolArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t channels,
-                   int64_t height, int64_t width, bool nhwc) {
+PoolArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                   int64_t channels, int64_t height, int64_t width, bool nhwc) {
   TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
                     "roi_pool: spatial_scale must be a positive finite number, but got ", spatial_scale);
-  return PoolArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), nhwc, channels,
-                  height, width};
+  return PoolArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), nhwc, batch_size,
+                  channels, height, width};
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                                          double spatial_scale, int64_t pooled_height,
                                                          int64_t pooled_width) {
-  check_forward_args(input, rois, pooled_height, pooled_width, "roi_pool");
+  check_forward_args(input, rois, pooled_height, pooled_width, "roi_pool", /*check_values=*/false);
   const bool nhwc = use_channels_last(input);
   const PoolArgs a =
-      make_args(spatial_scale, pooled_height, pooled_width, input.size(1), input.size(2), input.size(3), nhwc);
+      make_args(spatial_scale, pooled_height, pooled_width, input.size(0), input.size(1), input.size(2), input.size(3),
+                nhwc);
   const DeviceGuard device_guard(input.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
@@ -139,6 +148,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cuda", [&] {
+    check_boxes_on_device<scalar_t>(r, a.batch_size, NoLimit{}, "roi_pool", stream);
     const scalar_t* in_p = in.const_data_ptr<scalar_t>();
     const scalar_t* roi_p = r.const_data_ptr<scalar_t>();
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
@@ -177,13 +187,13 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                   bool deterministic) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
-                      "_roi_pool_backward");
+                      "_roi_pool_backward", /*check_values=*/false);
   TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
                     "_roi_pool_backward: argmax must be int32 with the shape of grad ", grad.sizes());
   TORCH_CHECK_VALUE(argmax.device() == grad.device(), "_roi_pool_backward: argmax must be on the device of grad (",
                     grad.device(), "), but is on ", argmax.device());
   const bool nhwc = use_channels_last(grad);
-  const PoolArgs a = make_args(spatial_scale, pooled_height, pooled_width, channels, height, width, nhwc);
+  const PoolArgs a = make_args(spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, nhwc);
   const DeviceGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
