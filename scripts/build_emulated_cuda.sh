@@ -53,8 +53,8 @@ plan() {
         ns="roiops_$variant"
         defines="-DROIOPS_OP_NAMESPACE=$ns"
         [[ $variant == emu64 ]] && defines+=" -DROIOPS_MAX_INT32_WORK=0 -DROIOPS_MAX_BLOCKS=3"
-        for src in csrc/roi_align.cpp csrc/roi_pool.cpp csrc/settings.cpp csrc/cuda/emulation.cpp csrc/cuda/roi_align_kernel.cu \
-                   csrc/cuda/roi_pool_kernel.cu; do
+        for src in csrc/roi_align.cpp csrc/roi_pool.cpp csrc/settings.cpp csrc/cuda/emulation.cpp \
+                   csrc/cuda/roi_align_kernel.cu csrc/cuda/roi_pool_kernel.cu; do
             echo "$OUT/obj/$variant.$(basename "${src%.*}").o $src $defines"
         done
     done
@@ -87,7 +87,8 @@ export CXXFLAGS_STR="${CXXFLAGS[*]}" EXTRA_STR="${EXTRA[*]}"
 t0=$(date +%s)
 echo "== building the emulated CUDA libraries in $OUT ($JOBS jobs)"
 # Arrays do not cross into xargs' shells: pass them as strings and split them there.
-plan | xargs -P "$JOBS" -L 1 bash -c 'read -ra CXXFLAGS <<< "$CXXFLAGS_STR"; read -ra EXTRA <<< "$EXTRA_STR"; compile "$@"' _
+plan | xargs -P "$JOBS" -L 1 bash -c \
+    'read -ra CXXFLAGS <<< "$CXXFLAGS_STR"; read -ra EXTRA <<< "$EXTRA_STR"; compile "$@"' _
 for variant in emu emu64; do
     objs=("$OUT/obj/roi_checks.o" "$OUT"/obj/"$variant".*.o)
     "$CXX" -shared "${EXTRA[@]}" "${objs[@]}" -o "$OUT/libroiops_$variant.so" -L"$TORCH_LIB" -lc10 -ltorch_cpu \

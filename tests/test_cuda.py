@@ -172,7 +172,8 @@ def emu(request):
 
 
 @pytest.mark.parametrize("grid, block", [((3, 1, 1), (5, 1, 1)), ((2, 3, 2), (4, 2, 3)), ((1, 65535, 1), (1, 1, 1)),
-                                         ((1, 1, 65535), (2, 1, 1)), ((1, 1, 1), (1024, 1, 1)), ((2, 1, 1), (2, 8, 64))])
+                                         ((1, 1, 65535), (2, 1, 1)), ((1, 1, 1), (1024, 1, 1)),
+                                         ((2, 1, 1), (2, 8, 64))])
 def test_emulated_launch_runs_every_thread_once_in_the_chosen_order(emu, grid, block):
     n = grid[0] * grid[1] * grid[2] * block[0] * block[1] * block[2]
     traces = {}
@@ -329,8 +330,8 @@ def test_roi_pool_matches_cpu(dev, dtype, layout, scale):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_roi_pool_matches_cpu_larger(dev, layout):
-    _pool_case(dev, torch.float32, layout, seed_of("pool-large", layout), scale=0.25, output=(7, 7), shape=(2, 40, 16, 20),
-               num=60)
+    _pool_case(dev, torch.float32, layout, seed_of("pool-large", layout), scale=0.25, output=(7, 7),
+               shape=(2, 40, 16, 20), num=60)
 
 
 def test_roi_pool_hand_checked(dev):
@@ -699,7 +700,8 @@ def test_host_syncs_forward_at_most_one_backward_none(device_box_checks):
 
 
 BAD_BOXES = {
-    "nan": ([[0, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("nan"), 5.0, 5.0], [5, 1.0, 1.0, 5.0, 5.0]], "box 1 has value nan in column 2"),
+    "nan": ([[0, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("nan"), 5.0, 5.0], [5, 1.0, 1.0, 5.0, 5.0]],
+            "box 1 has value nan in column 2"),
     "batch": ([[0, 1.0, 1.0, 5.0, 5.0], [1.5, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("inf"), 5.0, 5.0]],
               r"batch index of box 1 \(boxes\[1, 0\]\) must be an integer in \[0, 2\), but it is 1.5"),
     "samples": ([[0, 1.0, 1.0, 5.0, 5.0], [1, -1e6, -1e6, 1e6, 1e6]], "would take .* samples per bin"),
@@ -746,6 +748,56 @@ def test_unchecked_bad_boxes_are_skipped_not_followed(device_box_checks):
     gin = dev.ops._roi_pool_backward(torch.ones_like(out), rois[:5], arg, 1.0, 2, 2, 2, 3, 9, 11, False)
     ref = ops._roi_pool_backward(torch.ones_like(out[:1]), rois[:1], arg[:1], 1.0, 2, 2, 2, 3, 9, 11, False)
     torch.testing.assert_close(gin, ref)
+
+
+def _needs_gpu(dev):
+    if dev.torch_device != "cuda":
+        pytest.skip("needs a GPU (emulated CUDA counts the host syncs instead, above)")
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["fast", "deterministic"])
+def test_cuda_no_sync_in_backward_nor_in_unchecked_forward(dev, deterministic):
+    _needs_gpu(dev)
+    x = dev.to(make_input((2, 3, 9, 11), torch.float32, seed=6)).requires_grad_(True)
+    rois = dev.to(make_rois(12, 2, 9, 11, 0.5, "mixed", torch.float32, seed=6))
+    out = roiops.roi_align(x, rois, (3, 4), 0.5, 0, True)
+    previous = ops.set_device_box_checks(False)
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        with roiops.deterministic_backward(deterministic):
+            torch.autograd.grad(out, x, torch.ones_like(out))
+            roiops.roi_align(x.detach(), rois, (3, 4), 0.5, 0, True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        ops.set_device_box_checks(previous)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["fast", "deterministic"])
+def test_cuda_graph_capture_and_replay(dev, deterministic):
+    _needs_gpu(dev)
+    x = dev.to(make_input((2, 3, 9, 11), torch.float32, seed=7)).requires_grad_(True)
+    rois = dev.to(make_rois(12, 2, 9, 11, 0.5, "inside", torch.float32, seed=7))
+    grad = dev.to(random_grad((12, 3, 3, 4), torch.float32, 8))
+
+    def step():
+        out = roiops.roi_align(x, rois, (3, 4), 0.5, 0, True)
+        return (out, *torch.autograd.grad(out, x, grad))
+
+    with roiops.deterministic_backward(deterministic):
+        side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, g = step()
+        with torch.no_grad():
+            x.copy_(dev.to(make_input((2, 3, 9, 11), torch.float32, seed=9)))
+        graph.replay()
+        ref_out, ref_g = step()
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(g, ref_g)
 
 
 # ---- large tensors (64-bit indexing) -----------------------------------------------------------
