@@ -14,6 +14,7 @@
 #   ROIOPS_EMULATED_CUDA_DIR  output folder (default: build/emulated_cuda in the checkout; the tests
 #                             look there too)
 #   ROIOPS_EMU_CXXFLAGS       extra compiler and linker flags (scripts/sanitize.sh adds the sanitizers)
+#   ROIOPS_EMU_VARIANTS       which libraries to build (default: "emu emu64")
 #   MAX_JOBS                  parallel compiles (default: the number of cores)
 # Objects are rebuilt only when a source or a header they include changed.
 set -euo pipefail
@@ -22,6 +23,7 @@ OUT="${ROIOPS_EMULATED_CUDA_DIR:-$ROOT/build/emulated_cuda}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [[ -x "$PYTHON" ]] || PYTHON=python3
 CXX="${CXX:-g++}"
+read -ra VARIANTS <<< "${ROIOPS_EMU_VARIANTS:-emu emu64}"
 JOBS="${MAX_JOBS:-$(nproc)}"
 
 read -r TORCH_INCLUDE TORCH_API_INCLUDE TORCH_LIB CXX11_ABI < <("$PYTHON" - <<'EOF'
@@ -49,7 +51,7 @@ cd "$ROOT"
 plan() {
     echo "$OUT/obj/roi_checks.o csrc/roi_checks.cpp"
     local variant ns defines
-    for variant in emu emu64; do
+    for variant in "${VARIANTS[@]}"; do
         ns="roiops_$variant"
         defines="-DROIOPS_OP_NAMESPACE=$ns"
         [[ $variant == emu64 ]] && defines+=" -DROIOPS_MAX_INT32_WORK=0 -DROIOPS_MAX_BLOCKS=3"
@@ -89,9 +91,9 @@ echo "== building the emulated CUDA libraries in $OUT ($JOBS jobs)"
 # Arrays do not cross into xargs' shells: pass them as strings and split them there.
 plan | xargs -P "$JOBS" -L 1 bash -c \
     'read -ra CXXFLAGS <<< "$CXXFLAGS_STR"; read -ra EXTRA <<< "$EXTRA_STR"; compile "$@"' _
-for variant in emu emu64; do
+for variant in "${VARIANTS[@]}"; do
     objs=("$OUT/obj/roi_checks.o" "$OUT"/obj/"$variant".*.o)
     "$CXX" -shared "${EXTRA[@]}" "${objs[@]}" -o "$OUT/libroiops_$variant.so" -L"$TORCH_LIB" -lc10 -ltorch_cpu \
         -ltorch -Wl,-rpath,"$TORCH_LIB"
 done
-echo "   built in $(( $(date +%s) - t0 )) s: $OUT/libroiops_emu.so, $OUT/libroiops_emu64.so"
+echo "   built in $(( $(date +%s) - t0 )) s: ${VARIANTS[*]} in $OUT"
