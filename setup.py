@@ -58,15 +58,21 @@ def extensions():
     # -g0 drops the debug info that Python's default CFLAGS ask for (an 11 MB library otherwise).
     # -fopenmp: at::parallel_for is an inline template that only runs in parallel when the including
     # file is compiled with OpenMP (ATen's backend here); the loader then shares torch's libgomp.
-    cxx_flags = ["-O3", "-g0", "-fopenmp", f"-DROIOPS_VERSION_STRING={VERSION}"]
+    # -ffp-contract=off: no fused multiply-adds in the CPU kernels either. On hosts whose baseline has
+    # FMA (aarch64, or x86 with -march=native) GCC would fuse a*b+c, and results would then differ in
+    # the last bit from the CUDA kernels (built with --fmad=false): exact argmax and value equality
+    # between CPU and CUDA rely on both rounding every product and sum.
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", f"-DROIOPS_VERSION_STRING={VERSION}"]
     if os.environ.get("ROIOPS_SANITIZE"):
         cxx_flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     link_flags = ["-fopenmp"] + (["-fsanitize=address,undefined"] if os.environ.get("ROIOPS_SANITIZE") else [])
     if not with_cuda:
         return [CppExtension("roiops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        # torch's architecture probe fails without a visible GPU; build for Ampere and Hopper.
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        # torch's architecture probe fails without a visible GPU; build for Ampere and Hopper, plus PTX
+        # of the newest, which the driver compiles for GPUs newer than the list (sm_100, sm_120, ...)
+        # instead of failing with "no kernel image is available".
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     # --fmad=false: no fused multiply-adds, so the kernels round every sample position, weight and
     # sum exactly as the CPU kernels do (x86-64 code without FMA); the ops are memory-bound, so this

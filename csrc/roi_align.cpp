@@ -2,7 +2,9 @@
 // kernels and argument defaults live in roiops/_ops.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(roiops, m) {
+#include "library.h"
+
+TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
   // Returns (output, argmax). argmax holds, in "max" mode, the index of the winning sample within its
   // bin's sampling grid (-1 where the bin has no sample); in "avg" mode it is an empty int32 tensor.
   m.def(

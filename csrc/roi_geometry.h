@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define ROIOPS_HOST_DEVICE __host__ __device__ __forceinline__
@@ -117,16 +118,20 @@ struct BilinearTaps {
 };
 
 template <typename T>
-ROIOPS_HOST_DEVICE BilinearTaps<T> bilinear_taps(T y, T x, int height, int width) {
+ROIOPS_HOST_DEVICE BilinearTaps<T> outside_taps() {
   BilinearTaps<T> b;
+  b.o1 = b.o2 = b.o3 = b.o4 = 0;
+  b.w1 = b.w2 = b.w3 = b.w4 = T(0);
+  b.valid = false;
+  return b;
+}
+
+template <typename T>
+ROIOPS_HOST_DEVICE BilinearTaps<T> bilinear_taps(T y, T x, int height, int width) {
   const AxisTaps<T> ty = axis_taps(y, height);
   const AxisTaps<T> tx = axis_taps(x, width);
-  if (!ty.valid || !tx.valid) {
-    b.o1 = b.o2 = b.o3 = b.o4 = 0;
-    b.w1 = b.w2 = b.w3 = b.w4 = T(0);
-    b.valid = false;
-    return b;
-  }
+  if (!ty.valid || !tx.valid) return outside_taps<T>();
+  BilinearTaps<T> b;
   b.valid = true;
   b.o1 = static_cast<int64_t>(ty.low) * width + tx.low;
   b.o2 = static_cast<int64_t>(ty.low) * width + tx.high;
@@ -139,15 +144,135 @@ ROIOPS_HOST_DEVICE BilinearTaps<T> bilinear_taps(T y, T x, int height, int width
   return b;
 }
 
-// Bilinear taps of sample `s` (row-major in the grid) of bin (ph, pw).
+// Bilinear taps of sample (iy, ix) of bin (ph, pw).
+template <typename T>
+ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(
+    const AlignGeometry<T>& g, int ph, int pw, int iy, int ix, int height, int width) {
+  const T y = sample_coordinate(g.start_h, g.bin_h, ph, iy, g.grid_h);
+  const T x = sample_coordinate(g.start_w, g.bin_w, pw, ix, g.grid_w);
+  return bilinear_taps(y, x, height, width);
+}
+
+// The same for sample `s` (row-major in the grid).
 template <typename T>
 ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(
     const AlignGeometry<T>& g, int ph, int pw, int s, int height, int width) {
   const int iy = s / g.grid_w;
-  const int ix = s - iy * g.grid_w;
-  const T y = sample_coordinate(g.start_h, g.bin_h, ph, iy, g.grid_h);
-  const T x = sample_coordinate(g.start_w, g.bin_w, pw, ix, g.grid_w);
-  return bilinear_taps(y, x, height, width);
+  return align_sample_taps(g, ph, pw, iy, s - iy * g.grid_w, height, width);
+}
+
+// Clipping a bin's samples to the map
+// -----------------------------------
+// With adaptive sampling an absurd box (say 28,000 px on a 64 x 64 map) has millions of samples per
+// bin, nearly all outside the map, where they contribute exactly 0. The kernels visit only the
+// samples that can touch the map, so the cost of any box is bounded by the map, with the results of
+// visiting every sample, bit for bit:
+// - avg: outside samples add nothing and still count in the divisor (g.count is unchanged);
+// - max: outside samples are 0 candidates; under the max rule (the first sample counts, a later one
+//   wins only if strictly greater) only the first of them, in row-major order, can ever win, so it
+//   stands for all of them, visited at its place in the order.
+
+// A run [begin, end) of sample indices along one axis of a bin.
+struct SampleRange {
+  int begin, end;
+  ROIOPS_HOST_DEVICE int size() const { return end > begin ? end - begin : 0; }
+};
+
+// The samples of bin `p` (of `grid` samples) along one axis that lie in [-1, size], the ones
+// axis_taps accepts. With a positive finite bin the coordinates never decrease with the index (each
+// operation of sample_coordinate is monotone), so these samples are one run; it is found by bisection
+// with sample_coordinate itself, so the decisions are those of testing every sample. Otherwise (an
+// inverted or overflowing box) every index is returned, and the kernels test each sample as before.
+template <typename T>
+ROIOPS_HOST_DEVICE SampleRange touching_samples(T start, T bin, int p, int grid, int size) {
+  if (grid <= 0) return SampleRange{0, 0};
+  if (!(bin > T(0) && bin < std::numeric_limits<T>::infinity())) return SampleRange{0, grid};
+  if (size <= 0) return SampleRange{0, 0};
+  const T low = T(-1), high = static_cast<T>(size);
+  if (sample_coordinate(start, bin, p, 0, grid) >= low && sample_coordinate(start, bin, p, grid - 1, grid) <= high) {
+    return SampleRange{0, grid};  // the common case: the whole bin is on the map
+  }
+  int lo = 0, hi = grid;  // first index at or above -1
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (sample_coordinate(start, bin, p, mid, grid) >= low) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  const int begin = lo;
+  hi = grid;  // first index above size
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (sample_coordinate(start, bin, p, mid, grid) > high) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return SampleRange{begin, lo};
+}
+
+// The samples of one bin to visit: the rectangle rows x cols of its grid, and first_outside, the
+// row-major index of the first sample outside that rectangle (-1 if none), which stands for all
+// samples outside.
+struct BinSamples {
+  SampleRange rows, cols;
+  int grid_w;
+  int first_outside;
+
+  // Samples visited: the rectangle and the stand-in for the outside.
+  ROIOPS_HOST_DEVICE int64_t count() const {
+    return static_cast<int64_t>(rows.size()) * cols.size() + (first_outside >= 0 ? 1 : 0);
+  }
+
+  // Calls visit(s, iy, ix) for every sample of the rectangle in row-major order (s = iy * grid_w +
+  // ix), and visit(first_outside, -1, -1) at its place in that order (its taps: outside_taps()).
+  template <typename F>
+  ROIOPS_HOST_DEVICE void for_each(const F& visit) const {
+    int outside = first_outside;
+    for (int iy = rows.begin; iy < rows.end; ++iy) {
+      for (int ix = cols.begin; ix < cols.end; ++ix) {
+        const int s = iy * grid_w + ix;
+        if (outside >= 0 && outside < s) {
+          visit(outside, -1, -1);
+          outside = -1;
+        }
+        visit(s, iy, ix);
+      }
+    }
+    if (outside >= 0) visit(outside, -1, -1);
+  }
+};
+
+// rows, cols: touching_samples of the bin's row and column (of grid_h and grid_w samples).
+ROIOPS_HOST_DEVICE BinSamples bin_samples(SampleRange rows, SampleRange cols, int grid_h, int grid_w) {
+  BinSamples b;
+  b.grid_w = grid_w;
+  if (rows.size() == 0 || cols.size() == 0) {
+    b.rows = b.cols = SampleRange{0, 0};
+    b.first_outside = grid_h > 0 && grid_w > 0 ? 0 : -1;
+    return b;
+  }
+  b.rows = rows;
+  b.cols = cols;
+  if (rows.begin > 0 || cols.begin > 0) {
+    b.first_outside = 0;  // sample (0, 0)
+  } else if (cols.end < grid_w) {
+    b.first_outside = cols.end;  // in row 0
+  } else if (rows.end < grid_h) {
+    b.first_outside = rows.end * grid_w;  // a whole row below
+  } else {
+    b.first_outside = -1;
+  }
+  return b;
+}
+
+template <typename T>
+ROIOPS_HOST_DEVICE BinSamples bin_samples(const AlignGeometry<T>& g, int ph, int pw, int height, int width) {
+  return bin_samples(touching_samples(g.start_h, g.bin_h, ph, g.grid_h, height),
+                     touching_samples(g.start_w, g.bin_w, pw, g.grid_w, width), g.grid_h, g.grid_w);
 }
 
 // One RoI of RoIPool: its box rounded to whole cells (C rounding, half away from zero).

@@ -2,7 +2,9 @@
 // kernels and argument defaults live in roiops/_ops.py.
 #include <torch/library.h>
 
-TORCH_LIBRARY_FRAGMENT(roiops, m) {
+#include "library.h"
+
+TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
   // Returns (output, argmax); argmax is the winning cell h * W + w of each bin, -1 for an empty bin.
   m.def("roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width) -> (Tensor, Tensor)");
   m.def(

@@ -26,6 +26,8 @@
 #      cannot work under ASan (resident-memory measurements: ASan's quarantine holds freed memory;
 #      multi-GB allocations).
 #
+# The emulated CUDA library roiops_emu (scripts/build_emulated_cuda.sh) is built instrumented too,
+# and the default subset includes tests/test_cuda.py, which runs the CUDA kernels on it.
 # Measured on the 2-core development machine (others working beside): a clean build 1.5-4 min
 # (later runs rebuild only what changed, seconds), the default test subset (~475 tests, 100
 # hypothesis examples per property) ~30 s. Negative control: with the empty-map-axis fix of
@@ -68,6 +70,19 @@ ROIOPS_SANITIZE=1 FORCE_CUDA=0 CUDA_VISIBLE_DEVICES="" \
     echo "sanitize.sh: build failed (full log: $DIR/build.log)" >&2
     exit 2
 }
+# The emulated CUDA libraries (the CUDA sources run on the CPU, see scripts/build_emulated_cuda.sh),
+# instrumented too, so that tests/test_cuda.py runs the CUDA kernels under the sanitizers.
+# Only the roiops_emu variant: it runs the same code paths as roiops_emu64 bar the index type, and
+# halves this build (~1.5 min instead of ~3); tests/test_cuda.py skips the variant not built.
+export ROIOPS_EMULATED_CUDA_DIR="$DIR/emulated_cuda"
+ROIOPS_EMU_VARIANTS=emu ROIOPS_EMU_CXXFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -g" \
+    PYTHON="$(command -v python)" bash "$ROOT/scripts/build_emulated_cuda.sh" > "$DIR/build_emulated.log" 2>&1 || {
+    tail -50 "$DIR/build_emulated.log"
+    echo "sanitize.sh: emulated CUDA build failed (full log: $DIR/build_emulated.log)" >&2
+    exit 2
+}
+rm -f "$ROIOPS_EMULATED_CUDA_DIR/libroiops_emu64.so"  # (left by an older run: it would be stale)
+unset ROIOPS_REQUIRE_EMULATED_CUDA
 t1=$(date +%s)
 echo "   built in $((t1 - t0)) s"
 
@@ -117,7 +132,7 @@ if [[ $# -gt 0 ]]; then
 else
     TESTS=()
     for f in tests/test_properties.py tests/test_hardening.py tests/test_roi_align.py tests/test_roi_pool.py \
-             tests/test_hand_checked.py; do
+             tests/test_hand_checked.py tests/test_cuda.py; do
         [[ -f "$ROOT/$f" ]] && TESTS+=("$ROOT/$f")
     done
 fi

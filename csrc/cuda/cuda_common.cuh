@@ -10,64 +10,133 @@
 // are summed with integer atomicAdd. Integer addition is associative and commutative (and wraps
 // modulo 2^64, so even intermediate overflow would cancel out), hence the sum of a cell is the
 // same whatever the order; a final elementwise pass turns it back into floating point (q_sum / 2^e).
-// Cost over the fast path: one reduction over grad plus one host sync (to pick e), zeroing an 8-byte
-// buffer instead of a 4-byte one, and one conversion pass over the gradient map; the atomics
-// themselves run at the speed of float atomics (64-bit integer atomicAdd is native), so it stays
-// well within 2x of the fast path when the scatter dominates and near 2-3x only for a huge map with
-// very few RoIs, where both paths are dominated by zero-filling.
+// Cost over the fast path, all on the device (no host sync): three passes over grad to pick the
+// exponents (isfinite, |grad| of the finite entries, a per-channel max; two grad-sized temporaries),
+// zeroing an 8-byte buffer instead of a 4-byte one plus 0.4 bytes per cell of flags, and one
+// conversion pass over the gradient map; the atomics themselves run at the speed of float atomics
+// (64-bit integer atomicAdd is native), so it stays well within 2x of the fast path when the
+// scatter dominates and near 2-3x only for a huge map with very few RoIs, where both paths are
+// dominated by zero-filling.
 //
-// Choice of e (per call): B = max over channels c of sum_{k, ph, pw} |grad[k, c, ph, pw]| (in
-// float64, non-finite entries left out). Every contribution to a cell of channel c has magnitude
-// at most the |grad| element it comes from (bilinear weights are in [0, 1] and sum to at most 1
-// per bin, and avg mode divides by the sample count), so no cell, nor any partial sum of it, can
-// exceed B in magnitude. With B < 2^E, e = 62 - E makes |q_sum| < 2^62: no overflow, with a
-// factor-2 margin for rounding.
-// Precision: each contribution is rounded to a multiple of 2^-e, i.e. an absolute error of at most
-// 2^-(e+1) <= B * 2^-62 per contribution; a cell receiving n contributions is off by at most
-// n * B * 2^-62 before the final rounding to the output dtype. Relative to float32 (2^-24) this is
-// far finer unless a cell is ~2^-30 times smaller than B; for float64 it is coarser than native
-// double accumulation for small cells (still ~2^-40 relative for typical gradients), which is
-// ample for gradcheck. Rounding uses round-half-to-even (__double2ll_rn), itself deterministic.
+// Choice of e, per channel c: M_c = max over (k, ph, pw) of |grad[k, c, ph, pw]| (non-finite
+// entries left out), M_c < 2^E_c, and n = K * PH * PW <= 2^L. Every contribution to a cell of
+// channel c has magnitude at most the |grad| element of channel c it comes from (bilinear weights
+// are in [0, 1] and sum to at most 1 per bin, avg mode divides by the sample count), so no cell,
+// nor any partial sum of it, exceeds n * M_c < 2^(E_c + L) in magnitude; e_c = 62 - E_c - L keeps
+// |q_sum| < 2^62: no overflow, with a factor-2 margin for rounding. One scale per channel, so an
+// outlier channel costs the others nothing, and v * 2^e_c is computed with ldexp in the opmath type
+// (float for float, half and bfloat16: no FP64 arithmetic), exact for any exponent (gradients near
+// the bottom of float64's range keep their precision).
+// Precision: each contribution is rounded to a multiple of 2^-e_c, an absolute error of at most
+// 2^-(e_c+1) <= n * M_c * 2^-63; a cell receiving m contributions is off by at most m * n * M_c * 2^-63
+// before the one final rounding to the opmath type. For float32 that is far finer than float's own
+// 2^-24 unless a cell is ~2^-(39 - log2 n) times smaller than M_c; for float64 it is coarser than
+// native double accumulation for tiny cells (~2^-40 relative for typical gradients), ample for
+// gradcheck. Rounding to integers is round-half-to-even (__float2ll_rn / __double2ll_rn), itself
+// deterministic.
 // Non-finite contributions (a NaN/inf in grad, or 0 * inf) cannot be represented in fixed point;
-// when grad holds any, a per-cell int32 flag word records them with integer atomicOr (NaN, +inf,
+// a 3-bit flag per cell (packed 10 to an int32 word) records them with integer atomicOr (NaN, +inf,
 // -inf bits) and the conversion applies IEEE rules: NaN if any NaN or both infinities, else +/-inf.
 #pragma once
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
-#include <ATen/ops/any.h>
+#include <ATen/ops/clamp.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/frexp.h>
 #include <ATen/ops/isfinite.h>
-#include <ATen/ops/logical_not.h>
-#include <ATen/ops/stack.h>
-#include <ATen/ops/sum.h>
+#include <ATen/ops/rsub.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
+#include "../library.h"
 #include "../strides.h"
+
+// The CUDA runtime, or its stand-in for running these sources on the CPU (see emulation.h).
+#ifdef ROIOPS_EMULATE_CUDA
+#include "emulation.h"
+#define ROIOPS_CUDA_DISPATCH_KEY CPU
+#else
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define ROIOPS_CUDA_DISPATCH_KEY CUDA
+// kernel<<<grid, block, 0, stream>>>(args...) is written ROIOPS_LAUNCH(grid, block, stream, kernel)(args...).
+#define ROIOPS_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
+#endif
 
 namespace roiops {
 namespace cuda {
 
+#ifdef ROIOPS_EMULATE_CUDA
+using DeviceGuard = emu::DeviceGuard;
+inline cudaStream_t current_stream() { return nullptr; }
+inline bool stream_is_capturing(cudaStream_t) { return emu::capturing(); }
+// Every device-to-host copy of the CUDA path goes through here, so that tests can count them.
+inline at::Tensor to_host(const at::Tensor& t) {
+  emu::count_host_sync();
+  return t.clone();
+}
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+inline bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+inline at::Tensor to_host(const at::Tensor& t) { return t.to(at::kCPU); }
+#endif
+
 constexpr int kThreads = 256;
 // Grid-stride loops cover any size with at most this many blocks, so an int32 loop index stays
 // safe up to kMaxInt32Work elements (index + stride < 2^31).
+// Both can be lowered at compile time (a test build forces the 64-bit index kernels and several
+// grid-stride rounds on small inputs).
+#ifdef ROIOPS_MAX_BLOCKS
+constexpr int64_t kMaxBlocks = ROIOPS_MAX_BLOCKS;
+#else
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+#endif
+#ifdef ROIOPS_MAX_INT32_WORK
+constexpr int64_t kMaxInt32Work = ROIOPS_MAX_INT32_WORK;
+#else
 constexpr int64_t kMaxInt32Work = int64_t(1) << 30;
+#endif
 
 inline int num_blocks(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+// Calls launch(index_t{}) with the narrowest loop index type that is safe for `total` elements:
+// int32 arithmetic is faster, int64 covers any size.
+template <typename F>
+void with_index_type(int64_t total, const F& launch) {
+  if (total <= kMaxInt32Work) {
+    launch(int32_t{});
+  } else {
+    launch(int64_t{});
+  }
+}
+
+// Calls launch(std::true_type{}) or launch(std::false_type{}): a runtime flag as a kernel template argument.
+template <typename F>
+void with_flag(bool flag, const F& launch) {
+  if (flag) {
+    launch(std::true_type{});
+  } else {
+    launch(std::false_type{});
+  }
 }
 
 // Output element i of a [K, C, PH, PW] result, in NCHW order (pw fastest) or NHWC order (c fastest,
@@ -96,104 +165,124 @@ __device__ __forceinline__ void decompose_pooled_index(index_t i, bool nhwc, ind
 template <typename acc_t>
 struct AtomicAdder {
   acc_t* data;
+  // The adder a thread uses for the cells of channel c (all channels alike here).
+  __device__ __forceinline__ AtomicAdder channel(int64_t) const { return *this; }
   __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const {
     gpuAtomicAddNoReturn(data + offset, v);
   }
 };
 
+// Non-finite contributions, 3 bits per cell, packed 10 cells to an int32 word.
 constexpr int kFlagPosInf = 1;
 constexpr int kFlagNegInf = 2;
 constexpr int kFlagNaN = 4;
+constexpr int64_t kCellsPerFlagWord = 10;
+
+// v * 2^e in v's own type (float for float and the half types: no FP64 arithmetic); exact unless
+// the result is subnormal.
+__device__ __forceinline__ float times_pow2(float v, int e) { return ldexpf(v, e); }
+__device__ __forceinline__ double times_pow2(double v, int e) { return ldexp(v, e); }
+
+// round(v * 2^e) to the nearest integer, ties to even.
+__device__ __forceinline__ long long to_fixed(float v, int e) { return __float2ll_rn(times_pow2(v, e)); }
+__device__ __forceinline__ long long to_fixed(double v, int e) { return __double2ll_rn(times_pow2(v, e)); }
+
+// Deterministic path, for the cells of one channel: fixed point with that channel's exponent.
+template <typename acc_t>
+struct ChannelFixedPointAdder {
+  unsigned long long* data;
+  int* flags;
+  int exponent;
+  __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const {
+    if (std::isfinite(v)) {
+      const long long q = to_fixed(v, exponent);
+      if (q != 0) atomicAdd(data + offset, static_cast<unsigned long long>(q));
+    } else {
+      const int flag = std::isnan(v) ? kFlagNaN : (v > acc_t(0) ? kFlagPosInf : kFlagNegInf);
+      atomicOr(flags + offset / kCellsPerFlagWord, flag << (3 * static_cast<int>(offset % kCellsPerFlagWord)));
+    }
+  }
+};
 
 // Deterministic path: fixed-point integers summed with integer atomics (see the top of this file).
 template <typename acc_t>
 struct FixedPointAdder {
   unsigned long long* data;
-  int* flags;  // null when grad has no non-finite value
-  double scale;
-  __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const {
-    if (std::isfinite(v)) {
-      const long long q = __double2ll_rn(static_cast<double>(v) * scale);
-      if (q != 0) atomicAdd(data + offset, static_cast<unsigned long long>(q));
-    } else if (flags != nullptr) {
-      atomicOr(flags + offset, std::isnan(v) ? kFlagNaN : (v > acc_t(0) ? kFlagPosInf : kFlagNegInf));
-    }
+  int* flags;
+  const int* exponents;  // e_c per channel, on the device
+  __device__ __forceinline__ ChannelFixedPointAdder<acc_t> channel(int64_t c) const {
+    return ChannelFixedPointAdder<acc_t>{data, flags, exponents[c]};
   }
 };
 
-struct FixedPointPlan {
-  double scale;      // 2^e
-  bool nonfinite;    // grad holds NaN or inf
+// Layout of a grad_input buffer: which channel element i (physical order) belongs to.
+struct ChannelOf {
+  int64_t channels, plane;  // C, H * W
+  bool nhwc;
+  __device__ __forceinline__ int64_t operator()(int64_t i) const { return nhwc ? i % channels : i / plane % channels; }
 };
-
-// Picks e from grad (a [K, C, PH, PW] tensor, any strides, numel > 0). One host sync.
-inline FixedPointPlan plan_fixed_point(const at::Tensor& grad) {
-  const at::Tensor finite = at::isfinite(grad);
-  const at::Tensor magnitude = at::abs(at::where(finite, grad, at::Scalar(0)));
-  const at::Tensor per_channel = at::sum(magnitude, {0, 2, 3}, /*keepdim=*/false, at::kDouble);
-  const at::Tensor bound = at::amax(per_channel);
-  const at::Tensor any_nonfinite = at::any(at::logical_not(finite)).to(at::kDouble);
-  const at::Tensor host = at::stack({bound, any_nonfinite}).to(at::kCPU);
-  const double* h = host.const_data_ptr<double>();
-  const double b = h[0];
-  TORCH_CHECK(std::isfinite(b), "deterministic RoI backward: the summed gradient magnitude (", b,
-              ") is out of the float64 range");
-  int exponent = 0;
-  if (b > 0) {
-    int E = 0;
-    std::frexp(b, &E);  // b < 2^E
-    exponent = std::max(-1000, std::min(1000, 62 - E));
-  }
-  return FixedPointPlan{std::ldexp(1.0, exponent), h[1] != 0};
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) fixed_point_to_float_kernel(int64_t n, const unsigned long long* acc,
-                                                                          const int* flags, double inv_scale,
-                                                                          scalar_t* out) {
+                                                                          const int* flags, const int* exponents,
+                                                                          ChannelOf channel_of, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    double v = static_cast<double>(static_cast<long long>(acc[i])) * inv_scale;
-    if (flags != nullptr) {
-      const int f = flags[i];
-      if ((f & kFlagNaN) || ((f & kFlagPosInf) && (f & kFlagNegInf))) {
-        v = std::numeric_limits<double>::quiet_NaN();
-      } else if (f & kFlagPosInf) {
-        v = std::numeric_limits<double>::infinity();
-      } else if (f & kFlagNegInf) {
-        v = -std::numeric_limits<double>::infinity();
-      }
+    // One rounding of the exact sum to acc_t, then an exact scaling (unless the result is subnormal).
+    acc_t v = static_cast<acc_t>(static_cast<long long>(acc[i]));
+    v = times_pow2(v, -exponents[channel_of(i)]);
+    const int f = (flags[i / kCellsPerFlagWord] >> (3 * static_cast<int>(i % kCellsPerFlagWord))) & 7;
+    if ((f & kFlagNaN) || ((f & kFlagPosInf) && (f & kFlagNegInf))) {
+      v = std::numeric_limits<acc_t>::quiet_NaN();
+    } else if (f & kFlagPosInf) {
+      v = std::numeric_limits<acc_t>::infinity();
+    } else if (f & kFlagNegInf) {
+      v = -std::numeric_limits<acc_t>::infinity();
     }
-    out[i] = static_cast<scalar_t>(static_cast<acc_t>(v));
+    out[i] = static_cast<scalar_t>(v);
   }
 }
 
-// Buffers of one deterministic backward call.
+// Buffers of one deterministic backward call, all on the device (no host sync).
 struct FixedPointBuffers {
-  at::Tensor acc;    // int64, one per grad_input element (physical order)
-  at::Tensor flags;  // int32 or undefined
-  FixedPointPlan plan;
+  at::Tensor acc;        // int64, one per grad_input element (physical order)
+  at::Tensor flags;      // int32, one bit triple per grad_input element
+  at::Tensor exponents;  // int32 e_c, one per channel
 
-  FixedPointBuffers(const at::Tensor& grad, int64_t numel) : plan(plan_fixed_point(grad)) {
+  // grad: [K, C, PH, PW] (numel > 0); numel: of grad_input.
+  FixedPointBuffers(const at::Tensor& grad, int64_t numel) {
+    // M_c = max |grad[:, c]| over finite entries; each cell of channel c sums at most
+    // n = K * PH * PW contributions of magnitude <= M_c < 2^E_c, so |sum| < 2^(E_c + L) with
+    // 2^L >= n, and e_c = 62 - E_c - L keeps every partial sum below 2^62.
+    const at::Tensor finite = at::isfinite(grad);
+    const at::Tensor magnitude = at::abs(at::where(finite, grad, at::Scalar(0)));
+    const at::Tensor max_c = at::amax(magnitude, {0, 2, 3}).to(at::toOpMathType(grad.scalar_type()));
+    const int64_t n = grad.numel() / grad.size(1);
+    int L = 0;
+    while ((int64_t(1) << L) < n) ++L;
+    // M_c = m * 2^E with m in [0.5, 1) (E = 0 for M_c = 0); the clamp only matters for all-zero
+    // channels and keeps ldexp in range for the smallest subnormal maxima (E down to -1073).
+    const at::Tensor E = std::get<1>(at::frexp(max_c));
+    exponents = at::clamp(at::rsub(E, 62 - L), -1100, 1200).to(at::kInt);  // 62 - L - E
     acc = at::zeros({numel}, grad.options().dtype(at::kLong));
-    if (plan.nonfinite) flags = at::zeros({numel}, grad.options().dtype(at::kInt));
+    flags = at::zeros({(numel + kCellsPerFlagWord - 1) / kCellsPerFlagWord}, grad.options().dtype(at::kInt));
   }
 
   template <typename acc_t>
   FixedPointAdder<acc_t> adder() {
     return FixedPointAdder<acc_t>{reinterpret_cast<unsigned long long*>(acc.mutable_data_ptr<int64_t>()),
-                                  flags.defined() ? flags.mutable_data_ptr<int>() : nullptr, plan.scale};
+                                  flags.mutable_data_ptr<int>(), exponents.const_data_ptr<int>()};
   }
 
   // Writes the sums into grad_in (dense, same physical order as the buffer).
   template <typename scalar_t>
-  void finish(at::Tensor& grad_in, cudaStream_t stream) {
+  void finish(at::Tensor& grad_in, bool nhwc, cudaStream_t stream) {
     const int64_t n = grad_in.numel();
-    fixed_point_to_float_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        n, reinterpret_cast<const unsigned long long*>(acc.const_data_ptr<int64_t>()),
-        flags.defined() ? flags.const_data_ptr<int>() : nullptr, 1.0 / plan.scale,
-        grad_in.mutable_data_ptr<scalar_t>());
+    const ChannelOf channel_of{grad_in.size(1), grad_in.size(2) * grad_in.size(3), nhwc};
+    ROIOPS_LAUNCH(num_blocks(n), kThreads, stream, fixed_point_to_float_kernel<scalar_t>)(
+        n, reinterpret_cast<const unsigned long long*>(acc.const_data_ptr<int64_t>()), flags.const_data_ptr<int>(),
+        exponents.const_data_ptr<int>(), channel_of, grad_in.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

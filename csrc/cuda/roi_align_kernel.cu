@@ -16,7 +16,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <array>
@@ -27,6 +26,7 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "box_checks.cuh"
 #include "cuda_common.cuh"
 
 namespace roiops {
@@ -41,17 +41,34 @@ struct AlignArgs {
   int pooled_h, pooled_w, sampling_ratio;
   bool aligned;
   bool nhwc;  // layout of the map (forward: input; backward: grad and grad_input)
-  int64_t channels, height, width;
+  int64_t batch_size, channels, height, width;
 };
 
+// The geometry of box k, or false for a box the kernels skip: a bad batch index, or more samples per
+// bin than kMaxSamplesPerBin (only when the box values went unchecked, see box_checks.cuh).
 template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ AlignGeometry<acc_t> load_geometry(const scalar_t* rois, int64_t k, const AlignArgs& a) {
+__device__ __forceinline__ bool load_geometry(const scalar_t* rois, int64_t k, const AlignArgs& a,
+                                              AlignGeometry<acc_t>& g) {
   acc_t roi[5];
 #pragma unroll
   for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(rois[k * 5 + j]);
-  return align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w, a.sampling_ratio,
-                               a.aligned);
+  if (!box_usable(roi[0], a.batch_size)) return false;
+  g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w, a.sampling_ratio,
+                            a.aligned);
+  return static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin;
 }
+
+// Refuses the boxes of adaptive sampling whose bins would take more than kMaxSamplesPerBin samples,
+// as the CPU kernel does (the device check of box_checks.cuh).
+struct SamplesLimit {
+  AlignArgs a;
+  template <typename acc_t>
+  __device__ __forceinline__ bool operator()(const acc_t* roi) const {
+    const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
+                                                         a.pooled_w, a.sampling_ratio, a.aligned);
+    return static_cast<int64_t>(g.grid_h) * g.grid_w > kMaxSamplesPerBin;
+  }
+};
 
 // Offset of cell 0 of (batch, channel) in the map, and the distance between two cells of a plane.
 __device__ __forceinline__ void plane_base(const AlignArgs& a, int64_t batch, int64_t c, int64_t& base,
@@ -78,7 +95,13 @@ __global__ void __launch_bounds__(kThreads)
     index_t k, c, ph, pw;
     decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
                                     ph, pw);
-    const AlignGeometry<acc_t> g = load_geometry<acc_t>(rois, k, a);
+    const int64_t o = out_strides.at(k, c, ph, pw);
+    AlignGeometry<acc_t> g;
+    if (!load_geometry(rois, k, a, g)) {  // a refused box: NaN, visibly
+      output[o] = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+      if (kMax) argmax[o] = -1;
+      continue;
+    }
     int64_t base, cs;
     plane_base(a, g.batch, c, base, cs);
     const scalar_t* plane = input + base;
@@ -86,31 +109,28 @@ __global__ void __launch_bounds__(kThreads)
     acc_t sum = acc_t(0);
     acc_t top = -std::numeric_limits<acc_t>::infinity();
     int32_t top_s = -1;
-    for (int iy = 0; iy < g.grid_h; ++iy) {
-      const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
-      for (int ix = 0; ix < g.grid_w; ++ix) {
-        const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
-        const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
-        if (!kMax) {
-          if (!t.valid) continue;
-          sum += t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
-                 t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
-        } else {
-          // A sample outside the map is a 0 that can still win.
-          // (bilinear_taps also calls every sample of an empty map, H or W = 0, outside.)
-          const acc_t v = !t.valid ? acc_t(0)
-                                 : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
-                                       t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
-                                       t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
-                                       t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
-          if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
-            top = v;
-            top_s = iy * g.grid_w + ix;
-          }
+    // Only the samples that can touch the map, and one stand-in for the others (roi_geometry.h).
+    const int bin_h = static_cast<int>(ph), bin_w = static_cast<int>(pw);
+    bin_samples(g, bin_h, bin_w, H, W).for_each([&](int s, int iy, int ix) {
+      const BilinearTaps<acc_t> t = iy < 0 ? outside_taps<acc_t>() : align_sample_taps(g, bin_h, bin_w, iy, ix, H, W);
+      if (!kMax) {
+        if (!t.valid) return;
+        sum += t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+               t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+      } else {
+        // A sample outside the map is a 0 that can still win.
+        // (bilinear_taps also calls every sample of an empty map, H or W = 0, outside.)
+        const acc_t v = !t.valid ? acc_t(0)
+                               : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
+                                     t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+                                     t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
+                                     t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+        if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
+          top = v;
+          top_s = s;
         }
       }
-    }
-    const int64_t o = out_strides.at(k, c, ph, pw);
+    });
     if (!kMax) {
       output[o] = static_cast<scalar_t>(sum / g.count);
     } else {
@@ -124,7 +144,7 @@ template <typename scalar_t, typename index_t, bool kMax, typename Adder>
 __global__ void __launch_bounds__(kThreads)
     roi_align_backward_kernel(index_t total, const scalar_t* __restrict__ grad, Strides4 grad_strides,
                               const scalar_t* __restrict__ rois, const int32_t* __restrict__ argmax,
-                              Strides4 arg_strides, Adder add, AlignArgs a) {
+                              Strides4 arg_strides, Adder adder, AlignArgs a) {
   using acc_t = at::opmath_type<scalar_t>;
   const int H = static_cast<int>(a.height), W = static_cast<int>(a.width);
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -134,35 +154,31 @@ __global__ void __launch_bounds__(kThreads)
                                     ph, pw);
     const acc_t gv = static_cast<acc_t>(grad[grad_strides.at(k, c, ph, pw)]);
     if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-    const AlignGeometry<acc_t> g = load_geometry<acc_t>(rois, k, a);
+    AlignGeometry<acc_t> g;
+    if (!load_geometry(rois, k, a, g)) continue;  // a refused box
     const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
     if (per_bin == 0) continue;
     int64_t base, cs;
     plane_base(a, g.batch, c, base, cs);
+    const auto add = adder.channel(static_cast<int64_t>(c));
 
     if (!kMax) {
       const acc_t gs = gv / g.count;
-      for (int iy = 0; iy < g.grid_h; ++iy) {
-        const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
-        for (int ix = 0; ix < g.grid_w; ++ix) {
-          const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
-          const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
-          if (!t.valid) continue;
-          add(base + t.o1 * cs, t.w1 * gs);
-          add(base + t.o2 * cs, t.w2 * gs);
-          add(base + t.o3 * cs, t.w3 * gs);
-          add(base + t.o4 * cs, t.w4 * gs);
-        }
-      }
+      const int bin_h = static_cast<int>(ph), bin_w = static_cast<int>(pw);
+      bin_samples(g, bin_h, bin_w, H, W).for_each([&](int, int iy, int ix) {
+        if (iy < 0) return;  // the samples outside the map take no gradient
+        const BilinearTaps<acc_t> t = align_sample_taps(g, bin_h, bin_w, iy, ix, H, W);
+        if (!t.valid) return;
+        add(base + t.o1 * cs, t.w1 * gs);
+        add(base + t.o2 * cs, t.w2 * gs);
+        add(base + t.o3 * cs, t.w3 * gs);
+        add(base + t.o4 * cs, t.w4 * gs);
+      });
     } else {
       const int32_t s = argmax[arg_strides.at(k, c, ph, pw)];
       // argmax comes from the caller: anything outside the bin's grid is ignored, never followed.
       if (s < 0 || s >= per_bin) continue;
-      const int iy = s / g.grid_w;
-      const int ix = s - iy * g.grid_w;
-      const acc_t y = sample_coordinate(g.start_h, g.bin_h, static_cast<int>(ph), iy, g.grid_h);
-      const acc_t x = sample_coordinate(g.start_w, g.bin_w, static_cast<int>(pw), ix, g.grid_w);
-      const BilinearTaps<acc_t> t = bilinear_taps(y, x, H, W);
+      const BilinearTaps<acc_t> t = align_sample_taps(g, static_cast<int>(ph), static_cast<int>(pw), s, H, W);
       if (!t.valid) continue;
       add(base + t.o1 * cs, t.w1 * gv);
       add(base + t.o2 * cs, t.w2 * gv);
@@ -174,52 +190,49 @@ __global__ void __launch_bounds__(kThreads)
 
 // Same checks and messages as the CPU kernel's make_params.
 AlignArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                    bool aligned, int64_t channels, int64_t height, int64_t width, bool nhwc) {
+                    bool aligned, int64_t batch_size, int64_t channels, int64_t height, int64_t width, bool nhwc) {
   TORCH_CHECK_VALUE(sampling_ratio <= (1 << 20), "roi_align: sampling_ratio must be at most 2^20, but got ",
                     sampling_ratio);
   TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
                     "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
   return AlignArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                   static_cast<int>(sampling_ratio), aligned, nhwc, channels, height, width};
+                   static_cast<int>(sampling_ratio), aligned, nhwc, batch_size, channels, height, width};
 }
 
-// The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; a kernel
-// cannot throw, so the boxes are checked here. With a fixed sampling_ratio no box values are
-// needed; adaptive sampling reads the boxes back to the host (one small copy and sync) and computes
-// each grid with the very function the kernels use.
+// The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; so does the
+// forward here: from the arguments alone for a fixed sampling_ratio, and with the device box check
+// (SamplesLimit) for adaptive sampling, whose message reads the refused box back.
+void check_sampling_ratio(const AlignArgs& a) {
+  if (a.sampling_ratio <= 0) return;
+  const int64_t n = static_cast<int64_t>(a.sampling_ratio) * a.sampling_ratio;
+  TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: sampling_ratio ", a.sampling_ratio, " would take ", n,
+                    " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
+}
+
 template <typename scalar_t>
-void check_samples_per_bin(const at::Tensor& rois, const AlignArgs& a) {
+[[noreturn]] void fail_samples_per_bin(const at::Tensor& rois, int64_t k, const AlignArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (a.sampling_ratio > 0) {
-    const int64_t n = static_cast<int64_t>(a.sampling_ratio) * a.sampling_ratio;
-    TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: sampling_ratio ", a.sampling_ratio, " would take ", n,
-                      " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
-    return;
-  }
-  const at::Tensor host = rois.to(at::kCPU);
-  const scalar_t* r = host.const_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < host.size(0); ++k) {
-    acc_t roi[5];
-    for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(r[k * 5 + j]);
-    const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
-                                                         a.pooled_w, a.sampling_ratio, a.aligned);
-    const int64_t n = static_cast<int64_t>(g.grid_h) * g.grid_w;
-    TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: adaptive sampling (sampling_ratio <= 0) of box ",
-                      r[k * 5 + 1], ", ", r[k * 5 + 2], ", ", r[k * 5 + 3], ", ", r[k * 5 + 4], " would take ", n,
-                      " samples per bin (limit ", kMaxSamplesPerBin, "); pass a positive sampling_ratio");
-  }
+  const at::Tensor row = to_host(rois[k].to(at::kDouble));  // (an error: syncs freely)
+  const double* r = row.const_data_ptr<double>();
+  acc_t roi[5];
+  for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(r[j]);
+  const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
+                                                       a.pooled_w, a.sampling_ratio, a.aligned);
+  TORCH_CHECK_VALUE(false, "roi_align: adaptive sampling (sampling_ratio <= 0) of box ", r[1], ", ", r[2], ", ", r[3],
+                    ", ", r[4], " would take ", static_cast<int64_t>(g.grid_h) * g.grid_w, " samples per bin (limit ",
+                    kMaxSamplesPerBin, "); pass a positive sampling_ratio");
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
                                                           double spatial_scale, int64_t pooled_height,
                                                           int64_t pooled_width, int64_t sampling_ratio, bool aligned,
                                                           std::string pool_mode) {
-  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align");
+  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align", /*check_values=*/false);
   const bool nhwc = use_channels_last(input);
-  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, input.size(1),
-                                input.size(2), input.size(3), nhwc);
+  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, input.size(0),
+                                input.size(1), input.size(2), input.size(3), nhwc);
   const bool max_mode = is_max_mode(pool_mode);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const DeviceGuard device_guard(input.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, a.channels, pooled_height, pooled_width}, input.options(), layout);
@@ -229,33 +242,26 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor in = nhwc ? input : input.contiguous();
   const at::Tensor r = rois.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
-    check_samples_per_bin<scalar_t>(r, a);
+    check_sampling_ratio(a);
+    if (const auto refused = check_boxes_on_device<scalar_t>(r, a.batch_size, SamplesLimit{a}, "roi_align", stream)) {
+      fail_samples_per_bin<scalar_t>(r, *refused, a);
+    }
     const scalar_t* in_p = in.const_data_ptr<scalar_t>();
     const scalar_t* roi_p = r.const_data_ptr<scalar_t>();
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
     int32_t* arg_p = max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     const int blocks = num_blocks(total);
-    if (total <= kMaxInt32Work) {
-      if (max_mode) {
-        roi_align_forward_kernel<scalar_t, int32_t, true><<<blocks, kThreads, 0, stream>>>(
-            static_cast<int32_t>(total), in_p, roi_p, out_p, arg_p, os, a);
-      } else {
-        roi_align_forward_kernel<scalar_t, int32_t, false><<<blocks, kThreads, 0, stream>>>(
-            static_cast<int32_t>(total), in_p, roi_p, out_p, arg_p, os, a);
-      }
-    } else {
-      if (max_mode) {
-        roi_align_forward_kernel<scalar_t, int64_t, true><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p, out_p,
-                                                                                           arg_p, os, a);
-      } else {
-        roi_align_forward_kernel<scalar_t, int64_t, false><<<blocks, kThreads, 0, stream>>>(total, in_p, roi_p,
-                                                                                            out_p, arg_p, os, a);
-      }
-    }
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      with_flag(max_mode, [&](auto is_max) {
+        ROIOPS_LAUNCH(blocks, kThreads, stream, roi_align_forward_kernel<scalar_t, index_t, is_max.value>)(
+            static_cast<index_t>(total), in_p, roi_p, out_p, arg_p, os, a);
+      });
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {output, argmax};
@@ -265,29 +271,19 @@ template <typename scalar_t, typename Adder>
 void launch_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, bool max_mode,
                      const Adder& add, const AlignArgs& a, cudaStream_t stream) {
   const int64_t total = grad.numel();
-  const int blocks = num_blocks(total);
   const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
   const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
   const int32_t* arg_p = max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
   const Strides4 gs = strides_of(grad);
   const Strides4 as = max_mode ? strides_of(argmax) : Strides4{0, 0, 0, 0};
-  if (total <= kMaxInt32Work) {
-    if (max_mode) {
-      roi_align_backward_kernel<scalar_t, int32_t, true, Adder><<<blocks, kThreads, 0, stream>>>(
-          static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
-    } else {
-      roi_align_backward_kernel<scalar_t, int32_t, false, Adder><<<blocks, kThreads, 0, stream>>>(
-          static_cast<int32_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
-    }
-  } else {
-    if (max_mode) {
-      roi_align_backward_kernel<scalar_t, int64_t, true, Adder><<<blocks, kThreads, 0, stream>>>(
-          total, g_p, gs, roi_p, arg_p, as, add, a);
-    } else {
-      roi_align_backward_kernel<scalar_t, int64_t, false, Adder><<<blocks, kThreads, 0, stream>>>(
-          total, g_p, gs, roi_p, arg_p, as, add, a);
-    }
-  }
+  const int blocks = num_blocks(total);
+  with_index_type(total, [&](auto index) {
+    using index_t = decltype(index);
+    with_flag(max_mode, [&](auto is_max) {
+      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_align_backward_kernel<scalar_t, index_t, is_max.value, Adder>)(
+          static_cast<index_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+    });
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -296,10 +292,10 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                    int64_t sampling_ratio, bool aligned, std::string pool_mode, bool deterministic) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
-                      "_roi_align_backward");
+                      "_roi_align_backward", /*check_values=*/false);
   const bool nhwc = use_channels_last(grad);
-  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, channels, height,
-                                width, nhwc);
+  const AlignArgs a = make_args(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, batch_size,
+                                channels, height, width, nhwc);
   const bool max_mode = is_max_mode(pool_mode);
   if (max_mode) {
     TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
@@ -307,18 +303,18 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     TORCH_CHECK_VALUE(argmax.device() == grad.device(), "_roi_align_backward: argmax must be on the device of grad (",
                       grad.device(), "), but is on ", argmax.device());
   }
-  const c10::cuda::CUDAGuard device_guard(grad.device());
+  const DeviceGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
   const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
   // (at::zeros would drop a memory format given in its options: allocate with the layout, then zero.)
   if (grad.numel() == 0 || no_input) return at::empty(sizes, grad.options(), layout).zero_();
   const at::Tensor r = rois.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   at::Tensor result;
+  check_sampling_ratio(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_samples_per_bin<scalar_t>(r, a);
     if (!deterministic) {
       at::Tensor grad_in =
           at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();
@@ -329,7 +325,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
       result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
       FixedPointBuffers buffers(grad, result.numel());
       launch_backward<scalar_t>(grad, r, argmax, max_mode, buffers.adder<acc_t>(), a, stream);
-      buffers.finish<scalar_t>(result, stream);
+      buffers.finish<scalar_t>(result, nhwc, stream);
     }
   });
   return result;
@@ -337,7 +333,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(roiops, CUDA, m) {
+TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, ROIOPS_CUDA_DISPATCH_KEY, m) {
   m.impl("roi_align", TORCH_FN(roi_align_forward_cuda));
   m.impl("_roi_align_backward", TORCH_FN(roi_align_backward_cuda));
 }
