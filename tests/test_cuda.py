@@ -12,102 +12,24 @@ The emulated libraries are looked up in $ROIOPS_EMULATED_CUDA_DIR (default build
 """
 import contextlib
 import os
-import pathlib
 import time
 import zlib
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import roiops
 
+from devices import CUDA_DEVICES, select
 from helpers import make_input, make_rois, to_layout, tolerances
 
 ops = torch.ops.roiops
-EMULATED_DIR = pathlib.Path(
-    os.environ.get("ROIOPS_EMULATED_CUDA_DIR", pathlib.Path(__file__).resolve().parents[1] / "build" / "emulated_cuda")
-)
-
-
-class _RouteTo(TorchDispatchMode):
-    """Sends every roiops::* op that reaches the kernels to the same op of another namespace.
-
-    The mode sits below autograd and autocast, so the Python layer (roiops.roi_align, its autograd
-    formula, autocast) runs unchanged on top of the emulated kernels."""
-
-    def __init__(self, namespace):
-        super().__init__()
-        self.target = getattr(torch.ops, namespace)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "roiops":
-            func = getattr(getattr(self.target, func._opname), func._overloadname)
-        return func(*args, **(kwargs or {}))
-
-
-class Device:
-    """Where the CUDA kernels under test run.
-
-    ops: the op namespace to call directly; to(x): a CPU tensor there; python_layer(): a context in
-    which roiops.roi_align & co. (autograd included) use these kernels."""
-
-    def __init__(self, name, torch_device, namespace):
-        self.name = name
-        self.torch_device = torch_device
-        self.namespace = namespace
-
-    @property
-    def ops(self):
-        return getattr(torch.ops, self.namespace)
-
-    @property
-    def emulated(self):
-        return self.namespace != "roiops"
-
-    def to(self, x):
-        return x.to(self.torch_device)
-
-    def python_layer(self):
-        return _RouteTo(self.namespace) if self.emulated else contextlib.nullcontext()
-
-    def __repr__(self):
-        return self.name
-
-
-def _load_emulated(variant):
-    """The emulated CUDA library of this variant, loaded; None if it was not built."""
-    path = EMULATED_DIR / f"libroiops_{variant}.so"
-    if not path.exists():
-        # CI builds the libraries and sets this, so that a broken build cannot pass as skipped tests.
-        if os.environ.get("ROIOPS_REQUIRE_EMULATED_CUDA") == "1":
-            raise RuntimeError(f"ROIOPS_REQUIRE_EMULATED_CUDA=1 but {path} does not exist")
-        return None
-    if not hasattr(torch.ops, f"roiops_{variant}") or not hasattr(getattr(torch.ops, f"roiops_{variant}"), "roi_align"):
-        torch.ops.load_library(str(path))
-    return Device(variant.replace("emu", "emulated"), "cpu", f"roiops_{variant}")
-
-
-def _device_params():
-    cuda_ready = torch.cuda.is_available() and roiops.build_info()["with_cuda"]
-    params = [pytest.param(Device("cuda", "cuda", "roiops"), id="cuda", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(not cuda_ready, reason="needs a CUDA device and roiops built with CUDA")])]
-    for variant in ("emu", "emu64"):
-        dev = _load_emulated(variant)
-        reason = f"emulated CUDA library not built (run scripts/build_emulated_cuda.sh; looked in {EMULATED_DIR})"
-        params.append(pytest.param(dev, id=variant.replace("emu", "emulated"),
-                                   marks=pytest.mark.skipif(dev is None, reason=reason)))
-    return params
-
-
-DEVICES = _device_params()
+DEVICES = CUDA_DEVICES
 
 
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    if request.param.emulated:
-        request.param.ops.set_launch_order("forward")
-    return request.param
+    return select(request)
 
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -270,29 +192,6 @@ def test_roi_align_matches_cpu_larger(dev, mode, layout):
                 shape=(2, 40, 16, 20), num=60)
 
 
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-def test_roi_align_hand_checked(dev, aligned):
-    # DESIGN.md: arange(25) 5x5, box (1, 1, 3, 3), 4x4 output, sampling_ratio 0.
-    x = dev.to(torch.arange(25, dtype=torch.float32).reshape(1, 1, 5, 5))
-    rois = dev.to(torch.tensor([[0, 1, 1, 3, 3]], dtype=torch.float32))
-    with dev.python_layer():
-        out = roiops.roi_align(x, rois, 4, 1.0, 0, aligned)
-    if aligned:
-        expected = [[4.5, 5, 5.5, 6], [7, 7.5, 8, 8.5], [9.5, 10, 10.5, 11], [12, 12.5, 13, 13.5]]
-    else:
-        expected = [[7.5, 8, 8.5, 9], [10, 10.5, 11, 11.5], [12.5, 13, 13.5, 14], [15, 15.5, 16, 16.5]]
-    torch.testing.assert_close(out.cpu()[0, 0], torch.tensor(expected))
-
-    # [[1, 2], [3, 4]], box (0, 0, 1, 1), 2x2, sampling_ratio 2, aligned: output and gradient.
-    x = dev.to(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])).requires_grad_(True)
-    rois = dev.to(torch.tensor([[0, 0, 0, 1, 1]], dtype=torch.float32))
-    with dev.python_layer():
-        out = roiops.roi_align(x, rois, 2, 1.0, 2, True)
-        out.sum().backward()
-    torch.testing.assert_close(out.detach().cpu()[0, 0], torch.tensor([[1.0, 1.25], [1.5, 1.75]]))
-    torch.testing.assert_close(x.grad.cpu()[0, 0], torch.tensor([[3.0625, 0.4375], [0.4375, 0.0625]]))
-
-
 # ---- roi_pool ----------------------------------------------------------------------------------
 
 
@@ -438,18 +337,6 @@ def test_empty_inputs_match_cpu(dev, shape, num, layout):
                                            deterministic)
         gin_c = ops._roi_pool_backward(torch.ones(out_c.shape), rois, arg_c, 0.5, 2, 3, N, C, H, W, False)
         assert torch.equal(gin_d.cpu(), gin_c)
-
-
-def test_zero_height_box_gives_zeros(dev):
-    # DESIGN.md: a zero-height box with aligned=True and adaptive sampling samples nothing.
-    x = dev.to(torch.randn(1, 2, 8, 8)).requires_grad_(True)
-    rois = dev.to(torch.tensor([[0, 3, 4, 5, 4]], dtype=torch.float32))
-    for mode in ("avg", "max"):
-        with dev.python_layer():
-            out = roiops.roi_align(x, rois, 7, 1.0, -1, True, mode)
-            (g,) = torch.autograd.grad(out.sum(), x)
-        assert torch.equal(out.detach().cpu(), torch.zeros(1, 2, 7, 7))
-        assert torch.equal(g.cpu(), torch.zeros(1, 2, 8, 8))
 
 
 # ---- gradcheck ---------------------------------------------------------------------------------

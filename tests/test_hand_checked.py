@@ -1,18 +1,43 @@
-"""The hand-checkable cases of docs/semantics.md, exactly (op and reference), forward and gradient."""
+"""The hand-checkable cases of docs/semantics.md, exactly, forward and gradient: the kernels of every
+device (cpu, cuda, emulated cuda: tests/devices.py) and, on the cpu parameter, the reference."""
 import pytest
 import torch
 
 import roiops
 from roiops.reference import roi_align_reference, roi_pool_reference
 
+from devices import ALL_DEVICES, select
 from helpers import input_grad
 
 DTYPES = [torch.float32, torch.float64]
 
 
-def _both_align(x, rois, *args, **kwargs):
-    """(op output, reference output) for the same arguments."""
-    return roiops.roi_align(x, rois, *args, **kwargs), roi_align_reference(x, rois, *args, **kwargs)
+@pytest.fixture(params=ALL_DEVICES)
+def dev(request):
+    return select(request)
+
+
+def _implementations(dev, op, reference):
+    """(name, fn) pairs to check: the op on dev (results back on the CPU), and the reference on cpu."""
+    def on_dev(x, rois, *args):
+        x_dev = dev.to(x.detach()).contiguous(memory_format=_format(x)).requires_grad_(x.requires_grad)
+        with dev.python_layer():
+            out = op(x_dev, dev.to(rois), *args)
+        return out, x_dev
+
+    impls = [("kernel", on_dev)]
+    if dev.name == "cpu":
+        impls.append(("reference", lambda x, rois, *args: (reference(x, rois, *args), x)))
+    return impls
+
+
+def _format(x):
+    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() else torch.contiguous_format
+
+
+def _both_align(dev, x, rois, *args):
+    """Outputs (on the CPU) of the kernel on dev and, on cpu, the reference, for the same arguments."""
+    return [fn(x, rois, *args)[0].detach().cpu() for _, fn in _implementations(dev, roiops.roi_align, roi_align_reference)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -25,66 +50,65 @@ def _both_align(x, rois, *args, **kwargs):
     ids=["unaligned", "aligned"],
 )
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_arange_5x5(dtype, aligned, expected, layout):
+def test_arange_5x5(dev, dtype, aligned, expected, layout):
     x = torch.arange(25, dtype=dtype).reshape(1, 1, 5, 5).contiguous(
         memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
     )
     rois = torch.tensor([[0, 1, 1, 3, 3]], dtype=dtype)
     expected = torch.tensor(expected, dtype=dtype).reshape(1, 1, 4, 4)
-    for out in _both_align(x, rois, (4, 4), 1.0, 0, aligned):
+    for out in _both_align(dev, x, rois, (4, 4), 1.0, 0, aligned):
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     # The adaptive grid is ceil(2 / 4) = 1 sample per bin, so max mode equals avg mode here.
-    for out in _both_align(x, rois, (4, 4), 1.0, 0, aligned, "max"):
+    for out in _both_align(dev, x, rois, (4, 4), 1.0, 0, aligned, "max"):
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_2x2_aligned_sampling2(dtype, layout):
+def test_2x2_aligned_sampling2(dev, dtype, layout):
     base = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=dtype)
     rois = torch.tensor([[0, 0, 0, 1, 1]], dtype=dtype)
     expected = torch.tensor([[[[1.0, 1.25], [1.5, 1.75]]]], dtype=dtype)
     expected_grad = torch.tensor([[[[3.0625, 0.4375], [0.4375, 0.0625]]]], dtype=dtype)
-    for fn in (roiops.roi_align, roi_align_reference):
+    for _, fn in _implementations(dev, roiops.roi_align, roi_align_reference):
         x = base.clone()
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_(True)
-        out = fn(x, rois, (2, 2), 1.0, 2, True)
-        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
-        grad = input_grad(out, x, torch.ones_like(out))
-        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+        out, x_used = fn(x.requires_grad_(True), rois, (2, 2), 1.0, 2, True)
+        torch.testing.assert_close(out.detach().cpu(), expected, rtol=0, atol=1e-12)
+        grad = input_grad(out, x_used, torch.ones_like(out))
+        torch.testing.assert_close(grad.cpu(), expected_grad, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_roi_pool_4x4(dtype, layout):
+def test_roi_pool_4x4(dev, dtype, layout):
     base = torch.tensor([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], dtype=dtype).reshape(1, 1, 4, 4)
     rois = torch.tensor([[0, 0, 0, 3, 3]], dtype=dtype)
     expected = torch.tensor([[4, 8], [12, 16]], dtype=dtype).reshape(1, 1, 2, 2)
     expected_grad = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=dtype).reshape(
         1, 1, 4, 4
     )
-    for fn in (roiops.roi_pool, roi_pool_reference):
+    for _, fn in _implementations(dev, roiops.roi_pool, roi_pool_reference):
         x = base.clone()
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_(True)
-        out = fn(x, rois, (2, 2), 1.0)
-        torch.testing.assert_close(out, expected, rtol=0, atol=0)
-        torch.testing.assert_close(input_grad(out, x, torch.ones_like(out)), expected_grad, rtol=0, atol=0)
+        out, x_used = fn(x.requires_grad_(True), rois, (2, 2), 1.0)
+        torch.testing.assert_close(out.detach().cpu(), expected, rtol=0, atol=0)
+        grad = input_grad(out, x_used, torch.ones_like(out))
+        torch.testing.assert_close(grad.cpu(), expected_grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("sampling_ratio", [0, -1])
 @pytest.mark.parametrize("mode", ["avg", "max"])
-def test_zero_height_box_aligned_adaptive(sampling_ratio, mode):
+def test_zero_height_box_aligned_adaptive(dev, sampling_ratio, mode):
     x = torch.randn(1, 3, 10, 10, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     rois = torch.tensor([[0, 3, 4, 5, 4.0]])
-    for fn in (roiops.roi_align, roi_align_reference):
-        out = fn(x, rois, (7, 7), 1.0, sampling_ratio, True, mode)
+    for _, fn in _implementations(dev, roiops.roi_align, roi_align_reference):
+        out, x_used = fn(x, rois, (7, 7), 1.0, sampling_ratio, True, mode)
         assert out.shape == (1, 3, 7, 7)
         assert torch.count_nonzero(out) == 0
-        grad = input_grad(out, x, torch.randn(out.shape))
+        grad = input_grad(out, x_used, torch.randn(out.shape, device=out.device))
         assert torch.count_nonzero(grad) == 0
 
 
@@ -124,7 +148,7 @@ def test_zero_images_zero_rois(op):
     assert roiops.roi_align(x, [], 3).shape == (0, 3, 3, 3)
 
 
-def test_misalignment_example_665_box_stride_32():
+def test_misalignment_example_665_box_stride_32(dev):
     # docs/semantics.md, case 5: a 665 px box at stride 32 ends at 20.78 cells. RoIPool rounds the end to
     # cell 21, so the box spans 22 cells and the bins are 22/7 cells wide with floor/ceil edges:
     # bin pw covers cells [floor(pw * 22/7), ceil((pw + 1) * 22/7)). On a map holding each cell's
@@ -132,10 +156,12 @@ def test_misalignment_example_665_box_stride_32():
     W = 25
     x = torch.arange(W, dtype=torch.float64).repeat(W, 1).reshape(1, 1, W, W)
     rois = torch.tensor([[0, 0, 0, 665, 665]], dtype=torch.float64)
-    pooled = roiops.roi_pool(x, rois, 7, 1 / 32)
+    x, rois = dev.to(x), dev.to(rois)
+    with dev.python_layer():
+        pooled = roiops.roi_pool(x, rois, 7, 1 / 32)
+        aligned = roiops.roi_align(x, rois, 7, 1 / 32, 2, True)
     assert pooled[0, 0, 0].tolist() == [3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0]
     # RoIAlign (aligned, on a linear ramp) averages to the exact bin centres instead.
-    aligned = roiops.roi_align(x, rois, 7, 1 / 32, 2, True)
     # The bin centres of the aligned RoIAlign are at (pw + 0.5) * 20.78 / 7 - 0.5 cells.
     centres = (torch.arange(7, dtype=torch.float64) + 0.5) * (665 / 32) / 7 - 0.5
-    torch.testing.assert_close(aligned[0, 0, 0], centres, rtol=0, atol=1e-9)
+    torch.testing.assert_close(aligned[0, 0, 0].cpu(), centres, rtol=0, atol=1e-9)
