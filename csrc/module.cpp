@@ -2,6 +2,8 @@
 // library run at load time); the module itself only reports how the library was built.
 #include <pybind11/pybind11.h>
 
+#include "roi_limits.h"
+
 // setup.py passes the version bare (-DROIOPS_VERSION_STRING=1.2.3): quoting survives no build tool.
 #define ROIOPS_STRINGIFY_(x) #x
 #define ROIOPS_STRINGIFY(x) ROIOPS_STRINGIFY_(x)
@@ -24,4 +26,9 @@ PYBIND11_MODULE(_C, m) {
     ops.append(name);
   }
   m.attr("ops") = ops;
+  // The argument limits (roi_limits.h), for the Python layer's checks and the fake kernels.
+  pybind11::dict limits;
+  limits["max_pooled_size"] = roiops::kMaxPooledSize;
+  limits["max_samples_per_bin"] = roiops::kMaxSamplesPerBin;
+  m.attr("limits") = limits;
 }

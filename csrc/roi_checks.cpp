@@ -1,8 +1,11 @@
 #include "roi_checks.h"
 
+#include "roi_limits.h"
+
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -50,9 +53,9 @@ std::atomic<bool>& device_box_checks_flag() {
 }
 
 void check_pooled_size(int64_t pooled_height, int64_t pooled_width, const char* op_name) {
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0 && pooled_height <= (1 << 20) &&
-                        pooled_width <= (1 << 20),
-                    op_name, ": output_size must be positive (and at most 2^20), but got (",
+  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0 && pooled_height <= kMaxPooledSize &&
+                        pooled_width <= kMaxPooledSize,
+                    op_name, ": output_size must be positive (and at most ", kMaxPooledSize, "), but got (",
                     pooled_height, ", ", pooled_width, ")");
 }
 
@@ -101,6 +104,26 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t
                         grad.size(2) == pooled_height && grad.size(3) == pooled_width,
                     op_name, ": grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height,
                     ", ", pooled_width, "], but got ", grad.sizes());
+}
+
+void check_spatial_scale(double spatial_scale, const char* op_name) {
+  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0, op_name,
+                    ": spatial_scale must be a positive finite number, but got ", spatial_scale);
+}
+
+void check_sampling_ratio(int64_t sampling_ratio, const char* op_name) {
+  if (sampling_ratio <= 0) return;  // adaptive: each box's grid is checked where it is computed
+  const int64_t side = std::min(sampling_ratio, kMaxSamplesPerBin);  // so that the square cannot overflow
+  TORCH_CHECK_VALUE(side * side <= kMaxSamplesPerBin, op_name, ": sampling_ratio ", sampling_ratio, " would take ",
+                    side == sampling_ratio ? std::to_string(side * side) : std::string("over 2^48"),
+                    " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
+}
+
+void check_argmax(const at::Tensor& argmax, const at::Tensor& grad, const char* op_name) {
+  TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(), op_name,
+                    ": argmax must be int32 with the shape of grad ", grad.sizes());
+  TORCH_CHECK_VALUE(argmax.device() == grad.device(), op_name, ": argmax must be on the device of grad (",
+                    grad.device(), "), but is on ", argmax.device());
 }
 
 bool is_max_mode(const std::string& pool_mode) {

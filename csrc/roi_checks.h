@@ -30,6 +30,15 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t
 bool device_box_checks();
 bool set_device_box_checks(bool enabled);
 
+// spatial_scale is positive and finite.
+void check_spatial_scale(double spatial_scale, const char* op_name);
+
+// A positive sampling_ratio takes at most kMaxSamplesPerBin samples per bin (roi_limits.h).
+void check_sampling_ratio(int64_t sampling_ratio, const char* op_name);
+
+// A backward call's argmax is int32, on grad's device, with grad's shape.
+void check_argmax(const at::Tensor& argmax, const at::Tensor& grad, const char* op_name);
+
 // The roi_align modes: "avg" or "max".
 bool is_max_mode(const std::string& pool_mode);
 

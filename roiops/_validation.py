@@ -17,9 +17,15 @@ from typing import List, Tuple, Union
 import torch
 from torch import Tensor
 
+from . import _C
+
 BoxesArg = Union[Tensor, List[Tensor]]
 
 POOL_MODES = ("avg", "max")
+# The limits of the compiled checks (csrc/roi_limits.h), checked here too so that modules refuse
+# them when constructed.
+MAX_POOLED_SIZE = _C.limits["max_pooled_size"]
+MAX_SAMPLING_RATIO = math.isqrt(_C.limits["max_samples_per_bin"])
 
 
 class BoxesShapeError(ValueError, AssertionError):
@@ -95,8 +101,8 @@ def output_size_pair(op: str, output_size) -> Tuple[int, int]:
         pair = (int(output_size[0]), int(output_size[1]))
     else:
         raise TypeError(f"{op}: output_size must be an int or a pair of ints (h, w), but got {output_size!r}")
-    if pair[0] <= 0 or pair[1] <= 0:
-        raise ValueError(f"{op}: output_size must be positive, but got {output_size!r}")
+    if not (0 < pair[0] <= MAX_POOLED_SIZE and 0 < pair[1] <= MAX_POOLED_SIZE):
+        raise ValueError(f"{op}: output_size must be positive (and at most {MAX_POOLED_SIZE}), but got {output_size!r}")
     return pair
 
 
@@ -114,8 +120,11 @@ def check_sampling_ratio(op: str, sampling_ratio) -> int:
         raise TypeError(
             f"{op}: sampling_ratio must be an int (<= 0 for adaptive sampling), but got {sampling_ratio!r}"
         )
-    if sampling_ratio > 1 << 20:
-        raise ValueError(f"{op}: sampling_ratio must be at most 2^20, but got {sampling_ratio}")
+    if sampling_ratio > MAX_SAMPLING_RATIO:  # the compiled check's message, with the bound it implies
+        raise ValueError(
+            f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio ** 2} samples per bin (limit "
+            f"{MAX_SAMPLING_RATIO ** 2}): sampling_ratio must be at most {MAX_SAMPLING_RATIO}"
+        )
     return int(sampling_ratio)
 
 

@@ -324,3 +324,43 @@ def test_autocast_accepts_float32_boxes_with_half_input():
     expected = roiops.roi_align(x.bfloat16().float(), rois, 3, 1.0, 2, True)
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(pooled.float(), roiops.roi_pool(x.bfloat16().float(), rois, 3), atol=1e-2, rtol=1e-2)
+
+
+# ---- fake kernels: the compiled rules, while tracing --------------------------------------------
+
+FAKE_CASES = [
+    (lambda x, r: ops_.roi_align(x, r[:, 1:], 1.0, 2, 2, 2, False, "avg"), ValueError, "boxes must have shape"),
+    (lambda x, r: ops_.roi_align(x, r.double(), 1.0, 2, 2, 2, False, "avg"), TypeError, "dtype of input"),
+    (lambda x, r: ops_.roi_align(x[0], r, 1.0, 2, 2, 2, False, "avg"), ValueError, "4-D"),
+    (lambda x, r: ops_.roi_align(x, r, 1.0, 0, 2, 2, False, "avg"), ValueError, "output_size"),
+    (lambda x, r: ops_.roi_align(x, r, float("nan"), 2, 2, 2, False, "avg"), ValueError, "spatial_scale"),
+    (lambda x, r: ops_.roi_align(x, r, 1.0, 2, 2, 5000, False, "avg"), ValueError, "samples per bin"),
+    (lambda x, r: ops_.roi_align(x, r, 1.0, 2, 2, 2, False, "sum"), ValueError, "pool_mode"),
+    (lambda x, r: ops_.roi_pool(x, r, -1.0, 2, 2), ValueError, "spatial_scale"),
+    (lambda x, r: ops_._roi_pool_backward(torch.zeros_like(x[:, :, :2, :2]), r[:1], torch.zeros(1), 1.0, 2, 2, 2, 3, 8, 8,
+                                          False), ValueError, "grad must have shape"),
+]
+ops_ = torch.ops.roiops
+
+
+@pytest.mark.parametrize("index", range(len(FAKE_CASES)))
+def test_fake_kernels_refuse_what_the_compiled_checks_refuse(index):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    call, exc, word = FAKE_CASES[index]
+    with pytest.raises(exc, match=word):  # the compiled kernel
+        call(X, ROIS)
+    with FakeTensorMode() as mode, pytest.raises(exc, match=word):  # the fake kernel, while tracing
+        call(mode.from_tensor(X), mode.from_tensor(ROIS))
+
+
+def test_python_limits_are_the_compiled_ones():
+    from roiops import _C, _validation
+
+    assert _validation.MAX_POOLED_SIZE == _C.limits["max_pooled_size"] == 2**20
+    assert _validation.MAX_SAMPLING_RATIO ** 2 == _C.limits["max_samples_per_bin"] == 2**24
+    with pytest.raises(ValueError, match="output_size"):
+        roiops.RoIAlign(2**20 + 1)
+    roiops.RoIAlign(7, sampling_ratio=4096)  # the largest accepted
+    with pytest.raises(ValueError, match="samples per bin"):
+        roiops.RoIAlign(7, sampling_ratio=4097)

@@ -18,6 +18,7 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "../roi_limits.h"
 #include "../strides.h"
 #include "parallel.h"
 #include "vector_loops.h"
@@ -28,8 +29,6 @@ namespace {
 
 // Upper bound on the taps held at once per thread; larger RoIs are processed a few bins at a time.
 constexpr int64_t kTapsPerChunk = 1 << 16;
-// Adaptive sampling of an absurdly large box would take forever; refuse it with a clear message.
-constexpr int64_t kMaxSamplesPerBin = int64_t(1) << 24;
 
 struct AlignParams {
   double spatial_scale;
@@ -466,10 +465,8 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
 AlignParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                         bool aligned, const std::string& pool_mode, int64_t channels, int64_t height,
                         int64_t width) {
-  TORCH_CHECK_VALUE(sampling_ratio <= (1 << 20), "roi_align: sampling_ratio must be at most 2^20, but got ",
-                    sampling_ratio);
-  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
-                    "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  check_sampling_ratio(sampling_ratio, "roi_align");
+  check_spatial_scale(spatial_scale, "roi_align");
   return AlignParams{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
                      static_cast<int>(sampling_ratio), aligned, is_max_mode(pool_mode), height, width, channels};
 }
@@ -508,10 +505,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                       "_roi_align_backward");
   const AlignParams p = make_params(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode,
                                     channels, height, width);
-  if (p.max_mode) {
-    TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
-                      "_roi_align_backward: argmax must be int32 with the shape of grad ", grad.sizes());
-  }
+  if (p.max_mode) check_argmax(argmax, grad, "_roi_align_backward");
   const auto layout = use_channels_last(grad) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto acc_dtype = at::toOpMathType(grad.scalar_type());
   const auto acc_options = grad.options().dtype(acc_dtype);

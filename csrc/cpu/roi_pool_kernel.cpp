@@ -218,8 +218,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
 
 PoolParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t channels,
                        int64_t height, int64_t width) {
-  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
-                    "roi_pool: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  check_spatial_scale(spatial_scale, "roi_pool");
   return PoolParams{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), channels, height,
                     width};
 }
@@ -251,8 +250,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  bool /*deterministic: the CPU backward always is*/) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
                       "_roi_pool_backward");
-  TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
-                    "_roi_pool_backward: argmax must be int32 with the shape of grad ", grad.sizes());
+  check_argmax(argmax, grad, "_roi_pool_backward");
   const PoolParams p = make_params(spatial_scale, pooled_height, pooled_width, channels, height, width);
   const bool nhwc = use_channels_last(grad);
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

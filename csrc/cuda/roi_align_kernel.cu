@@ -26,6 +26,7 @@
 
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
+#include "../roi_limits.h"
 #include "box_checks.cuh"
 #include "cuda_common.cuh"
 
@@ -34,7 +35,6 @@ namespace cuda {
 namespace {
 
 // Same limit as the CPU kernel: adaptive sampling of an absurdly large box is refused.
-constexpr int64_t kMaxSamplesPerBin = int64_t(1) << 24;
 
 struct AlignArgs {
   double spatial_scale;
@@ -191,24 +191,15 @@ __global__ void __launch_bounds__(kThreads)
 // Same checks and messages as the CPU kernel's make_params.
 AlignArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                     bool aligned, int64_t batch_size, int64_t channels, int64_t height, int64_t width, bool nhwc) {
-  TORCH_CHECK_VALUE(sampling_ratio <= (1 << 20), "roi_align: sampling_ratio must be at most 2^20, but got ",
-                    sampling_ratio);
-  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
-                    "roi_align: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  check_sampling_ratio(sampling_ratio, "roi_align");
+  check_spatial_scale(spatial_scale, "roi_align");
   return AlignArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
                    static_cast<int>(sampling_ratio), aligned, nhwc, batch_size, channels, height, width};
 }
 
-// The CPU kernel refuses a box whose bins would take more than kMaxSamplesPerBin samples; so does the
-// forward here: from the arguments alone for a fixed sampling_ratio, and with the device box check
-// (SamplesLimit) for adaptive sampling, whose message reads the refused box back.
-void check_sampling_ratio(const AlignArgs& a) {
-  if (a.sampling_ratio <= 0) return;
-  const int64_t n = static_cast<int64_t>(a.sampling_ratio) * a.sampling_ratio;
-  TORCH_CHECK_VALUE(n <= kMaxSamplesPerBin, "roi_align: sampling_ratio ", a.sampling_ratio, " would take ", n,
-                    " samples per bin (limit ", kMaxSamplesPerBin, "); pass a smaller sampling_ratio");
-}
-
+// A box whose bins would take more than kMaxSamplesPerBin samples is refused, as on the CPU: for a
+// fixed sampling_ratio from the arguments alone (make_args), for adaptive sampling by the device box
+// check (SamplesLimit), whose message reads the refused box back.
 template <typename scalar_t>
 [[noreturn]] void fail_samples_per_bin(const at::Tensor& rois, int64_t k, const AlignArgs& a) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -246,7 +237,6 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
-    check_sampling_ratio(a);
     if (const auto refused = check_boxes_on_device<scalar_t>(r, a.batch_size, SamplesLimit{a}, "roi_align", stream)) {
       fail_samples_per_bin<scalar_t>(r, *refused, a);
     }
@@ -298,10 +288,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                 channels, height, width, nhwc);
   const bool max_mode = is_max_mode(pool_mode);
   if (max_mode) {
-    TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
-                      "_roi_align_backward: argmax must be int32 with the shape of grad ", grad.sizes());
-    TORCH_CHECK_VALUE(argmax.device() == grad.device(), "_roi_align_backward: argmax must be on the device of grad (",
-                      grad.device(), "), but is on ", argmax.device());
+    check_argmax(argmax, grad, "_roi_align_backward");
   }
   const DeviceGuard device_guard(grad.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -312,7 +299,6 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   const at::Tensor r = rois.contiguous();
   const cudaStream_t stream = current_stream();
   at::Tensor result;
-  check_sampling_ratio(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (!deterministic) {

@@ -121,8 +121,7 @@ __global__ void __launch_bounds__(kThreads)
 // Same check and message as the CPU kernel's make_params.
 PoolArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                    int64_t channels, int64_t height, int64_t width, bool nhwc) {
-  TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
-                    "roi_pool: spatial_scale must be a positive finite number, but got ", spatial_scale);
+  check_spatial_scale(spatial_scale, "roi_pool");
   return PoolArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), nhwc, batch_size,
                   channels, height, width};
 }
@@ -188,10 +187,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                                   bool deterministic) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
                       "_roi_pool_backward", /*check_values=*/false);
-  TORCH_CHECK_VALUE(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes(),
-                    "_roi_pool_backward: argmax must be int32 with the shape of grad ", grad.sizes());
-  TORCH_CHECK_VALUE(argmax.device() == grad.device(), "_roi_pool_backward: argmax must be on the device of grad (",
-                    grad.device(), "), but is on ", argmax.device());
+  check_argmax(argmax, grad, "_roi_pool_backward");
   const bool nhwc = use_channels_last(grad);
   const PoolArgs a = make_args(spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, nhwc);
   const DeviceGuard device_guard(grad.device());

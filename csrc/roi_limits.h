@@ -1,0 +1,15 @@
+// The limits on the ops' arguments, each defined once. roi_checks.cpp and the kernels enforce them;
+// roiops._C.limits hands them to the Python layer and the fake kernels. They bound the work and
+// memory of one call and keep per-plane and per-bin indices within 32 bits (docs/semantics.md, Limits).
+#pragma once
+
+#include <cstdint>
+
+namespace roiops {
+
+// Bins per side of the output (output_size).
+constexpr int64_t kMaxPooledSize = int64_t(1) << 20;
+// Samples per RoIAlign bin: a sampling_ratio above 4096, or an adaptive grid that large, is refused.
+constexpr int64_t kMaxSamplesPerBin = int64_t(1) << 24;
+
+}  // namespace roiops
