@@ -16,6 +16,8 @@ py="$venv/bin/python"
 # stardist ships the one real microscopy image the misalignment benchmark uses; its own heavy
 # dependencies are not needed for reading the TIFFs.
 "$py" -m pip install -q --no-deps stardist || echo "install.sh: stardist unavailable; the real-image benchmark will be skipped"
+# OpenVINO is one of the speed benchmark's peers; optional (the benchmark says when it is absent).
+"$py" -m pip install -q openvino || echo "install.sh: openvino unavailable; the speed benchmark will skip it"
 # Without build isolation the extension compiles against the torch installed above (a build-isolated
 # install would fetch a second torch and compile against headers that may not match it).
 start=$(date +%s)
