@@ -17,7 +17,7 @@ import torch
 
 PEERS = ("torchvision", "onnxruntime", "openvino")
 # Timed repeats: the slow serial torchvision kernels get fewer, so that the default run stays short.
-REPEATS = {"torchvision": 2, "onnxruntime": 5, "openvino": 5}
+REPEATS = {"torchvision": 2, "onnxruntime": 3, "openvino": 3}
 
 
 def availability() -> Dict[str, Optional[str]]:
