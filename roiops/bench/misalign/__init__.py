@@ -10,15 +10,21 @@ Level 2, feature: feature maps whose cells are exact averages of a known functio
 bin is known in closed form; error of RoIPool and RoIAlign (avg/max, aligned on/off, sampling ratio
 1/2/4/adaptive) by stride and box size.
 
-Level 3, task: a Mask R-CNN mask head (``roiops.models.MaskHead``) trained with each pooling op on the same
-fixed (non-learned) features, data and proposals (ground-truth boxes with jitter), scored with COCO mask AP
-(pycocotools) over several seeds, on a synthetic shapes set and on the real image shipped by stardist.
+Level 3, task: a small Mask R-CNN second stage (learned conv backbone, ``roiops.models`` box and mask heads,
+targets and losses, ``roiops.MultiScaleRoIAlign``) trained end to end once per op (RoIPool, RoIWarp, RoIAlign
+aligned=False, RoIAlign max and avg) at strides 16 and 32 on synthetic shapes; COCO mask AP and mask IoU with
+intervals over seeds and over test images, and the gap mapped against object size in feature cells.
+
+Modules: level1_geometry, level2_features, level3_learned (the model, training, scoring), summary (level-3
+statistics and the size map), data and coco (datasets, AP from pycocotools' matching), stats, tables,
+level3_tables, plots, report, level3_report, paper (the published numbers, once).
 
 Coordinate convention everywhere: image pixel j covers [j, j + 1); feature cell c at stride s covers the
 pixels [c s, (c + 1) s) and its value is the average over them (cell centre at (c + 0.5) s). This is the
 convention under which RoIAlign with aligned=True is exact.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,25 +37,30 @@ import roiops
 
 from .level1_geometry import run_level1
 from .level2_features import run_level2
-from .level3_fixed import L3_OPS, QUICK_L3_OPS, L3Config, run_level3
-from .plots import plot_article, plot_level1, plot_level2, plot_level3
+from .level3_learned import BASELINE, OPS, REFERENCE, Config, run_level3
+from .level3_tables import gap_table, table_2d
+from .plots import plot_article, plot_level1, plot_level2, plot_level3, plot_size_map
 from .report import findings, write_report
-from .tables import article_lines, gap_table, level1_table, level2_sampling_table, level2_table, level3_table
+from .summary import summarize
+from .tables import article_lines, level1_table, level2_sampling_table, level2_table
+
+# --quick (CI): every code path of level 3 in about a minute; its numbers only show that things run
+QUICK = Config(steps=60, train_images=64, test_images=64, bootstrap=100)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="a small run (CI): fewer boxes, 2 ops x 2 strides x 2 seeds at level 3 (~1 min)")
+                        help="a small run (CI): fewer boxes; level 3 with 2 ops x 2 strides x 2 seeds, short training")
     parser.add_argument("--out", default="misalign_report", help="report folder (REPORT.md + PNGs + results.json)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per level-3 configuration (default 3; quick 2)")
     parser.add_argument("--levels", default="1,2,3", help="comma-separated levels to run (default 1,2,3)")
-    parser.add_argument("--no-real", action="store_true", help="skip the real (stardist) image at level 3")
-    parser.add_argument("--strides", default=None, help="level-3 strides (default 8,16,32; quick 16,32)")
-    parser.add_argument("--steps", type=int, default=None, help="level-3 training steps (default 300; quick 120)")
+    parser.add_argument("--strides", default=None, help="level-3 strides (default 16,32, the paper's C4 and C5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"level-3 training steps per run (default {Config.steps}; quick {QUICK.steps})")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: the level-3 head is tiny, and extra threads only add "
-                             "synchronisation, badly so on a busy machine)")
+                        help="torch CPU threads (default 1: on a shared 2-core machine a second thread made training "
+                             "4-5x slower, spinning against other processes; 2 helps only on an idle machine)")
     parser.add_argument("--from-json", default=None, metavar="PATH",
                         help="re-render the report and plots of an earlier run's results.json into --out (no compute)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -92,7 +103,9 @@ def render(results, out_dir, plots=True) -> str:
         if "level2" in results:
             plot_level2(results["level2"], os.path.join(out_dir, "level2_features.png"))
         if "level3" in results:
-            plot_level3(results["level3"], os.path.join(out_dir, "level3_mask_ap.png"))
+            plot_level3(results["level3"]["summary"], os.path.join(out_dir, "level3_mask_ap.png"))
+            if results["level3"]["summary"].get("size_map"):
+                plot_size_map(results["level3"]["summary"]["size_map"], os.path.join(out_dir, "level3_size_map.png"))
     return write_report(results, out_dir)
 
 
@@ -133,14 +146,16 @@ def _run(args) -> int:
         print(f"(level 2: {time.perf_counter() - t0:.1f} s)")
     if 3 in levels:
         t0 = time.perf_counter()
-        strides = ([int(s) for s in args.strides.split(",")] if args.strides else ([16, 32] if quick else [8, 16, 32]))
-        ops = [o for o in L3_OPS if o.name in QUICK_L3_OPS] if quick else list(L3_OPS)
+        strides = [int(s) for s in args.strides.split(",")] if args.strides else [16, 32]
+        ops = [o for o in OPS if o.name in (BASELINE, REFERENCE)] if quick else list(OPS)
         seeds = args.seeds if args.seeds else (2 if quick else 3)
-        cfg = L3Config(steps=args.steps if args.steps else (120 if quick else 300))
-        results["level3"] = run_level3(strides, ops, seeds, cfg, quick, not args.no_real, log)
-        print("\n== Level 3: mask AP (x100, mean ± 95% CI over seeds) ==")
-        print("\n".join(gap_table(results["level3"])))
-        print("\n".join(level3_table(results["level3"])))
+        cfg = dataclasses.replace(QUICK if quick else Config(), **({"steps": args.steps} if args.steps else {}))
+        r3 = run_level3(strides, ops, seeds, cfg, log)
+        r3["summary"] = summarize(r3)
+        del r3["bootstrap"]  # per-resample values: summarized above, too bulky for the JSON
+        results["level3"] = r3
+        print("\n== Level 3: learned features (x100; mean ± seed CI [bootstrap over test images]) ==")
+        print("\n".join(table_2d(r3["summary"]) + [""] + gap_table(r3["summary"])))
         print(f"(level 3: {time.perf_counter() - t0:.1f} s)")
     results["notes"] = notes
     results["findings"] = findings(results)

@@ -2,12 +2,8 @@
 import os
 from typing import List
 
-from .paper import TABLE_2D, TABLE_2D_GAP
-from .tables import _fmt, article_lines, gap_table, level1_table, level2_sampling_table, level2_table, level3_table
-
-
-def _triple(row) -> str:
-    return " / ".join(f"{v:.1f}" for v in row)
+from .level3_report import level3_findings, level3_section
+from .tables import article_lines, level1_table, level2_sampling_table, level2_table
 
 
 def write_report(results, out_dir) -> str:
@@ -37,31 +33,7 @@ def write_report(results, out_dir) -> str:
         L += level2_table(r2) + ["", "Averaged over box sizes, every variant:", ""] + level2_sampling_table(r2)
         L += ["", "![level 2](level2_features.png)", ""]
     if "level3" in results:
-        r3 = results["level3"]
-        cfg = r3["config"]
-        L += ["## Level 3: mask AP", "",
-              f"A Mask R-CNN mask head (`roiops.models.MaskHead`, {cfg['num_convs']} convs x {cfg['conv_channels']} "
-              f"channels, {cfg['pooled']}x{cfg['pooled']} pooled -> {cfg['mask']}x{cfg['mask']} masks, loss "
-              "`roiops.models.mask_loss`, targets `mask_targets`, pasting `paste_masks`) trained for "
-              f"{cfg['steps']} Adam steps of {cfg['batch']} RoIs on fixed (non-learned) features (hand-designed and "
-              "seeded random 7x7/5x5 filters, then average pooling to the stride). Proposals are ground-truth boxes "
-              f"with each side moved by {cfg['jitter']} x side x N(0, 1), re-drawn every step in training; the test "
-              "proposals depend only on the seed, so every op sees the same ones. One detection per test instance "
-              "with its class given; score = mean mask probability over the predicted foreground. COCO mask AP via "
-              f"pycocotools, {r3['seeds']} seeds (head init, training sampling, test proposals), mean ± 95% CI "
-              "(Student t); gaps are paired by seed.", ""]
-        for name, d in r3["datasets"].items():
-            L.append(f"- {name}: {d['train_images']} training image(s), {d['train_instances']} instances; "
-                     f"{d['test_images']} test image(s) ({d['image_size'][0]}x{d['image_size'][1]}), "
-                     f"{d['test_instances']} instances ({d['test_small']} small, {d['test_medium']} medium, "
-                     f"{d['test_large']} large by COCO area).")
-        if results.get("notes"):
-            L += [""] + [f"- {n}" for n in results["notes"]]
-        L += ["", "### Gap: RoIAlign (avg, aligned) minus RoIPool, mask AP points", ""] + gap_table(r3)
-        L += ["", "Paper (Mask R-CNN, COCO minival, ResNet-50): " + "; ".join(
-            f"stride {s} ({'C4' if s == 16 else 'C5'}) RoIPool {_triple(rows['RoIPool'])} -> RoIAlign "
-            f"{_triple(rows['RoIAlign'])}" for s, rows in TABLE_2D.items()) + " (AP / AP50 / AP75).", ""]
-        L += ["### All ops", ""] + level3_table(r3) + ["", "![level 3](level3_mask_ap.png)", ""]
+        L += level3_section(results["level3"], results.get("notes", []))
     if results.get("findings"):
         L += ["## Findings", ""] + [f"- {f}" for f in results["findings"]] + [""]
     path = os.path.join(out_dir, "REPORT.md")
@@ -82,37 +54,5 @@ def findings(results) -> List[str]:
                        f"boxes (bin IoU {small['bin_iou']:.2f}) and {big['centre_err']:.1f} px for 512 px boxes "
                        f"(bin IoU {big['bin_iou']:.2f}).")
     if "level3" in results:
-        summ = results["level3"]["summary"]
-        for ds in dict.fromkeys(r["dataset"] for r in summ):
-            g = {r["stride"]: r for r in summ if r["dataset"] == ds and r["op"] == "RoIAlign avg"}
-            if len(g) < 2:
-                continue
-            st = sorted(g)
-            grows = all(g[a]["gap_AP"] <= g[b]["gap_AP"] for a, b in zip(st, st[1:]))
-            n75 = sum(g[x]["gap_AP75"] > g[x]["gap_AP50"] for x in st)
-            sm = [(x, g[x]["gap_APs"], g[x]["gap_APm"]) for x in st if g[x]["gap_APm"] == g[x]["gap_APm"]]
-            if sm:
-                out.append(f"Level 3, {ds}: gap on small vs medium objects (APs / APm) by stride: "
-                           + ", ".join(f"{x}: {a:+.1f} / {b:+.1f}" for x, a, b in sm)
-                           + f" - small objects gain more at {sum(a > b for _, a, b in sm)} of {len(sm)} strides "
-                           "(the paper expects small objects to gain most).")
-            out.append(f"Level 3, {ds}: the AP gap (RoIAlign avg - RoIPool) by stride {st} is "
-                       + ", ".join(f"{g[x]['gap_AP']:+.1f}" for x in st)
-                       + (" - it grows with stride, as in the paper." if grows else
-                          " - it does NOT grow monotonically with stride here (the paper: " + ", ".join(f"{g[0]:+.1f} at {s}" for s, g in TABLE_2D_GAP.items()) + ").")
-                       + f" The AP75 gap exceeds the AP50 gap at {n75} of {len(st)} strides.")
-            if not grows and st[-1] == 32:
-                out.append(
-                    f"Why the stride-32 gap can be smaller here ({ds}): the fixed features average everything inside "
-                    "a 32 px cell into a few channels, so an object of 1-3 cells leaves both ops with almost no shape "
-                    "information; the head then predicts a shape prior in box coordinates, which is the same "
-                    "whichever op pooled the features (compare the absolute AP75, low for every op at stride 32). "
-                    "The paper's C5 features (2048 learned channels, large receptive fields) keep sub-cell detail, "
-                    "so there the misalignment, not the feature resolution, is the binding limit. Levels 1-2 show "
-                    "the geometric error itself does double with each doubling of the stride.")
-        for r in summ:
-            if r["op"] == "RoIAlign avg":
-                out.append(f"Level 3, {r['dataset']}, stride {r['stride']}: RoIAlign - RoIPool = "
-                           f"{_fmt(r['gap_AP'], r['gap_AP_ci'])} AP, {_fmt(r['gap_AP50'], r['gap_AP50_ci'])} AP50, "
-                           f"{_fmt(r['gap_AP75'], r['gap_AP75_ci'])} AP75, {_fmt(r['gap_APs'], r['gap_APs_ci'])} APs.")
+        out += level3_findings(results["level3"])
     return out

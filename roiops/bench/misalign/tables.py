@@ -1,11 +1,9 @@
-"""Markdown tables of the misalignment benchmark's results."""
+"""Markdown tables of levels 1 and 2."""
 import statistics
 from typing import List
 
 from .level1_geometry import BOX_SIZES, STRIDES
 from .level2_features import level2_ops
-from .level3_fixed import METRICS
-from .paper import TABLE_2D_GAP
 
 
 def _fmt(m, ci=None, nd=1):
@@ -87,29 +85,4 @@ def level2_sampling_table(res) -> List[str]:
             cells.append(f"{statistics.fmean(r['err_px'] for r in rs):.2f} / "
                          f"{statistics.fmean(r['err_periodic'] for r in rs):.3f}")
         lines.append(f"| {o} | {tgt} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def level3_table(res) -> List[str]:
-    lines = ["| data | stride | op | AP | AP50 | AP75 | APs | APm | APl | ΔAP vs RoIPool | ΔAP50 | ΔAP75 | ΔAPs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["summary"]:
-        gaps = [_fmt(r.get("gap_" + m, float("nan")), r.get("gap_" + m + "_ci")) for m in ("AP", "AP50", "AP75", "APs")]
-        lines.append(f"| {r['dataset']} | {r['stride']} | {r['op']} | "
-                     + " | ".join(_fmt(r[m], r[m + "_ci"]) for m in METRICS) + " | " + " | ".join(gaps) + " |")
-    return lines
-
-
-def gap_table(res) -> List[str]:
-    """RoIAlign (avg, aligned) minus RoIPool, beside the paper's numbers."""
-    lines = ["| data | stride | ΔAP | ΔAP50 | ΔAP75 | ΔAPs | ΔAPm | ΔAPl | paper ΔAP / ΔAP50 / ΔAP75 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in res["summary"]:
-        if r["op"] != "RoIAlign avg":
-            continue
-        p = TABLE_2D_GAP.get(r["stride"])
-        ptxt = f"{p[0]:+.1f} / {p[1]:+.1f} / {p[2]:+.1f}" if p else "–"
-        lines.append(f"| {r['dataset']} | {r['stride']} | "
-                     + " | ".join(_fmt(r.get("gap_" + m, float("nan")), r.get("gap_" + m + "_ci"))
-                                  for m in METRICS) + f" | {ptxt} |")
     return lines
