@@ -42,10 +42,7 @@ def plot_level1(res, path):
     for ax in axes[:3]:
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Level 1: where the pooled bins are (RoIAlign aligned=True: error 0, bin IoU 1)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, "Level 1: where the pooled bins are (RoIAlign aligned=True: error 0, bin IoU 1)")
 
 
 def plot_level2(res, path):
@@ -68,10 +65,20 @@ def plot_level2(res, path):
     axes[0, 0].set_ylabel("f = x, y: mean |error| (px)")
     axes[1, 0].set_ylabel("periodic f: mean |error|")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Level 2: pooled value vs the exact bin mean (avg ops) / bin max (max ops)")
+    _save(plt, fig, path, "Level 2: pooled value vs the exact bin mean (avg ops) / bin max (max ops)")
+
+
+def _save(plt, fig, path, title=None):
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _interval_bars(entries):
+    """matplotlib's asymmetric error bars [[below], [above]] for entries with a mean and a bootstrap interval."""
+    return [[e["mean"] - e["boot_lo"] for e in entries], [e["boot_hi"] - e["mean"] for e in entries]]
 
 
 def plot_level3(summary, path):
@@ -86,17 +93,13 @@ def plot_level3(summary, path):
         for k, op in enumerate(ops):
             es = [next(r[m] for r in rows if r["op"] == op and r["stride"] == s) for s in strides]
             xs = [n + (k - (len(ops) - 1) / 2) * width for n in range(len(strides))]
-            err = [[e["mean"] - e["boot_lo"] for e in es], [e["boot_hi"] - e["mean"] for e in es]]
-            ax.bar(xs, [e["mean"] for e in es], width, yerr=err, capsize=2, label=op)
+            ax.bar(xs, [e["mean"] for e in es], width, yerr=_interval_bars(es), capsize=2, label=op)
         ax.set_xticks(range(len(strides)))
         ax.set_xticklabels([f"stride {s}" for s in strides])
         ax.set_title(f"mask {m if m != 'mIoU' else 'IoU'} (x100; bars: 95% bootstrap over test images)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Level 3: a small Mask R-CNN trained end to end with each op")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, "Level 3: a small Mask R-CNN trained end to end with each op")
 
 
 def plot_size_map(size_map, path):
@@ -109,9 +112,7 @@ def plot_size_map(size_map, path):
         ax = axes[row, 0]
         for s in strides:
             es = [e[f"gap_{m}_s{s}"] for e in bins]
-            x = [e["median_px"] / s for e in bins]
-            ax.errorbar(x, [e["mean"] for e in es], yerr=[[e["mean"] - e["boot_lo"] for e in es],
-                                                          [e["boot_hi"] - e["mean"] for e in es]],
+            ax.errorbar([e["median_px"] / s for e in bins], [e["mean"] for e in es], yerr=_interval_bars(es),
                         marker="o", capsize=3, label=f"stride {s}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("object size in feature cells (box side / stride, median of the size range)")
@@ -122,10 +123,8 @@ def plot_size_map(size_map, path):
         if len(strides) > 1:
             ax = axes[row, 1]
             es = [e[f"trend_{m}"] for e in bins]
-            x = [e["median_px"] / strides[-1] for e in bins]
-            ax.errorbar(x, [e["mean"] for e in es], yerr=[[e["mean"] - e["boot_lo"] for e in es],
-                                                          [e["boot_hi"] - e["mean"] for e in es]],
-                        marker="o", capsize=3, color="tab:purple")
+            ax.errorbar([e["median_px"] / strides[-1] for e in bins], [e["mean"] for e in es],
+                        yerr=_interval_bars(es), marker="o", capsize=3, color="tab:purple")
             cross = size_map.get(f"crossover_{m}_px")
             if cross:
                 ax.axvline(cross / strides[-1], color="tab:red", ls="--",
@@ -137,10 +136,7 @@ def plot_size_map(size_map, path):
             ax.set_ylabel(f"gap at stride {strides[-1]} minus gap at stride {strides[0]}")
             ax.set_title("> 0: the gap grows with the stride (the paper's direction)", fontsize=9)
             ax.grid(alpha=0.3)
-    fig.suptitle("Where RoIAlign's gain comes from: the gap by object size (bars: 95% bootstrap over test images)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, "Where RoIAlign's gain comes from: the gap by object size (bars: 95% bootstrap over test images)")
 
 
 def plot_article(ex, path):
@@ -178,7 +174,4 @@ def plot_article(ex, path):
         ax.set_aspect("equal")
         ax.set_title(title, fontsize=10)
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle("800x800 image, 665x665 box, stride 32 (grey: 32 px feature cells), 7x7 bins")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, "800x800 image, 665x665 box, stride 32 (grey: 32 px feature cells), 7x7 bins")
