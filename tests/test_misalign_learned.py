@@ -92,8 +92,11 @@ def test_bootstrap_interval_of_a_mean_matches_the_normal_closed_form():
 
 def test_crossover_interpolates_in_log_size():
     assert summary.crossover([10, 20, 40], [-2.0, -1.0, 1.0]) == pytest.approx(math.sqrt(20 * 40))
-    assert summary.crossover([10, 20], [1.0, 2.0]) is None  # never negative
     assert summary.crossover([10, 20, 40], [-3.0, float("nan"), 1.0]) == pytest.approx(10 * 4 ** 0.75)
+    # the last change of sign counts: a positive blip among small objects is not the crossover
+    assert summary.crossover([10, 20, 40, 80], [-1.0, 1.0, -1.0, 3.0]) == pytest.approx(40 * 2 ** 0.25)
+    assert summary.crossover([10, 20], [1.0, 2.0]) is None  # never negative: it grows at every size
+    assert summary.crossover([10, 20], [1.0, -2.0]) is None  # negative at the largest size: no crossover in range
 
 
 # ----------------------------------------------------------------------------------------- AP against pycocotools
@@ -174,7 +177,7 @@ def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
     rows = r3["summary"]["rows"]
     assert {"mean", "seed_ci", "boot_lo", "boot_hi"} <= set(next(r for r in rows if r["op"] == "RoIAlign avg")["gap_AP"])
     sm = r3["summary"]["size_map"]
-    assert len(sm["bins"]) == 2 and "trend_mIoU" in sm["bins"][0] and "crossover_AP_px" in sm
+    assert len(sm["bins"]) == 2 and {"gap_mIoU_s16", "gap_AP_s32", "trend_mIoU", "trend_AP"} <= set(sm["bins"][0])
     assert set(r3["summary"]["trend"]) == {"AP", "AP50", "AP75", "mIoU"}
     report = (out / "REPORT.md").read_text()
     for heading in ("Table 2c", "Table 2d", "object-size map"):

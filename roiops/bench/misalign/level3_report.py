@@ -6,6 +6,7 @@ from typing import List
 from .level3_learned import BASELINE, REFERENCE
 from .level3_tables import fmt_entry, gap_table, size_map_table, table_2c, table_2d
 from .paper import TABLE_2C, TABLE_2D
+from .summary import size_map_crossover
 
 
 def level3_section(r3: dict, notes: List[str]) -> List[str]:
@@ -59,18 +60,13 @@ def level3_section(r3: dict, notes: List[str]) -> List[str]:
               "in the paper.", ""]
         L += size_map_table(sm) + [""]
         for m in ("mIoU", "AP"):
-            c = _known(sm.get(f"crossover_{m}_px"))
+            c = size_map_crossover(sm, m)
             if len(sm["strides"]) > 1:
                 L.append(f"- Crossover ({'mask IoU' if m == 'mIoU' else 'AP'}): "
                          + (f"{c:.0f} px, {c / sm['strides'][-1]:.1f} cells at stride {sm['strides'][-1]}."
                             if c else "the trend does not change sign from negative to positive over these sizes."))
         L += ["", "![size map](level3_size_map.png)", ""]
     return L
-
-
-def _known(x):
-    """A number that exists (JSON turns a missing crossover into null, read back as NaN), else None."""
-    return x if x is not None and x == x else None
 
 
 def _get(summ, stride, op):
@@ -121,15 +117,15 @@ def level3_findings(r3: dict) -> List[str]:
                    f"{'held' if grows else 'NOT held over all objects'}; mask IoU: "
                    f"{fmt_entry(summ['trend']['mIoU'], True)}.")
         sm = summ["size_map"]
-        c = _known(sm.get("crossover_mIoU_px"))
+        c = size_map_crossover(sm, "mIoU")
         trend = [e["trend_mIoU"]["mean"] for e in sm["bins"]]
         if c:
             out.append(f"By object size (mask IoU), the gap shrinks from stride {strides[0]} to {strides[-1]} for small "
-                       f"objects and grows (the paper's direction) from about {c:.0f} px = {c / strides[-1]:.1f} cells "
-                       f"at stride {strides[-1]} up: the stride trend per size range is "
+                       f"objects and grows (the paper's direction) for objects above about {c:.0f} px = "
+                       f"{c / strides[-1]:.1f} cells at stride {strides[-1]}: the stride trend per size range is "
                        + ", ".join(f"{t:+.1f}" for t in trend) + " (smallest to largest).")
         else:
-            out.append("By object size (mask IoU), the stride trend never turns from negative to positive: "
+            out.append("By object size (mask IoU), the stride trend does not stay non-negative above any size in range: "
                        + ", ".join(f"{t:+.1f}" for t in trend) + " (smallest to largest size range).")
         a16, a32 = _get(summ, strides[0], REFERENCE), _get(summ, strides[-1], REFERENCE)
         if a16 and a32:

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from .level1_geometry import STRIDES, roialign_bins
+from .summary import size_map_crossover
 
 
 def _plt():
@@ -125,7 +126,7 @@ def plot_size_map(size_map, path):
             es = [e[f"trend_{m}"] for e in bins]
             ax.errorbar([e["median_px"] / strides[-1] for e in bins], [e["mean"] for e in es],
                         yerr=_interval_bars(es), marker="o", capsize=3, color="tab:purple")
-            cross = size_map.get(f"crossover_{m}_px")
+            cross = size_map_crossover(size_map, m)
             if cross:
                 ax.axvline(cross / strides[-1], color="tab:red", ls="--",
                            label=f"crossover {cross:.0f} px = {cross / strides[-1]:.1f} cells at stride {strides[-1]}")

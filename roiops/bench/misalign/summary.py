@@ -95,20 +95,25 @@ def size_map(res: dict, seeds: Sequence[int]) -> dict:
                 lo, hi = percentile_interval(trend[1:])
                 entry[f"trend_{m}"] = dict(mean=float(trend[0]), boot_lo=lo, boot_hi=hi)
         bins.append(entry)
-    out = dict(bins=bins, strides=strides)
-    if len(strides) > 1:
-        for m in ("mIoU", "AP"):
-            out[f"crossover_{m}_px"] = crossover([e["median_px"] for e in bins],
-                                                 [e[f"trend_{m}"]["mean"] for e in bins])
-    return out
+    return dict(bins=bins, strides=strides)
 
 
 def crossover(sizes: Sequence[float], trend: Sequence[float]) -> Optional[float]:
-    """The object size (px) where the trend first goes from negative to non-negative with growing size,
-    interpolated linearly in log size between the two size ranges around it; None if it never does."""
+    """The object size (px) above which the stride trend stays non-negative: between the largest size range
+    where it is negative and the next one, interpolated linearly in log size. None when the trend is negative
+    in the largest size range (no crossover in range) or nowhere (the gap grows at every size)."""
     pts = [(s, t) for s, t in zip(sizes, trend) if s == s and t == t and s > 0]
-    for (s0, t0), (s1, t1) in zip(pts, pts[1:]):
-        if t0 < 0 <= t1:
-            f = -t0 / (t1 - t0)
-            return float(math.exp(math.log(s0) + f * (math.log(s1) - math.log(s0))))
-    return None
+    negative = [i for i, (_, t) in enumerate(pts) if t < 0]
+    if not negative or negative[-1] == len(pts) - 1:
+        return None
+    (s0, t0), (s1, t1) = pts[negative[-1]], pts[negative[-1] + 1]
+    f = -t0 / (t1 - t0)
+    return float(math.exp(math.log(s0) + f * (math.log(s1) - math.log(s0))))
+
+
+def size_map_crossover(size_map: dict, metric: str) -> Optional[float]:
+    """The crossover of a size map's stride trend in ``metric`` ("mIoU" or "AP"), from its stored bins."""
+    if len(size_map["strides"]) < 2:
+        return None
+    bins = size_map["bins"]
+    return crossover([e["median_px"] for e in bins], [e[f"trend_{metric}"]["mean"] for e in bins])
