@@ -1,8 +1,8 @@
 """Level 3, task: a small Mask R-CNN second stage on a learned backbone, trained end to end once per pooling op.
 
-The backbone is a few conv + BatchNorm + ReLU layers that downsample by 2x2 stride-2 convolutions, so feature
-cell c at stride s sums exactly the pixels [c s, (c + 1) s): its centre sits where RoIAlign with aligned=True
-puts it. On it, the project's own Mask R-CNN stage (``roiops.models.RoIHeads``: ``BoxHead`` on 7x7 and
+The backbone is a few conv + BatchNorm + ReLU layers that downsample by 2x2 stride-2 convolutions. Those tile
+the image without overlap, so feature cell c at stride s is centred on the pixels [c s, (c + 1) s) (the padded
+3x3 convs widen what it sees, symmetrically about that centre): where RoIAlign with aligned=True puts it. On it, the project's own Mask R-CNN stage (``roiops.models.RoIHeads``: ``BoxHead`` on 7x7 and
 ``MaskHead`` on 14x14 pooled features, their targets and losses) pools with ``roiops.MultiScaleRoIAlign``
 set to the op under test. Everything else is identical between ops: data, proposals (ground-truth boxes
 jittered, re-drawn every step in training and fixed at test), initialisation and optimisation per seed.
@@ -176,8 +176,7 @@ def fixed_test_proposals(test: L3Data, jitter: float) -> List[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- training
-def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config,
-          tick: Optional[Callable[[], None]] = None) -> nn.Module:
+def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.Module:
     """AdamW with a one-cycle schedule; returns the exponential moving average of the weights (BatchNorm
     statistics averaged with them), which is what is evaluated."""
     torch.manual_seed(seed)
@@ -202,8 +201,6 @@ def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config,
         optim.step()
         sched.step()
         ema.update_parameters(model)
-        if tick:
-            tick()
     return ema.module.eval()
 
 
