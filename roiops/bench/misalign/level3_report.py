@@ -113,6 +113,22 @@ def level3_findings(r3: dict) -> List[str]:
         if mx:
             out.append(f"Stride {s}, RoIAlign avg minus max aggregation: {fmt_entry(mx['AP'], True)} AP (paper: "
                        f"{TABLE_2C['RoIAlign avg'][0] - TABLE_2C['RoIAlign max'][0]:+.1f}).")
+    gaps = [r["gap_" + m] for r in summ["rows"] if r["op"] != BASELINE for m in ("AP", "AP50", "AP75", "mIoU")
+            if "gap_" + m in r]
+    if gaps:
+        wider = sum(g["seed_ci"] > (g["boot_hi"] - g["boot_lo"]) / 2 for g in gaps)
+        out.append(f"Uncertainty: the interval over seeds is wider than the one over test images for {wider} of "
+                   f"{len(gaps)} gaps to RoIPool: " + ("training randomness, not the choice of test images, "
+                   "dominates at this training length." if 2 * wider > len(gaps) else
+                   "the choice of test images dominates."))
+    if summ.get("size_map"):
+        for s in strides:
+            e0, e1 = summ["size_map"]["bins"][0], summ["size_map"]["bins"][-1]
+            small, large = e0[f"gap_mIoU_s{s}"], e1[f"gap_mIoU_s{s}"]
+            out.append(f"Stride {s}, small objects gain most (the paper's expectation): "
+                       f"{'held' if small['mean'] > large['mean'] else 'NOT held'}; Δ mask IoU "
+                       f"{fmt_entry(small, True)} for objects of {e0['median_px'] / s:.1f} cells, "
+                       f"{fmt_entry(large, True)} for objects of {e1['median_px'] / s:.1f} cells.")
     if summ.get("trend"):
         t = summ["trend"]["AP"]
         paper_trend = [TABLE_2D[s]["RoIAlign"][0] - TABLE_2D[s]["RoIPool"][0] for s in (16, 32)]

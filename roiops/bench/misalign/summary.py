@@ -4,8 +4,8 @@ the object-size map (the gap per size range, per stride, and where the stride tr
 Two intervals are given for each number, answering different questions:
 - over seeds (Student t on the per-seed values or paired differences): how much training randomness moves it;
 - over test images (bootstrap percentile interval of the seed mean, the same resamples for every run, so gaps
-  and stride differences stay paired): how much the particular test images move it. With data and test
-  proposals fixed, this one is usually the wider.
+  and stride differences stay paired): how much the particular test images move it.
+Which of the two is wider depends on how far training has converged; the report counts it.
 """
 import math
 from typing import Dict, List, Optional, Sequence
