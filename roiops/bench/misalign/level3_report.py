@@ -96,6 +96,12 @@ def level3_findings(r3: dict) -> List[str]:
                          f"RoIAlign − RoIPool = {fmt_entry(g_align, True)} AP: rounding the box accounts for "
                          f"{100 * share:.0f}% of RoIPool's loss (paper: {100 * paper_share:.0f}%), the bins' own "
                          f"quantization and max for the rest.")
+                if share <= 0.75:
+                    text += (" Likely why: RoIPool's bins are whole cells, so on an object one or two cells wide "
+                             "all bins of a row read the same one or two cells and the pooled map has no "
+                             "spatial detail left, while RoIWarp still interpolates inside the rounded box; on "
+                             "COCO at stride 16 most boxes span many cells, and rounding the box is nearly all "
+                             "that is lost.")
             else:
                 text += (f"NOT held: RoIAlign does not beat RoIPool here ({fmt_entry(g_align, True)} AP; RoIWarp − "
                          f"RoIPool {fmt_entry(g_warp, True)}).")
@@ -103,8 +109,15 @@ def level3_findings(r3: dict) -> List[str]:
         if align and "gap_AP75" in align:
             a50, a75 = align["gap_AP50"], align["gap_AP75"]
             held = a75["boot_lo"] > 0 and a75["mean"] > a50["mean"]
+            pool = _get(summ, s, BASELINE)
+            why = ""
+            if not held and a50["boot_lo"] > 0:
+                why = (f" Likely why: RoIPool's masks here are often below IoU 0.5 (its mean mask IoU is "
+                       f"{pool['mIoU']['mean']:.0f}), so its loss already shows at AP50; on COCO, AP50 is bounded mostly "
+                       "by detection, which both ops share, and mask quality shows at the tight threshold.")
             out.append(f"Stride {s}, RoIAlign's gain is larger at AP75 than at AP50 (paper: about twice): "
-                       f"{'held' if held else 'NOT held'}; ΔAP75 {fmt_entry(a75, True)}, ΔAP50 {fmt_entry(a50, True)}.")
+                       f"{'held' if held else 'NOT held'}; ΔAP75 {fmt_entry(a75, True)}, ΔAP50 {fmt_entry(a50, True)}."
+                       + why)
         unaligned = _contrast(summ, s, "RoIAlign aligned=False")
         if unaligned:
             out.append(f"Stride {s}, RoIAlign aligned=True minus aligned=False (the half-cell shift): "
