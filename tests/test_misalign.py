@@ -1,12 +1,9 @@
-"""Tests of the misalignment benchmark (roiops/bench/misalign.py, roiops/bench/data.py).
+"""Tests of the misalignment benchmark (the package roiops/bench/misalign/).
 
-Every expected value is recomputed here from the rules in DESIGN.md (C rounding, floor/ceil bin edges,
+Every expected value is recomputed here from the rules in docs/semantics.md (C rounding, floor/ceil bin edges,
 RoIAlign's sample grid) or by brute-force numeric integration, not read back from the module.
 """
-import argparse
-import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -16,8 +13,10 @@ pytest.importorskip("pycocotools")
 pytest.importorskip("matplotlib")
 
 import roiops  # noqa: E402
-from roiops.bench import data as bdata  # noqa: E402
-from roiops.bench import misalign as m  # noqa: E402
+from roiops.bench.misalign import data as bdata  # noqa: E402
+from roiops.bench.misalign import level1_geometry as geo  # noqa: E402
+from roiops.bench.misalign import level2_features as l2  # noqa: E402
+from roiops.bench.misalign import stats  # noqa: E402
 
 
 def c_round(x):  # C round(): half away from zero, written independently of the module
@@ -25,7 +24,7 @@ def c_round(x):  # C round(): half away from zero, written independently of the 
 
 
 def roipool_rule(x1, x2, stride, bins, size):
-    """Half-open cell ranges of RoIPool's bins along one axis, straight from DESIGN.md section 2."""
+    """Half-open cell ranges of RoIPool's bins along one axis, straight from docs/semantics.md."""
     a, b = int(c_round(x1 / stride)), int(c_round(x2 / stride))
     roi = max(b - a + 1, 1)
     bw = roi / bins
@@ -39,7 +38,7 @@ def roipool_rule(x1, x2, stride, bins, size):
 
 # ----------------------------------------------------------------------------------------- level 1
 def test_article_example_floor_description():
-    ex = m.article_example()
+    ex = geo.article_example()
     assert ex["box_cells"] == pytest.approx(665 / 32) == pytest.approx(20.78125)
     fl = ex["floor"]
     assert fl["box_cells"] == 20
@@ -54,7 +53,7 @@ def test_article_example_floor_description():
 
 
 def test_article_example_real_rule():
-    ex = m.article_example()
+    ex = geo.article_example()
     rl = ex["real"]
     assert rl["x2_cells"] == 21  # round(20.78) = 21, not floor's 20
     assert rl["roi_cells"] == 22  # inclusive end
@@ -69,12 +68,12 @@ def test_article_example_real_rule():
 @pytest.mark.parametrize("stride", [4, 8, 16, 32])
 def test_roipool_bins_match_the_rule(stride):
     g = torch.Generator().manual_seed(stride)
-    boxes = m.random_boxes(40, 3 * stride, g, lo=stride, span=2 * stride)
+    boxes = geo.random_boxes(40, 3 * stride, g, lo=stride, span=2 * stride)
     # exact half-cell coordinates, where C rounding and Python's round() differ
     boxes = torch.cat([boxes, torch.tensor([[2.5 * stride, 0.5 * stride, 6.5 * stride, 4.5 * stride]],
                                            dtype=torch.float64)])
     size = 12 + 4 * 32 // stride * 4
-    x0, x1, y0, y1, ne = m.roipool_bins(boxes, stride, 7, (size, size))
+    x0, x1, y0, y1, ne = geo.roipool_bins(boxes, stride, 7, (size, size))
     for k, b in enumerate(boxes.tolist()):
         rx = roipool_rule(b[0], b[2], stride, 7, size)
         ry = roipool_rule(b[1], b[3], stride, 7, size)
@@ -88,16 +87,16 @@ def test_roialign_aligned_geometric_error_is_zero():
     g = torch.Generator().manual_seed(0)
     for stride in (4, 32):
         for size in (16, 200):
-            boxes = m.random_boxes(50, size, g)
-            met = m.geometry_metrics(boxes, *m.roialign_bins(boxes, stride, 7, aligned=True), None, 7)
+            boxes = geo.random_boxes(50, size, g)
+            met = geo.geometry_metrics(boxes, *geo.roialign_bins(boxes, stride, 7, aligned=True), None, 7)
             assert met["centre_err"] < 1e-9 and met["edge_err"] < 1e-9
             assert met["bin_iou"] == pytest.approx(1.0) and met["region_iou"] == pytest.approx(1.0)
 
 
 def test_roialign_not_aligned_is_a_half_cell_shift():
     g = torch.Generator().manual_seed(1)
-    boxes = m.random_boxes(50, 128, g)
-    met = m.geometry_metrics(boxes, *m.roialign_bins(boxes, 16, 7, aligned=False), None, 7)
+    boxes = geo.random_boxes(50, 128, g)
+    met = geo.geometry_metrics(boxes, *geo.roialign_bins(boxes, 16, 7, aligned=False), None, 7)
     assert met["centre_err"] == pytest.approx(8.0)
     assert met["centre_spread"] < 1e-9  # constant: the same for every box
 
@@ -109,23 +108,23 @@ def test_roialign_bin_centres_agree_with_the_operator():
     c = (torch.arange(n, dtype=torch.float64) + 0.5) * stride
     feat = torch.stack([c.expand(n, n), c[:, None].expand(n, n)])[None]
     g = torch.Generator().manual_seed(2)
-    boxes = m.random_boxes(20, 64, g, lo=40, span=40)
+    boxes = geo.random_boxes(20, 64, g, lo=40, span=40)
     rois = torch.cat([torch.zeros(20, 1, dtype=torch.float64), boxes], 1)
     for aligned in (True, False):
         out = roiops.roi_align(feat, rois, 7, 1.0 / stride, 2, aligned)
-        x0, x1, y0, y1 = m.roialign_bins(boxes, stride, 7, aligned)
+        x0, x1, y0, y1 = geo.roialign_bins(boxes, stride, 7, aligned)
         torch.testing.assert_close(out[:, 0, 0, :], (x0 + x1) / 2)
         torch.testing.assert_close(out[:, 1, :, 0], (y0 + y1) / 2)
 
 
 def test_roipool_geometry_error_grows_with_stride():
-    res = m.run_level1(n_boxes=30)
+    res = geo.run_level1(n_boxes=30)
     err = {(r["stride"], r["op"]): [] for r in res["rows"]}
     for r in res["rows"]:
         err[(r["stride"], r["op"])].append(r["centre_err"])
-    means = [np.mean(err[(s, "RoIPool")]) for s in m.STRIDES]
+    means = [np.mean(err[(s, "RoIPool")]) for s in geo.STRIDES]
     assert all(a < b for a, b in zip(means, means[1:]))
-    assert max(np.mean(err[(s, "RoIAlign aligned=True")]) for s in m.STRIDES) < 1e-9
+    assert max(np.mean(err[(s, "RoIAlign aligned=True")]) for s in geo.STRIDES) < 1e-9
 
 
 # ----------------------------------------------------------------------------------------- level 2
@@ -136,9 +135,9 @@ def _fine_mean(f, x0, x1, y0, y1, n=400):
 
 
 def test_cell_average_map_is_the_cell_mean():
-    per = m.Periodic(period=40.0)
+    per = l2.Periodic(period=40.0)
     stride = 16
-    feat = m.cell_average_map(stride, 6, per)[0]
+    feat = l2.cell_average_map(stride, 6, per)[0]
     f = lambda x, y: np.sin(per.w * x + per.px) * np.sin(per.w * y + per.py)  # noqa: E731
     for (i, j) in [(0, 0), (2, 5), (5, 3)]:
         x0, y0 = j * stride, i * stride
@@ -148,7 +147,7 @@ def test_cell_average_map_is_the_cell_mean():
 
 
 def test_periodic_bin_mean_and_max_closed_forms():
-    per = m.Periodic(period=37.0, px=0.7, py=-0.4)
+    per = l2.Periodic(period=37.0, px=0.7, py=-0.4)
     f = lambda x, y: np.sin(per.w * x + per.px) * np.sin(per.w * y + per.py)  # noqa: E731
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -163,8 +162,8 @@ def test_periodic_bin_mean_and_max_closed_forms():
 def test_pool_bins_avg_matches_a_loop():
     g = torch.Generator().manual_seed(3)
     feat = torch.randn(1, 2, 20, 20, generator=g, dtype=torch.float64)
-    boxes = m.random_boxes(6, 40, g, lo=8, span=16)
-    out = m._pool_bins_avg(feat, boxes, 4, 7)
+    boxes = geo.random_boxes(6, 40, g, lo=8, span=16)
+    out = l2._pool_bins_avg(feat, boxes, 4, 7)
     for k, b in enumerate(boxes.tolist()):
         rx, ry = roipool_rule(b[0], b[2], 4, 7, 20), roipool_rule(b[1], b[3], 4, 7, 20)
         for i, (ya, yb) in enumerate(ry):
@@ -173,7 +172,7 @@ def test_pool_bins_avg_matches_a_loop():
 
 
 def test_level2_roialign_aligned_avg_is_exact_for_f_equals_x():
-    res = m.run_level2(n_boxes=10)
+    res = l2.run_level2(n_boxes=10)
     for r in res["rows"]:
         if r["op"].startswith("RoIAlign avg aligned=True"):
             assert r["err_px"] < 1e-9, r
@@ -183,10 +182,10 @@ def test_level2_roialign_aligned_avg_is_exact_for_f_equals_x():
 
 # ----------------------------------------------------------------------------------------- helpers, data
 def test_c_round_and_mean_ci():
-    assert m.c_round(2.5) == 3 and m.c_round(-2.5) == -3 and m.c_round(20.78125) == 21 and m.c_round(0.49) == 0
-    mean, half = m.mean_ci([1.0, 2.0, 3.0])
+    assert geo.c_round(2.5) == 3 and geo.c_round(-2.5) == -3 and geo.c_round(20.78125) == 21 and geo.c_round(0.49) == 0
+    mean, half = stats.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / math.sqrt(3))
-    assert m.mean_ci([5.0]) == (5.0, 0.0)
+    assert stats.mean_ci([5.0]) == (5.0, 0.0)
 
 
 def test_synthetic_shapes_are_seeded_and_instances_disjoint():
@@ -204,30 +203,7 @@ def test_synthetic_shapes_are_seeded_and_instances_disjoint():
             assert 1 <= inst.label <= len(bdata.SHAPE_CLASSES)
 
 
-def test_stardist_missing_is_skipped_with_a_message(monkeypatch):
+def test_stardist_missing_raises_with_a_message(monkeypatch):
     monkeypatch.setattr(bdata, "stardist_paths", lambda: None)
     with pytest.raises(FileNotFoundError, match="stardist"):
         bdata.load_stardist()
-    notes = []
-    sets = m.load_l3_datasets(True, True, notes.append)
-    assert [s[0].name for s in sets] == ["synthetic"]
-    assert any("stardist" in n for n in notes)
-
-
-# ----------------------------------------------------------------------------------------- level 3, CLI
-def test_tiny_run_writes_ap_in_unit_range_and_a_report(tmp_path):
-    parser = argparse.ArgumentParser()
-    m.add_arguments(parser)
-    out = tmp_path / "rep"
-    js = tmp_path / "r.json"
-    args = parser.parse_args(["--quick", "--levels", "3", "--strides", "16", "--seeds", "1", "--steps", "4",
-                              "--no-real", "--out", str(out), "--json", str(js)])
-    assert m.run(args) == 0
-    assert (out / "REPORT.md").exists() and (out / "level3_mask_ap.png").exists()
-    res = json.loads(js.read_text())
-    runs = res["level3"]["runs"]
-    assert {r["op"] for r in runs} == {"RoIPool", "RoIAlign avg"}
-    for r in runs:
-        for k in ("AP", "AP50", "AP75"):
-            assert 0.0 <= r[k] <= 1.0
-    assert "Level 3: mask AP" in (out / "REPORT.md").read_text()

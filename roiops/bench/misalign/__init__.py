@@ -1,0 +1,176 @@
+"""`roiops-bench misalign`: what RoIPool's quantization costs, measured at three levels.
+
+Level 1, geometric: the region RoIPool actually pools (read from ``roiops.roi_pool`` run on an index map,
+so the operator itself is the one source of truth) against the true box and its true k x k bins, in input
+pixels, for strides 4/8/16/32 and box sizes 16..512; RoIAlign (aligned and not) beside it, from its
+definition. Includes the article's worked example (800x800 image, 665x665 box, stride 32).
+
+Level 2, feature: feature maps whose cells are exact averages of a known function f over the cell
+(f = x, so errors read in pixels, and a smooth periodic f), so the true mean (and max) of f over every true
+bin is known in closed form; error of RoIPool and RoIAlign (avg/max, aligned on/off, sampling ratio
+1/2/4/adaptive) by stride and box size.
+
+Level 3, task: a small Mask R-CNN second stage (learned conv backbone, ``roiops.models`` box and mask heads,
+targets and losses, ``roiops.MultiScaleRoIAlign``) trained end to end once per op (RoIPool, RoIWarp, RoIAlign
+aligned=False, RoIAlign max and avg) at strides 16 and 32 on synthetic shapes; COCO mask AP and mask IoU with
+intervals over seeds and over test images, and the gap mapped against object size in feature cells.
+
+Modules: level1_geometry, level2_features, level3_learned (the model, training, scoring), summary (level-3
+statistics and the size map), data and coco (datasets, AP from pycocotools' matching), stats, tables,
+level3_tables, plots, report, level3_report, paper (the published numbers, once).
+
+Coordinate convention everywhere: image pixel j covers [j, j + 1); feature cell c at stride s covers the
+pixels [c s, (c + 1) s) and its value is the average over them (cell centre at (c + 0.5) s). This is the
+convention under which RoIAlign with aligned=True is exact.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Dict, List
+
+import torch
+
+import roiops
+
+from .level1_geometry import run_level1
+from .level2_features import run_level2
+from .level3_learned import BASELINE, OPS, REFERENCE, Config, run_level3
+from .level3_tables import gap_table, table_2d
+from .plots import plot_article, plot_level1, plot_level2, plot_level3, plot_size_map
+from .report import findings, write_report
+from .summary import summarize
+from .tables import article_lines, level1_table, level2_sampling_table, level2_table
+
+# --quick (CI): every code path of level 3 in about a minute; its numbers only show that things run
+QUICK = Config(steps=60, train_images=64, test_images=64, bootstrap=100)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="a small run (CI): fewer boxes; level 3 with 2 ops x 2 strides x 2 seeds, short training")
+    parser.add_argument("--out", default="misalign_report", help="report folder (REPORT.md + PNGs + results.json)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per level-3 configuration (default 3; quick 2)")
+    parser.add_argument("--levels", default="1,2,3", help="comma-separated levels to run (default 1,2,3)")
+    parser.add_argument("--strides", default=None, help="level-3 strides (default 16,32, the paper's C4 and C5)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"level-3 training steps per run (default {Config.steps}; quick {QUICK.steps})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared 2-core machine a second thread made training "
+                             "4-5x slower, spinning against other processes; 2 helps only on an idle machine)")
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="re-render the report and plots of an earlier run's results.json into --out (no compute)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def run(args) -> int:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _jsonable(x):
+    """NaN (e.g. APl with no large test objects) -> null; tuples -> lists."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and x != x:
+        return None
+    return x
+
+
+def _unjson(x):
+    if isinstance(x, dict):
+        return {k: _unjson(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_unjson(v) for v in x]
+    return float("nan") if x is None else x
+
+
+def render(results, out_dir, plots=True) -> str:
+    """The PNG plots and REPORT.md of a results dict."""
+    if plots:
+        if "level1" in results:
+            plot_level1(results["level1"], os.path.join(out_dir, "level1_geometry.png"))
+            plot_article(results["level1"]["article"], os.path.join(out_dir, "article_example.png"))
+        if "level2" in results:
+            plot_level2(results["level2"], os.path.join(out_dir, "level2_features.png"))
+        if "level3" in results:
+            plot_level3(results["level3"]["summary"], os.path.join(out_dir, "level3_mask_ap.png"))
+            if results["level3"]["summary"].get("size_map"):
+                plot_size_map(results["level3"]["summary"]["size_map"], os.path.join(out_dir, "level3_size_map.png"))
+    return write_report(results, out_dir)
+
+
+def _run(args) -> int:
+    t_start = time.perf_counter()
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = _unjson(json.load(f))
+        os.makedirs(args.out, exist_ok=True)
+        results["findings"] = findings(results)
+        print(f"report: {render(results, args.out, not args.no_plots)}")
+        return 0
+    torch.manual_seed(0)
+    levels = {int(x) for x in str(args.levels).split(",") if x.strip()}
+    quick = bool(args.quick)
+    os.makedirs(args.out, exist_ok=True)
+    results: Dict[str, object] = {}
+    notes: List[str] = []
+
+    def log(msg):
+        print(msg, flush=True)
+        if msg.startswith("[misalign]"):
+            notes.append(msg[len("[misalign] "):])
+
+    if 1 in levels:
+        t0 = time.perf_counter()
+        results["level1"] = run_level1(n_boxes=100 if quick else 1000)
+        print("\n== Level 1: geometry (input pixels) ==")
+        print("\n".join(article_lines(results["level1"]["article"])))
+        print("\n".join(level1_table(results["level1"])))
+        print(f"(level 1: {time.perf_counter() - t0:.1f} s)")
+    if 2 in levels:
+        t0 = time.perf_counter()
+        results["level2"] = run_level2(n_boxes=40 if quick else 300)
+        print("\n== Level 2: feature error ==")
+        print("\n".join(level2_table(results["level2"])))
+        print("\n".join(level2_sampling_table(results["level2"])))
+        print(f"(level 2: {time.perf_counter() - t0:.1f} s)")
+    if 3 in levels:
+        t0 = time.perf_counter()
+        strides = [int(s) for s in args.strides.split(",")] if args.strides else [16, 32]
+        ops = [o for o in OPS if o.name in (BASELINE, REFERENCE)] if quick else list(OPS)
+        seeds = args.seeds if args.seeds else (2 if quick else 3)
+        cfg = dataclasses.replace(QUICK if quick else Config(), **({"steps": args.steps} if args.steps else {}))
+        r3 = run_level3(strides, ops, seeds, cfg, log)
+        r3["summary"] = summarize(r3)
+        del r3["bootstrap"]  # per-resample values: summarized above, too bulky for the JSON
+        results["level3"] = r3
+        print("\n== Level 3: learned features (x100; mean ± seed CI [bootstrap over test images]) ==")
+        print("\n".join(table_2d(r3["summary"]) + [""] + gap_table(r3["summary"])))
+        print(f"(level 3: {time.perf_counter() - t0:.1f} s)")
+    results["notes"] = notes
+    results["findings"] = findings(results)
+    results["meta"] = dict(quick=quick, roiops=roiops.__version__, torch=torch.__version__,
+                           machine=f"{platform.machine()} {os.cpu_count()} CPUs", threads=torch.get_num_threads(),
+                           seconds=time.perf_counter() - t_start, levels=sorted(levels))
+    if not args.no_plots:
+        render(results, args.out, True)  # plots (the report is rewritten below with the final time)
+    results["meta"]["seconds"] = time.perf_counter() - t_start
+    report = write_report(results, args.out)
+    blob = json.dumps(_jsonable(results), indent=1, allow_nan=False)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        f.write(blob)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(blob)
+    print(f"\nreport: {report}  ({results['meta']['seconds']:.0f} s)")
+    return 0
