@@ -4,6 +4,7 @@ CPU kernels always; CUDA kernels when FORCE_CUDA=1, or when a GPU and a CUDA too
 visible. Build without isolation (pip install --no-build-isolation .) so the extension compiles
 against the torch that is installed.
 """
+
 import glob
 import os
 import sys
@@ -53,8 +54,11 @@ def _cuda_include_dirs():
 
 def extensions():
     with_cuda = _want_cuda()
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
-                     + glob.glob(os.path.join("csrc", "quantized", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join("csrc", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "quantized", "*.cpp"))
+    )
     # -g0 drops the debug info that Python's default CFLAGS ask for (an 11 MB library otherwise).
     # -fopenmp: at::parallel_for is an inline template that only runs in parallel when the including
     # file is compiled with OpenMP (ATen's backend here); the loader then shares torch's libgomp.

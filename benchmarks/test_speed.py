@@ -6,6 +6,7 @@
 Each case is timed for roiops and, where they have the op and dtype, the peers (torchvision, ONNX
 Runtime, OpenVINO when installed; inference runtimes forward only); compare the groups.
 """
+
 import pytest
 import torch
 

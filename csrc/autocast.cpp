@@ -27,11 +27,11 @@ namespace {
 
 using RoIAlignFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
                                                       int64_t, bool, std::string);
-using RoIAlignBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t,
-                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, std::string, bool);
+using RoIAlignBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, bool, std::string, bool);
 using RoIPoolFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, double, int64_t, int64_t);
-using RoIPoolBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t,
-                                     int64_t, int64_t, int64_t, int64_t, int64_t, bool);
+using RoIPoolBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t,
+                                     int64_t, int64_t, int64_t, int64_t, bool);
 
 // The lower-precision floating types autocast produces; float32 and float64 pass through.
 at::Tensor to_float32(const at::Tensor& t) {
@@ -46,13 +46,12 @@ c10::TypedOperatorHandle<Fn> find_op(const char* name) {
 
 template <c10::DispatchKey kKey>
 std::tuple<at::Tensor, at::Tensor> roi_align_autocast(const at::Tensor& input, const at::Tensor& rois,
-                                                      double spatial_scale, int64_t pooled_height,
-                                                      int64_t pooled_width, int64_t sampling_ratio, bool aligned,
-                                                      std::string pool_mode) {
+                                                      double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                                      int64_t sampling_ratio, bool aligned, std::string pool_mode) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(kKey);
   static const auto op = find_op<RoIAlignFn>("roiops::roi_align");
-  auto result = op.call(to_float32(input), to_float32(rois), spatial_scale, pooled_height, pooled_width,
-                        sampling_ratio, aligned, std::move(pool_mode));
+  auto result = op.call(to_float32(input), to_float32(rois), spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                        aligned, std::move(pool_mode));
   return {std::get<0>(result).to(input.scalar_type()), std::get<1>(result)};
 }
 

@@ -37,10 +37,10 @@ void check_rois(const at::Tensor& rois, const at::Tensor& like, int64_t batch_si
                 bool check_values) {
   TORCH_CHECK_VALUE(rois.dim() == 2 && rois.size(1) == 5, op_name,
                     ": boxes must have shape [K, 5] (batch index, x1, y1, x2, y2), but got ", rois.sizes());
-  TORCH_CHECK_TYPE(rois.scalar_type() == like.scalar_type(), op_name, ": boxes must have the dtype of ",
-                   "input (", like.scalar_type(), "), but got ", rois.scalar_type());
-  TORCH_CHECK_VALUE(rois.device() == like.device(), op_name, ": boxes must be on the device of input (",
-                    like.device(), "), but are on ", rois.device());
+  TORCH_CHECK_TYPE(rois.scalar_type() == like.scalar_type(), op_name, ": boxes must have the dtype of ", "input (",
+                   like.scalar_type(), "), but got ", rois.scalar_type());
+  TORCH_CHECK_VALUE(rois.device() == like.device(), op_name, ": boxes must be on the device of input (", like.device(),
+                    "), but are on ", rois.device());
   if (check_values) check_rois_values_cpu(rois, batch_size, op_name);
 }
 
@@ -53,10 +53,10 @@ std::atomic<bool>& device_box_checks_flag() {
 }
 
 void check_pooled_size(int64_t pooled_height, int64_t pooled_width, const char* op_name) {
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0 && pooled_height <= kMaxPooledSize &&
-                        pooled_width <= kMaxPooledSize,
-                    op_name, ": output_size must be positive (and at most ", kMaxPooledSize, "), but got (",
-                    pooled_height, ", ", pooled_width, ")");
+  TORCH_CHECK_VALUE(
+      pooled_height > 0 && pooled_width > 0 && pooled_height <= kMaxPooledSize && pooled_width <= kMaxPooledSize,
+      op_name, ": output_size must be positive (and at most ", kMaxPooledSize, "), but got (", pooled_height, ", ",
+      pooled_width, ")");
 }
 
 void check_plane(int64_t height, int64_t width, const char* op_name) {
@@ -80,8 +80,8 @@ bool device_box_checks() { return device_box_checks_flag().load(); }
 
 bool set_device_box_checks(bool enabled) { return device_box_checks_flag().exchange(enabled); }
 
-void check_forward_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
-                        int64_t pooled_width, const char* op_name, bool check_values) {
+void check_forward_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
+                        const char* op_name, bool check_values) {
   TORCH_CHECK_VALUE(input.dim() == 4, op_name, ": input must be 4-D [N, C, H, W], but got ", input.dim(),
                     "-D with shape ", input.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op_name,
@@ -91,19 +91,19 @@ void check_forward_args(const at::Tensor& input, const at::Tensor& rois, int64_t
   check_rois(rois, input, input.size(0), op_name, check_values);
 }
 
-void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t batch_size,
-                         int64_t channels, int64_t height, int64_t width, int64_t pooled_height,
-                         int64_t pooled_width, const char* op_name, bool check_values) {
+void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t batch_size, int64_t channels,
+                         int64_t height, int64_t width, int64_t pooled_height, int64_t pooled_width,
+                         const char* op_name, bool check_values) {
   TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op_name,
-                    ": input sizes must be non-negative, but got [", batch_size, ", ", channels, ", ", height,
-                    ", ", width, "]");
+                    ": input sizes must be non-negative, but got [", batch_size, ", ", channels, ", ", height, ", ",
+                    width, "]");
   check_pooled_size(pooled_height, pooled_width, op_name);
   check_plane(height, width, op_name);
   check_rois(rois, grad, batch_size, op_name, check_values);
   TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
                         grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-                    op_name, ": grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height,
-                    ", ", pooled_width, "], but got ", grad.sizes());
+                    op_name, ": grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ",
+                    pooled_width, "], but got ", grad.sizes());
 }
 
 void check_spatial_scale(double spatial_scale, const char* op_name) {
@@ -127,8 +127,8 @@ void check_argmax(const at::Tensor& argmax, const at::Tensor& grad, const char* 
 }
 
 bool is_max_mode(const std::string& pool_mode) {
-  TORCH_CHECK_VALUE(pool_mode == "avg" || pool_mode == "max",
-                    "roi_align: pool_mode must be 'avg' or 'max', but got '", pool_mode, "'");
+  TORCH_CHECK_VALUE(pool_mode == "avg" || pool_mode == "max", "roi_align: pool_mode must be 'avg' or 'max', but got '",
+                    pool_mode, "'");
   return pool_mode == "max";
 }
 

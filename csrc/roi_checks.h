@@ -12,13 +12,13 @@ namespace roiops {
 // and, with check_values (CPU tensors only: reading them is free there), the box values are finite
 // with an integral batch index in [0, input.size(0)). The CUDA kernels check the values on the
 // device instead (csrc/cuda/box_checks.cuh), so as not to stall the host.
-void check_forward_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
-                        int64_t pooled_width, const char* op_name, bool check_values = true);
+void check_forward_args(const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height, int64_t pooled_width,
+                        const char* op_name, bool check_values = true);
 
 // The same for a backward call, which knows the input only by its sizes.
-void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t batch_size,
-                         int64_t channels, int64_t height, int64_t width, int64_t pooled_height,
-                         int64_t pooled_width, const char* op_name, bool check_values = true);
+void check_backward_args(const at::Tensor& grad, const at::Tensor& rois, int64_t batch_size, int64_t channels,
+                         int64_t height, int64_t width, int64_t pooled_height, int64_t pooled_width,
+                         const char* op_name, bool check_values = true);
 
 // The messages of the box value checks, shared by the CPU and device checks.
 [[noreturn]] void fail_nonfinite_box(const char* op_name, int64_t k, double value, int column);

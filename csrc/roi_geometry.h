@@ -34,8 +34,8 @@ struct AlignGeometry {
 };
 
 template <typename T>
-ROIOPS_HOST_DEVICE AlignGeometry<T> align_geometry(
-    const T* roi, T spatial_scale, int pooled_h, int pooled_w, int sampling_ratio, bool aligned) {
+ROIOPS_HOST_DEVICE AlignGeometry<T> align_geometry(const T* roi, T spatial_scale, int pooled_h, int pooled_w,
+                                                   int sampling_ratio, bool aligned) {
   AlignGeometry<T> g;
   g.batch = static_cast<int64_t>(roi[0]);
   const T offset = aligned ? T(0.5) : T(0);
@@ -146,8 +146,8 @@ ROIOPS_HOST_DEVICE BilinearTaps<T> bilinear_taps(T y, T x, int height, int width
 
 // Bilinear taps of sample (iy, ix) of bin (ph, pw).
 template <typename T>
-ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(
-    const AlignGeometry<T>& g, int ph, int pw, int iy, int ix, int height, int width) {
+ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(const AlignGeometry<T>& g, int ph, int pw, int iy, int ix,
+                                                     int height, int width) {
   const T y = sample_coordinate(g.start_h, g.bin_h, ph, iy, g.grid_h);
   const T x = sample_coordinate(g.start_w, g.bin_w, pw, ix, g.grid_w);
   return bilinear_taps(y, x, height, width);
@@ -155,8 +155,8 @@ ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(
 
 // The same for sample `s` (row-major in the grid).
 template <typename T>
-ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(
-    const AlignGeometry<T>& g, int ph, int pw, int s, int height, int width) {
+ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(const AlignGeometry<T>& g, int ph, int pw, int s, int height,
+                                                     int width) {
   const int iy = s / g.grid_w;
   return align_sample_taps(g, ph, pw, iy, s - iy * g.grid_w, height, width);
 }

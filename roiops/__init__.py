@@ -1,18 +1,17 @@
 """roiops: exact, fast and safe RoIAlign / RoIPool operators for PyTorch.
 
-    import roiops
-    pooled = roiops.roi_align(features, boxes, output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+import roiops
+pooled = roiops.roi_align(features, boxes, output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
 """
+
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
-from . import _C
+from . import _C, _onnx, compat, models
 from ._ops import deterministic_backward, set_deterministic_backward
-from . import _onnx
-from . import compat, models
+from ._validation import BoxesShapeError
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
-from ._validation import BoxesShapeError
 
 __version__ = _C.__version__
 _onnx.register()

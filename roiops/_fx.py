@@ -5,6 +5,7 @@ module a leaf: the modules' forwards and ``roiops.roi_align(...)``. Code that im
 by name (``from roiops import roi_align``) is not patched by it, so the ops also record themselves
 when they receive a Proxy; either way the graph holds one call_function node per op call.
 """
+
 import inspect
 from typing import Any, Callable, Tuple
 

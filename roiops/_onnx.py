@@ -17,6 +17,7 @@ Mapping (ONNX operator definitions of opset 16+):
 The ops' second output (argmax, for the backward pass) is not computed in ONNX: an inference graph
 has no use for it, and the public functions never return it.
 """
+
 import importlib.util
 import warnings
 
@@ -63,16 +64,24 @@ def _register_torchscript_symbolics() -> None:
             raise UnsupportedExportError(MAX_MODE_MESSAGE)
         coordinates, batch_indices = split_rois(g, rois)
         output = g.op(
-            "RoiAlign", input, coordinates, batch_indices,
-            coordinate_transformation_mode_s=_coordinate_mode(aligned), mode_s="avg",
-            output_height_i=pooled_height, output_width_i=pooled_width,
-            sampling_ratio_i=max(sampling_ratio, 0), spatial_scale_f=spatial_scale,
+            "RoiAlign",
+            input,
+            coordinates,
+            batch_indices,
+            coordinate_transformation_mode_s=_coordinate_mode(aligned),
+            mode_s="avg",
+            output_height_i=pooled_height,
+            output_width_i=pooled_width,
+            sampling_ratio_i=max(sampling_ratio, 0),
+            spatial_scale_f=spatial_scale,
         )
         return output, no_argmax(g)
 
     @parse_args("v", "v", "f", "i", "i")
     def roi_pool(g, input, rois, spatial_scale, pooled_height, pooled_width):
-        output = g.op("MaxRoiPool", input, rois, pooled_shape_i=[pooled_height, pooled_width], spatial_scale_f=spatial_scale)
+        output = g.op(
+            "MaxRoiPool", input, rois, pooled_shape_i=[pooled_height, pooled_width], spatial_scale_f=spatial_scale
+        )
         return output, no_argmax(g)
 
     register_custom_op_symbolic("roiops::roi_align", roi_align, ONNX_MIN_OPSET)
@@ -97,15 +106,27 @@ def _register_dynamo_translations() -> None:
 
     @onnx_impl(torch.ops.roiops.roi_align.default, trace_only=True)
     def roi_align(
-        input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int,
-        aligned: bool, pool_mode: str,
+        input,
+        rois,
+        spatial_scale: float,
+        pooled_height: int,
+        pooled_width: int,
+        sampling_ratio: int,
+        aligned: bool,
+        pool_mode: str,
     ):
         if pool_mode != "avg":
             raise UnsupportedExportError(MAX_MODE_MESSAGE)
         coordinates, batch_indices = split_rois(rois)
         output = op.RoiAlign(
-            input, coordinates, batch_indices, coordinate_transformation_mode=_coordinate_mode(aligned), mode="avg",
-            output_height=pooled_height, output_width=pooled_width, sampling_ratio=max(sampling_ratio, 0),
+            input,
+            coordinates,
+            batch_indices,
+            coordinate_transformation_mode=_coordinate_mode(aligned),
+            mode="avg",
+            output_height=pooled_height,
+            output_width=pooled_width,
+            sampling_ratio=max(sampling_ratio, 0),
             spatial_scale=spatial_scale,
         )
         return output, no_argmax()

@@ -1,6 +1,7 @@
 """Binds the compiled operators to PyTorch: loads roiops._C (which registers the schemas and the
 CPU/CUDA kernels), and adds what the dispatcher needs from Python: fake (meta) kernels for
 torch.compile / FakeTensor tracing, and autograd formulas."""
+
 import contextlib
 import math
 
@@ -43,32 +44,49 @@ _LIMITS = _C.limits
 
 def _check_forward(op, input, rois, spatial_scale, pooled_height, pooled_width):
     torch._check_value(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W], but got {input.dim()}-D")
-    torch._check_type(input.is_floating_point(), lambda: f"{op}: input must be a floating-point tensor, but got {input.dtype}")
+    torch._check_type(
+        input.is_floating_point(), lambda: f"{op}: input must be a floating-point tensor, but got {input.dtype}"
+    )
     _check_common(op, rois, input, spatial_scale, pooled_height, pooled_width)
 
 
 def _check_backward(op, grad, rois, spatial_scale, pooled_height, pooled_width, channels):
     _check_common(op, rois, grad, spatial_scale, pooled_height, pooled_width)
     expected = (rois.shape[0], channels, pooled_height, pooled_width)
-    torch._check_value(tuple(grad.shape) == expected, lambda: f"{op}: grad must have shape {expected}, but got {tuple(grad.shape)}")
+    torch._check_value(
+        tuple(grad.shape) == expected, lambda: f"{op}: grad must have shape {expected}, but got {tuple(grad.shape)}"
+    )
 
 
 def _check_common(op, rois, like, spatial_scale, pooled_height, pooled_width):
-    torch._check_value(rois.dim() == 2 and rois.shape[1] == 5,
-                       lambda: f"{op}: boxes must have shape [K, 5] (batch index, x1, y1, x2, y2), but got {tuple(rois.shape)}")
-    torch._check_type(rois.dtype == like.dtype, lambda: f"{op}: boxes must have the dtype of input ({like.dtype}), but got {rois.dtype}")
+    torch._check_value(
+        rois.dim() == 2 and rois.shape[1] == 5,
+        lambda: f"{op}: boxes must have shape [K, 5] (batch index, x1, y1, x2, y2), but got {tuple(rois.shape)}",
+    )
+    torch._check_type(
+        rois.dtype == like.dtype,
+        lambda: f"{op}: boxes must have the dtype of input ({like.dtype}), but got {rois.dtype}",
+    )
     limit = _LIMITS["max_pooled_size"]
-    torch._check_value(0 < pooled_height <= limit and 0 < pooled_width <= limit,
-                       lambda: f"{op}: output_size must be positive (and at most {limit}), but got ({pooled_height}, {pooled_width})")
-    torch._check_value(math.isfinite(spatial_scale) and spatial_scale > 0,
-                       lambda: f"{op}: spatial_scale must be a positive finite number, but got {spatial_scale}")
+    torch._check_value(
+        0 < pooled_height <= limit and 0 < pooled_width <= limit,
+        lambda: f"{op}: output_size must be positive (and at most {limit}), but got ({pooled_height}, {pooled_width})",
+    )
+    torch._check_value(
+        math.isfinite(spatial_scale) and spatial_scale > 0,
+        lambda: f"{op}: spatial_scale must be a positive finite number, but got {spatial_scale}",
+    )
 
 
 def _check_align_args(op, sampling_ratio, pool_mode):
-    torch._check_value(pool_mode in ("avg", "max"), lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'")
+    torch._check_value(
+        pool_mode in ("avg", "max"), lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
+    )
     limit = _LIMITS["max_samples_per_bin"]
-    torch._check_value(sampling_ratio <= 0 or sampling_ratio * sampling_ratio <= limit,
-                       lambda: f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio ** 2} samples per bin (limit {limit})")
+    torch._check_value(
+        sampling_ratio <= 0 or sampling_ratio * sampling_ratio <= limit,
+        lambda: f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio**2} samples per bin (limit {limit})",
+    )
 
 
 @torch.library.register_fake("roiops::roi_align")
@@ -85,8 +103,20 @@ def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sam
 
 @torch.library.register_fake("roiops::_roi_align_backward")
 def _roi_align_backward_fake(
-    grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
-    sampling_ratio, aligned, pool_mode, deterministic,
+    grad,
+    rois,
+    argmax,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    batch_size,
+    channels,
+    height,
+    width,
+    sampling_ratio,
+    aligned,
+    pool_mode,
+    deterministic,
 ):
     _check_backward("_roi_align_backward", grad, rois, spatial_scale, pooled_height, pooled_width, channels)
     _check_align_args("_roi_align_backward", sampling_ratio, pool_mode)
@@ -157,8 +187,20 @@ def _roi_align_backward(ctx, grad_output, _grad_argmax):
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode = ctx.params
     batch_size, channels, height, width = ctx.input_shape
     grad_input = ops._roi_align_backward(
-        grad_output, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
-        sampling_ratio, aligned, pool_mode, _deterministic(),
+        grad_output,
+        rois,
+        argmax,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        height,
+        width,
+        sampling_ratio,
+        aligned,
+        pool_mode,
+        _deterministic(),
     )
     return grad_input, None, None, None, None, None, None, None
 
@@ -175,7 +217,16 @@ def _roi_pool_backward(ctx, grad_output, _grad_argmax):
     spatial_scale, pooled_height, pooled_width = ctx.params
     batch_size, channels, height, width = ctx.input_shape
     grad_input = ops._roi_pool_backward(
-        grad_output, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
+        grad_output,
+        rois,
+        argmax,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        height,
+        width,
         _deterministic(),
     )
     return grad_input, None, None, None, None

@@ -10,6 +10,7 @@ Two kinds of code live here:
 Checks that need tensor values (finite coordinates, batch indices in range) run in the compiled
 kernels, so that torch.compile and torch.export trace these functions without breaks.
 """
+
 import math
 import numbers
 from typing import List, Tuple, Union
@@ -37,7 +38,9 @@ def check_input(op: str, input) -> None:
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: input must be a Tensor [N, C, H, W], but got {type(input).__name__}")
     if input.dim() != 4:
-        raise ValueError(f"{op}: input must be 4-D [N, C, H, W], but got {input.dim()}-D with shape {tuple(input.shape)}")
+        raise ValueError(
+            f"{op}: input must be 4-D [N, C, H, W], but got {input.dim()}-D with shape {tuple(input.shape)}"
+        )
     if not (input.is_floating_point() or input.is_quantized):
         raise TypeError(f"{op}: input must be a floating-point tensor (or a quantized one), but got {input.dtype}")
 
@@ -61,9 +64,7 @@ def check_boxes(op: str, boxes, input: Tensor) -> None:
                 )
             _check_like_input(op, f"boxes[{i}]", b, input)
     else:
-        raise TypeError(
-            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], but got {type(boxes).__name__}"
-        )
+        raise TypeError(f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], but got {type(boxes).__name__}")
 
 
 def _check_like_input(op: str, name: str, t: Tensor, input: Tensor) -> None:
@@ -84,8 +85,9 @@ def boxes_to_rois(boxes: BoxesArg, input: Tensor) -> Tensor:
     if isinstance(boxes, Tensor):
         return boxes
     if len(boxes) == 0:
-        return torch.zeros((0, 5), dtype=input.dtype if input.is_floating_point() else torch.float32,
-                           device=input.device)
+        return torch.zeros(
+            (0, 5), dtype=input.dtype if input.is_floating_point() else torch.float32, device=input.device
+        )
     index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
     return torch.cat([torch.cat(index, dim=0), torch.cat(boxes, dim=0)], dim=1)
 
@@ -117,13 +119,11 @@ def check_spatial_scale(op: str, spatial_scale) -> float:
 
 def check_sampling_ratio(op: str, sampling_ratio) -> int:
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
-        raise TypeError(
-            f"{op}: sampling_ratio must be an int (<= 0 for adaptive sampling), but got {sampling_ratio!r}"
-        )
+        raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive sampling), but got {sampling_ratio!r}")
     if sampling_ratio > MAX_SAMPLING_RATIO:  # the compiled check's message, with the bound it implies
         raise ValueError(
-            f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio ** 2} samples per bin (limit "
-            f"{MAX_SAMPLING_RATIO ** 2}): sampling_ratio must be at most {MAX_SAMPLING_RATIO}"
+            f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio**2} samples per bin (limit "
+            f"{MAX_SAMPLING_RATIO**2}): sampling_ratio must be at most {MAX_SAMPLING_RATIO}"
         )
     return int(sampling_ratio)
 

@@ -10,6 +10,7 @@ the box is 0. So a mask of ones pastes to exactly the pixels of the box, whateve
 than the mask and shrink masks by up to half a cell). Bilinear interpolation is separable, so every mask is pasted with two batched matrix products
 (rows x mask x columns): no loop over masks or pixels, and memory O(N * (H + W) * M) besides the output.
 """
+
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -60,9 +61,7 @@ def paste_masks(
     if masks.dim() != 3:
         raise ValueError(f"paste_masks: masks must be [N, M, M] or [N, 1, M, M], got {tuple(masks.shape)}")
     if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != masks.shape[0]:
-        raise ValueError(
-            f"paste_masks: boxes must be [N, 4] with N = {masks.shape[0]} masks, got {tuple(boxes.shape)}"
-        )
+        raise ValueError(f"paste_masks: boxes must be [N, 4] with N = {masks.shape[0]} masks, got {tuple(boxes.shape)}")
     height, width = int(image_size[0]), int(image_size[1])
     n, mh, mw = masks.shape
     dtype = masks.dtype if masks.is_floating_point() else torch.float32

@@ -12,6 +12,7 @@ When torchvision is installed, ``MultiScaleRoIAlign`` subclasses torchvision's, 
 detection constructors (which check ``isinstance``) accept it and its feature extraction treats it as
 a leaf module. It scripts (TorchScript), and under torch.fx its steps are leaf functions.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -52,7 +53,11 @@ def _log2(x: float) -> float:
 
 
 def assign_levels(
-    boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
+    boxes: Tensor,
+    k_min: int,
+    k_max: int,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
     eps: float = 1e-6,
 ) -> Tensor:
     """Pyramid level of each (x1, y1, x2, y2) box [N, 4] minus k_min (an index into the levels), int64."""
@@ -98,7 +103,9 @@ def _boxes_to_rois(boxes: List[Tensor], first: Tensor) -> Tensor:
         for i, b in enumerate(boxes):
             if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4 or not b.is_floating_point():
                 got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
-                raise v.BoxesShapeError(f"MultiScaleRoIAlign: boxes[{i}] must be a floating-point Tensor[L, 4], but got {got}")
+                raise v.BoxesShapeError(
+                    f"MultiScaleRoIAlign: boxes[{i}] must be a floating-point Tensor[L, 4], but got {got}"
+                )
     if len(boxes) == 0:
         return torch.zeros((0, 5), dtype=first.dtype, device=first.device)
     index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
@@ -107,8 +114,16 @@ def _boxes_to_rois(boxes: List[Tensor], first: Tensor) -> Tensor:
 
 @torch.fx.wrap
 def _multiscale_pool(
-    features: List[Tensor], boxes: List[Tensor], scales: List[float], output_size: List[int], sampling_ratio: int,
-    canonical_scale: int, canonical_level: int, aligned: bool, pool_mode: str, op: str,
+    features: List[Tensor],
+    boxes: List[Tensor],
+    scales: List[float],
+    output_size: List[int],
+    sampling_ratio: int,
+    canonical_scale: int,
+    canonical_level: int,
+    aligned: bool,
+    pool_mode: str,
+    op: str,
 ) -> Tensor:
     first = features[0]
     rois = _boxes_to_rois(boxes, first)
@@ -123,16 +138,28 @@ def _multiscale_pool(
     for level, feature in enumerate(features):
         idx = torch.nonzero(levels == level).squeeze(1)
         pooled = _pool_level(
-            feature, rois.index_select(0, idx).to(feature.dtype), scales[level], output_size, sampling_ratio,
-            aligned, pool_mode, op,
+            feature,
+            rois.index_select(0, idx).to(feature.dtype),
+            scales[level],
+            output_size,
+            sampling_ratio,
+            aligned,
+            pool_mode,
+            op,
         )
         result = result.index_copy(0, idx, pooled.to(result.dtype))
     return result
 
 
 def _pool_level(
-    feature: Tensor, rois: Tensor, scale: float, output_size: List[int], sampling_ratio: int, aligned: bool,
-    pool_mode: str, op: str,
+    feature: Tensor,
+    rois: Tensor,
+    scale: float,
+    output_size: List[int],
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str,
+    op: str,
 ) -> Tensor:
     if op == "roi_pool":
         return roi_pool(feature, rois, output_size, scale)
@@ -193,8 +220,16 @@ class MultiScaleRoIAlign(_base_class()):
         scales = _infer_scales(features, image_shapes)
         self.scales = scales
         return _multiscale_pool(
-            features, boxes, scales, [self.output_size[0], self.output_size[1]], self.sampling_ratio,
-            self.canonical_scale, self.canonical_level, self.aligned, self.pool_mode, self.op,
+            features,
+            boxes,
+            scales,
+            [self.output_size[0], self.output_size[1]],
+            self.sampling_ratio,
+            self.canonical_scale,
+            self.canonical_level,
+            self.aligned,
+            self.pool_mode,
+            self.op,
         )
 
     @torch.jit.unused

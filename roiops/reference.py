@@ -14,6 +14,7 @@ Speed: RoIs are grouped by their sample grid (RoIAlign) or window size (RoIPool)
 evaluated with batched gathers, in chunks of bounded memory. It is much slower than the compiled
 kernels, but fast enough for tests and for benchmarking as a baseline.
 """
+
 from typing import List, Sequence, Tuple, Union
 
 import torch

@@ -1,4 +1,5 @@
 """Fixtures of the roiops tests (helper functions are in helpers.py)."""
+
 import pytest
 import torch
 

@@ -2,6 +2,7 @@
 emulated on the CPU (csrc/cuda/emulation.h; ops under torch.ops.roiops_emu / roiops_emu64, built by
 scripts/build_emulated_cuda.sh, looked up in $ROIOPS_EMULATED_CUDA_DIR, default build/emulated_cuda).
 """
+
 import contextlib
 import os
 import pathlib
@@ -77,13 +78,24 @@ def _load_emulated(variant):
 
 def _device_params():
     cuda_ready = torch.cuda.is_available() and roiops.build_info()["with_cuda"]
-    params = [pytest.param(Device("cuda", "cuda", "roiops"), id="cuda", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(not cuda_ready, reason="needs a CUDA device and roiops built with CUDA")])]
+    params = [
+        pytest.param(
+            Device("cuda", "cuda", "roiops"),
+            id="cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not cuda_ready, reason="needs a CUDA device and roiops built with CUDA"),
+            ],
+        )
+    ]
     for variant in ("emu", "emu64"):
         dev = _load_emulated(variant)
         reason = f"emulated CUDA library not built (run scripts/build_emulated_cuda.sh; looked in {EMULATED_DIR})"
-        params.append(pytest.param(dev, id=variant.replace("emu", "emulated"),
-                                   marks=pytest.mark.skipif(dev is None, reason=reason)))
+        params.append(
+            pytest.param(
+                dev, id=variant.replace("emu", "emulated"), marks=pytest.mark.skipif(dev is None, reason=reason)
+            )
+        )
     return params
 
 

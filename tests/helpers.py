@@ -1,6 +1,7 @@
 """Shared helpers of the roiops tests: random feature maps and boxes, layouts, gradients, tolerances.
 Plain functions (``from helpers import ...``), usable inside parametrized tests; fixtures live in conftest.py.
 """
+
 import torch
 
 import roiops  # noqa: F401  (registers torch.ops.roiops)
@@ -64,8 +65,12 @@ def make_rois(num, batch_size, height, width, spatial_scale, kind="mixed", dtype
 
     if kind == "mixed":
         kinds = ("inside", "partial", "outside", "inverted", "zero")
-        parts = [make_rois(num // 5 + (i < num % 5), batch_size, height, width, spatial_scale, k, torch.float64,
-                           seed * 7 + i) for i, k in enumerate(kinds)]
+        parts = [
+            make_rois(
+                num // 5 + (i < num % 5), batch_size, height, width, spatial_scale, k, torch.float64, seed * 7 + i
+            )
+            for i, k in enumerate(kinds)
+        ]
         rois = torch.cat(parts)[torch.randperm(num, generator=g)]
         return rois.to(dtype)
 

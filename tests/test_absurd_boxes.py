@@ -3,6 +3,7 @@ CPU kernels visit only the samples that can touch the map (and, in max mode, one
 others), so the cost of any box is bounded by the map, with the results of visiting every sample.
 (tests/test_cuda.py runs the same boxes on the CUDA kernels against these.)
 """
+
 import time
 
 import pytest
@@ -16,8 +17,14 @@ ops = torch.ops.roiops
 def absurd_boxes():
     """On a 64 x 64 map at spatial_scale 1: a 28,000-px box around the map, a 28,000 x 30 px strip
     across it, a huge box touching the map with one corner, and a huge box beside it."""
-    return torch.tensor([[0, -14000.0, -13000.0, 14000.0, 15000.0], [0, -14000.0, 20.0, 14000.0, 50.0],
-                         [0, 40.0, 50.0, 28040.0, 28050.0], [0, -30000.0, -2000.0, -2000.0, 26000.0]])
+    return torch.tensor(
+        [
+            [0, -14000.0, -13000.0, 14000.0, 15000.0],
+            [0, -14000.0, 20.0, 14000.0, 50.0],
+            [0, 40.0, 50.0, 28040.0, 28050.0],
+            [0, -30000.0, -2000.0, -2000.0, 26000.0],
+        ]
+    )
 
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
@@ -31,8 +38,9 @@ def test_absurd_boxes_cost_milliseconds(mode, aligned, channels_last):
     rois = absurd_boxes()
     start = time.perf_counter()
     out, arg = ops.roi_align(x, rois, 1.0, 7, 7, 0, aligned, mode)
-    grad_in = ops._roi_align_backward(torch.ones_like(out), rois, arg, 1.0, 7, 7, 1, 16, 64, 64, 0, aligned, mode,
-                                      False)
+    grad_in = ops._roi_align_backward(
+        torch.ones_like(out), rois, arg, 1.0, 7, 7, 1, 16, 64, 64, 0, aligned, mode, False
+    )
     elapsed = time.perf_counter() - start
     # (4000 x 4000 samples per bin for most boxes, just under the 2^24 limit; now ~10 ms here)
     assert elapsed < 1.0, f"{elapsed:.2f} s"
@@ -60,9 +68,17 @@ def test_clipped_bins_match_the_reference(dtype, mode, aligned):
     # that in max mode the outside samples (0) win where a bin has any.
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(2, 3, 12, 10, generator=g, dtype=torch.float64) - 1.5).to(dtype).requires_grad_(True)
-    rois = torch.tensor([[0, -300.0, -250.0, 310.0, 260.0], [1, -2.5, 3.0, 400.0, 9.0], [1, 4.0, -500.0, 6.5, 11.0],
-                         [0, -700.0, -600.0, -1.2, 11.3], [1, 9.0, 11.0, 700.0, 600.0], [0, 2.0, 3.0, 8.0, 9.5]],
-                        dtype=dtype)
+    rois = torch.tensor(
+        [
+            [0, -300.0, -250.0, 310.0, 260.0],
+            [1, -2.5, 3.0, 400.0, 9.0],
+            [1, 4.0, -500.0, 6.5, 11.0],
+            [0, -700.0, -600.0, -1.2, 11.3],
+            [1, 9.0, 11.0, 700.0, 600.0],
+            [0, 2.0, 3.0, 8.0, 9.5],
+        ],
+        dtype=dtype,
+    )
     out, arg = ops.roi_align(x, rois, 1.0, 2, 3, 0, aligned, mode)
     ref = roi_align_reference(x, rois, (2, 3), 1.0, 0, aligned, mode)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,5 @@
 """The public API: argument validation, the C++ checks of direct op calls, thread-count
 independence, no mutation of inputs, boxes forms, modules, and torch.compile."""
-import math
 
 import pytest
 import torch
@@ -15,8 +14,9 @@ ROIS = torch.tensor([[0, 1.0, 1.0, 5.0, 6.0], [1, 0.0, 2.0, 7.0, 4.0]])
 
 
 def _align(**overrides):
-    args = dict(input=X, boxes=ROIS, output_size=2, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
-                pool_mode="avg")
+    args = dict(
+        input=X, boxes=ROIS, output_size=2, spatial_scale=1.0, sampling_ratio=-1, aligned=False, pool_mode="avg"
+    )
     args.update(overrides)
     return roiops.roi_align(**args)
 
@@ -91,7 +91,7 @@ ALIGN_CASES = [
 
 def _case_id(case):
     overrides, exc, word = case
-    (k, v), = overrides.items() if len(overrides) == 1 else [(",".join(overrides), "")]
+    ((k, v),) = overrides.items() if len(overrides) == 1 else [(",".join(overrides), "")]
     text = repr(v) if not isinstance(v, torch.Tensor) else f"tensor{tuple(v.shape)}{v.dtype}".replace("torch.", "")
     return f"{k}={text[:24]}"
 
@@ -120,15 +120,18 @@ def test_error_messages_name_the_op_and_the_value():
     assert "roi_pool" in str(e.value) and "2.5" in str(e.value)
 
 
-@pytest.mark.parametrize("module,kwargs,word", [
-    (roiops.RoIAlign, dict(output_size=0), "output_size"),
-    (roiops.RoIAlign, dict(output_size=2, spatial_scale=-1.0), "spatial_scale"),
-    (roiops.RoIAlign, dict(output_size=2, sampling_ratio=1.5), "sampling_ratio"),
-    (roiops.RoIAlign, dict(output_size=2, aligned=0), "aligned"),
-    (roiops.RoIAlign, dict(output_size=2, pool_mode="sum"), "pool_mode"),
-    (roiops.RoIPool, dict(output_size=(1, 2, 3)), "output_size"),
-    (roiops.RoIPool, dict(output_size=2, spatial_scale=0), "spatial_scale"),
-])
+@pytest.mark.parametrize(
+    "module,kwargs,word",
+    [
+        (roiops.RoIAlign, dict(output_size=0), "output_size"),
+        (roiops.RoIAlign, dict(output_size=2, spatial_scale=-1.0), "spatial_scale"),
+        (roiops.RoIAlign, dict(output_size=2, sampling_ratio=1.5), "sampling_ratio"),
+        (roiops.RoIAlign, dict(output_size=2, aligned=0), "aligned"),
+        (roiops.RoIAlign, dict(output_size=2, pool_mode="sum"), "pool_mode"),
+        (roiops.RoIPool, dict(output_size=(1, 2, 3)), "output_size"),
+        (roiops.RoIPool, dict(output_size=2, spatial_scale=0), "spatial_scale"),
+    ],
+)
 def test_module_validation_errors(module, kwargs, word):
     with pytest.raises((TypeError, ValueError), match=word):
         module(**kwargs)
@@ -151,12 +154,12 @@ def test_direct_op_call_bad_batch_index_raises(bad):
 def test_direct_backward_call_bad_batch_index_raises():
     out, argmax = torch.ops.roiops.roi_align(X, ROIS, 1.0, 2, 2, -1, False, "max")
     with pytest.raises(ValueError, match="batch index"):
-        torch.ops.roiops._roi_align_backward(torch.ones_like(out), _bad_rois(7, 0), argmax, 1.0, 2, 2, 2, 3, 8, 8,
-                                             -1, False, "max", False)
+        torch.ops.roiops._roi_align_backward(
+            torch.ones_like(out), _bad_rois(7, 0), argmax, 1.0, 2, 2, 2, 3, 8, 8, -1, False, "max", False
+        )
     out, argmax = torch.ops.roiops.roi_pool(X, ROIS, 1.0, 2, 2)
     with pytest.raises(ValueError, match="batch index"):
-        torch.ops.roiops._roi_pool_backward(torch.ones_like(out), _bad_rois(7, 0), argmax, 1.0, 2, 2, 2, 3, 8, 8,
-                                            False)
+        torch.ops.roiops._roi_pool_backward(torch.ones_like(out), _bad_rois(7, 0), argmax, 1.0, 2, 2, 2, 3, 8, 8, False)
 
 
 def test_direct_op_call_other_checks():
@@ -233,7 +236,12 @@ def test_module_repr_and_equivalence():
     assert torch.equal(pool(x, rois), roiops.roi_pool(x, rois, 3, 0.5))
     default = roiops.RoIAlign(2)
     assert torch.equal(default(x, rois), roiops.roi_align(x, rois, 2))
-    assert (default.spatial_scale, default.sampling_ratio, default.aligned, default.pool_mode) == (1.0, -1, False, "avg")
+    assert (default.spatial_scale, default.sampling_ratio, default.aligned, default.pool_mode) == (
+        1.0,
+        -1,
+        False,
+        "avg",
+    )
 
 
 def test_keyword_and_default_arguments_match_torchvision_signature():
@@ -244,8 +252,9 @@ def test_keyword_and_default_arguments_match_torchvision_signature():
         roiops.roi_align(input=x, boxes=rois, output_size=3, spatial_scale=1.0, sampling_ratio=2, aligned=True),
         roiops.roi_align(x, rois, 3, 1.0, 2, True),
     )
-    assert torch.equal(roiops.roi_pool(input=x, boxes=rois, output_size=(3, 3), spatial_scale=1.0),
-                       roiops.roi_pool(x, rois, 3))
+    assert torch.equal(
+        roiops.roi_pool(input=x, boxes=rois, output_size=(3, 3), spatial_scale=1.0), roiops.roi_pool(x, rois, 3)
+    )
 
 
 def test_reference_rejects_unknown_mode():
@@ -337,8 +346,13 @@ FAKE_CASES = [
     (lambda x, r: ops_.roi_align(x, r, 1.0, 2, 2, 5000, False, "avg"), ValueError, "samples per bin"),
     (lambda x, r: ops_.roi_align(x, r, 1.0, 2, 2, 2, False, "sum"), ValueError, "pool_mode"),
     (lambda x, r: ops_.roi_pool(x, r, -1.0, 2, 2), ValueError, "spatial_scale"),
-    (lambda x, r: ops_._roi_pool_backward(torch.zeros_like(x[:, :, :2, :2]), r[:1], torch.zeros(1), 1.0, 2, 2, 2, 3, 8, 8,
-                                          False), ValueError, "grad must have shape"),
+    (
+        lambda x, r: ops_._roi_pool_backward(
+            torch.zeros_like(x[:, :, :2, :2]), r[:1], torch.zeros(1), 1.0, 2, 2, 2, 3, 8, 8, False
+        ),
+        ValueError,
+        "grad must have shape",
+    ),
 ]
 ops_ = torch.ops.roiops
 
@@ -358,7 +372,7 @@ def test_python_limits_are_the_compiled_ones():
     from roiops import _C, _validation
 
     assert _validation.MAX_POOLED_SIZE == _C.limits["max_pooled_size"] == 2**20
-    assert _validation.MAX_SAMPLING_RATIO ** 2 == _C.limits["max_samples_per_bin"] == 2**24
+    assert _validation.MAX_SAMPLING_RATIO**2 == _C.limits["max_samples_per_bin"] == 2**24
     with pytest.raises(ValueError, match="output_size"):
         roiops.RoIAlign(2**20 + 1)
     roiops.RoIAlign(7, sampling_ratio=4096)  # the largest accepted

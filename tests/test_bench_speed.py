@@ -1,5 +1,6 @@
 """roiops-bench speed: its peers compute what they claim, its lower bound counts what it says, and
 the command runs end to end on a small case."""
+
 import json
 
 import pytest
@@ -52,9 +53,13 @@ def test_bound_grows_with_work_and_falls_with_bandwidth():
     case = Case("small", "roi_align_avg", **SMALL)
     _, rois = make_inputs(case, "cpu")
     slow, fast = limits.Machine(1.0, 1.0), limits.Machine(10.0, 10.0)
-    assert limits.bound_ms(case, rois, "forward", slow) == pytest.approx(10 * limits.bound_ms(case, rois, "forward", fast))
+    assert limits.bound_ms(case, rois, "forward", slow) == pytest.approx(
+        10 * limits.bound_ms(case, rois, "forward", fast)
+    )
     wide = Case("small", "roi_align_avg", **{**SMALL, "channels": 8})
-    assert limits.bound_ms(wide, rois, "backward", slow) == pytest.approx(2 * limits.bound_ms(case, rois, "backward", slow))
+    assert limits.bound_ms(wide, rois, "backward", slow) == pytest.approx(
+        2 * limits.bound_ms(case, rois, "backward", slow)
+    )
 
 
 def test_speed_command_runs_and_writes_json(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """The build configuration setup.py produces (without compiling anything): setup.py runs in a
 subprocess with setuptools.setup replaced by a recorder, and the recorded extension is inspected."""
+
 import json
 import os
 import pathlib
@@ -26,8 +27,9 @@ def build_config(**env):
     """setup.py's extension (compile arguments, sources) and arch list under the given environment."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CUDA_ARCH_LIST", "FORCE_CUDA")}
     full_env.update(env, CUDA_VISIBLE_DEVICES="")  # no visible GPU, as in CI
-    result = subprocess.run([sys.executable, "-c", RECORDER], cwd=ROOT, env=full_env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RECORDER], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -1,5 +1,6 @@
 """roiops.compat: detectron2- and mmcv-style modules equal roiops.roi_align / roi_pool with the
 corresponding arguments; mmcv max mode against the pure-PyTorch reference."""
+
 import inspect
 
 import pytest
@@ -26,7 +27,11 @@ def test_signatures_follow_the_originals():
     p = inspect.signature(RoIAlign).parameters
     assert list(p)[:5] == ["output_size", "spatial_scale", "sampling_ratio", "pool_mode", "aligned"]
     assert (p["spatial_scale"].default, p["sampling_ratio"].default, p["pool_mode"].default, p["aligned"].default) == (
-        1.0, 0, "avg", True)
+        1.0,
+        0,
+        "avg",
+        True,
+    )
     assert list(inspect.signature(RoIPool).parameters) == ["output_size", "spatial_scale"]
 
 
@@ -40,7 +45,9 @@ def test_detectron2_style_equals_roi_align(aligned, sampling_ratio):
     torch.testing.assert_close(out, roi_align_reference(x, rois, (7, 5), 0.25, sampling_ratio, aligned))
     assert "aligned=" in repr(m)
     # positional form as detectron2 code writes it: ROIAlign(output_size, spatial_scale, sampling_ratio)
-    torch.testing.assert_close(ROIAlign(7, 0.25, sampling_ratio)(x, rois), roiops.roi_align(x, rois, 7, 0.25, sampling_ratio, True))
+    torch.testing.assert_close(
+        ROIAlign(7, 0.25, sampling_ratio)(x, rois), roiops.roi_align(x, rois, 7, 0.25, sampling_ratio, True)
+    )
 
 
 @pytest.mark.parametrize("pool_mode", ["avg", "max"])
@@ -64,7 +71,9 @@ def test_mmcv_max_mode_is_max_and_differentiable():
     out_max = m(x, rois)
     out_avg = RoIAlign(3, 0.5, 2, "avg")(x, rois)
     assert (out_max >= out_avg - 1e-12).all() and (out_max > out_avg).any()
-    assert torch.autograd.gradcheck(lambda t: RoIAlign(3, 0.5, 2, "max")(t, rois), (x,), eps=1e-6, atol=1e-5, fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda t: RoIAlign(3, 0.5, 2, "max")(t, rois), (x,), eps=1e-6, atol=1e-5, fast_mode=True
+    )
     # hand case: one sample per bin, so max = avg = that sample
     feat = torch.arange(16.0).reshape(1, 1, 4, 4)
     got = RoIAlign(2, 1.0, 1, "max", aligned=True)(feat, torch.tensor([[0.0, 0, 0, 4, 4]]))

@@ -10,6 +10,7 @@ Every test takes the device as a parameter:
 - "emulated64": the same with every launch on the 64-bit index kernels and only 3 blocks per launch.
 The emulated libraries are looked up in $ROIOPS_EMULATED_CUDA_DIR (default build/emulated_cuda).
 """
+
 import contextlib
 import os
 import time
@@ -85,6 +86,7 @@ def deterministic_algorithms():
 
 # ---- the emulated launcher itself ---------------------------------------------------------------
 
+
 @pytest.fixture(params=[p for p in DEVICES if p.id.startswith("emulated")])
 def emu(request):
     """An emulated CUDA device only (tests of what a GPU does not let one choose or see)."""
@@ -93,9 +95,17 @@ def emu(request):
     request.param.ops.set_launch_order("forward")
 
 
-@pytest.mark.parametrize("grid, block", [((3, 1, 1), (5, 1, 1)), ((2, 3, 2), (4, 2, 3)), ((1, 65535, 1), (1, 1, 1)),
-                                         ((1, 1, 65535), (2, 1, 1)), ((1, 1, 1), (1024, 1, 1)),
-                                         ((2, 1, 1), (2, 8, 64))])
+@pytest.mark.parametrize(
+    "grid, block",
+    [
+        ((3, 1, 1), (5, 1, 1)),
+        ((2, 3, 2), (4, 2, 3)),
+        ((1, 65535, 1), (1, 1, 1)),
+        ((1, 1, 65535), (2, 1, 1)),
+        ((1, 1, 1), (1024, 1, 1)),
+        ((2, 1, 1), (2, 8, 64)),
+    ],
+)
 def test_emulated_launch_runs_every_thread_once_in_the_chosen_order(emu, grid, block):
     n = grid[0] * grid[1] * grid[2] * block[0] * block[1] * block[2]
     traces = {}
@@ -113,10 +123,20 @@ def test_emulated_launch_runs_every_thread_once_in_the_chosen_order(emu, grid, b
         assert not torch.equal(first, torch.arange(n)) and not torch.equal(first, traces["shuffled", 8][0])
 
 
-@pytest.mark.parametrize("grid, block", [((0, 1, 1), (32, 1, 1)), ((1, 1, 1), (0, 1, 1)), ((2**31, 1, 1), (1, 1, 1)),
-                                         ((1, 65536, 1), (1, 1, 1)), ((1, 1, 65536), (1, 1, 1)),
-                                         ((1, 1, 1), (1025, 1, 1)), ((1, 1, 1), (1, 1025, 1)), ((1, 1, 1), (1, 1, 65)),
-                                         ((1, 1, 1), (32, 32, 2))])
+@pytest.mark.parametrize(
+    "grid, block",
+    [
+        ((0, 1, 1), (32, 1, 1)),
+        ((1, 1, 1), (0, 1, 1)),
+        ((2**31, 1, 1), (1, 1, 1)),
+        ((1, 65536, 1), (1, 1, 1)),
+        ((1, 1, 65536), (1, 1, 1)),
+        ((1, 1, 1), (1025, 1, 1)),
+        ((1, 1, 1), (1, 1025, 1)),
+        ((1, 1, 1), (1, 1, 65)),
+        ((1, 1, 1), (32, 32, 2)),
+    ],
+)
 def test_emulated_launch_refuses_what_a_gpu_cannot_launch(emu, grid, block):
     before = emu.ops.launch_count()
     with pytest.raises(RuntimeError, match="invalid configuration argument"):
@@ -188,8 +208,19 @@ def test_roi_align_matches_cpu(dev, dtype, layout, sr, aligned, mode):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
 def test_roi_align_matches_cpu_larger(dev, mode, layout):
     # More channels than a warp, a 7x7 output, a small spatial scale: several blocks, NHWC thread order.
-    _align_case(dev, torch.float32, layout, 2, True, mode, seed_of("large", mode, layout), scale=0.25, output=(7, 7),
-                shape=(2, 40, 16, 20), num=60)
+    _align_case(
+        dev,
+        torch.float32,
+        layout,
+        2,
+        True,
+        mode,
+        seed_of("large", mode, layout),
+        scale=0.25,
+        output=(7, 7),
+        shape=(2, 40, 16, 20),
+        num=60,
+    )
 
 
 # ---- roi_pool ----------------------------------------------------------------------------------
@@ -229,8 +260,16 @@ def test_roi_pool_matches_cpu(dev, dtype, layout, scale):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_roi_pool_matches_cpu_larger(dev, layout):
-    _pool_case(dev, torch.float32, layout, seed_of("pool-large", layout), scale=0.25, output=(7, 7),
-               shape=(2, 40, 16, 20), num=60)
+    _pool_case(
+        dev,
+        torch.float32,
+        layout,
+        seed_of("pool-large", layout),
+        scale=0.25,
+        output=(7, 7),
+        shape=(2, 40, 16, 20),
+        num=60,
+    )
 
 
 def test_roi_pool_hand_checked(dev):
@@ -254,8 +293,10 @@ def test_max_with_inf_and_nan_matches_cpu(dev, layout):
     x[:, 1, 0, 0] = float("nan")
     x[:, 2, 5, 5] = float("nan")
     x[:, 3] = 1.0
-    rois = torch.tensor([[0, 0, 0, 3, 3], [0, 0, 0, 7, 7], [0, 4, 4, 7, 7], [0, -2, -2, 2, 2], [0, 1.5, 0.5, 6.2, 5.1]],
-                        dtype=torch.float32)
+    rois = torch.tensor(
+        [[0, 0, 0, 3, 3], [0, 0, 0, 7, 7], [0, 4, 4, 7, 7], [0, -2, -2, 2, 2], [0, 1.5, 0.5, 6.2, 5.1]],
+        dtype=torch.float32,
+    )
     x_cpu = to_layout(x, layout)
     x_dev = on_device(dev, x, layout)
     for args in ((1.0, 2, 2, 2, True, "max"), (1.0, 3, 3, 1, False, "max"), (1.0, 2, 2, 2, True, "avg")):
@@ -279,8 +320,14 @@ def test_absurd_boxes_match_cpu_in_milliseconds(dev, mode, aligned, channels_las
     x = make_input((1, 16, 64, 64), torch.float32, seed=4) - 1  # mostly negative: outside samples win max bins
     x_cpu = to_layout(x, "channels_last" if channels_last else "contiguous")
     x_dev = on_device(dev, x, "channels_last" if channels_last else "contiguous")
-    rois = torch.tensor([[0, -14000.0, -13000.0, 14000.0, 15000.0], [0, -14000.0, 20.0, 14000.0, 50.0],
-                         [0, 40.0, 50.0, 28040.0, 28050.0], [0, -30000.0, -2000.0, -2000.0, 26000.0]])
+    rois = torch.tensor(
+        [
+            [0, -14000.0, -13000.0, 14000.0, 15000.0],
+            [0, -14000.0, 20.0, 14000.0, 50.0],
+            [0, 40.0, 50.0, 28040.0, 28050.0],
+            [0, -30000.0, -2000.0, -2000.0, 26000.0],
+        ]
+    )
     args = (1.0, 7, 7, 0, aligned, mode)
     out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
     grad = random_grad(out_c.shape, torch.float32, 3, channels_last=is_channels_last(out_c))
@@ -333,8 +380,9 @@ def test_empty_inputs_match_cpu(dev, shape, num, layout):
     out_d, arg_d = dev.ops.roi_pool(x_dev, r_dev, 0.5, 2, 3)
     assert torch.equal(out_d.cpu(), out_c) and torch.equal(arg_d.cpu(), arg_c)
     for deterministic in (False, True):
-        gin_d = dev.ops._roi_pool_backward(out_d.new_ones(out_d.shape), r_dev, arg_d, 0.5, 2, 3, N, C, H, W,
-                                           deterministic)
+        gin_d = dev.ops._roi_pool_backward(
+            out_d.new_ones(out_d.shape), r_dev, arg_d, 0.5, 2, 3, N, C, H, W, deterministic
+        )
         gin_c = ops._roi_pool_backward(torch.ones(out_c.shape), rois, arg_c, 0.5, 2, 3, N, C, H, W, False)
         assert torch.equal(gin_d.cpu(), gin_c)
 
@@ -348,8 +396,9 @@ def test_empty_inputs_match_cpu(dev, shape, num, layout):
 def test_roi_align_gradcheck(dev, mode, aligned, deterministic, deterministic_algorithms):
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     x = on_device(dev, make_input((1, 2, 6, 7), torch.float64, seed=3, distinct=True)).requires_grad_(True)
-    rois = dev.to(torch.tensor([[0, 0.3, 0.6, 4.7, 5.2], [0, 1.1, -0.4, 6.5, 3.3], [0, 2.2, 2.4, 2.9, 4.9]],
-                               dtype=torch.float64))
+    rois = dev.to(
+        torch.tensor([[0, 0.3, 0.6, 4.7, 5.2], [0, 1.1, -0.4, 6.5, 3.3], [0, 2.2, 2.4, 2.9, 4.9]], dtype=torch.float64)
+    )
     fn = lambda t: roiops.roi_align(t, rois, (3, 2), 1.0, 2, aligned, mode)  # noqa: E731
     # The deterministic backward must also be exactly reentrant (nondet_tol=0); float atomics need not be.
     nondet_tol = 0.0 if deterministic else 1e-10
@@ -434,8 +483,11 @@ def test_thread_order_changes_no_deterministic_bit(emu, dtype, op):
     for order, seed in (("forward", 0), ("reversed", 0), ("shuffled", 1), ("shuffled", 2)):
         dev.ops.set_launch_order(order, seed)
         backward, oracle = _backward_on(dev, op, x_dev, dev.to(rois), grad)
-        forward = dev.ops.roi_pool(x_dev, dev.to(rois), 1.0, 5, 5) if op == "pool" else dev.ops.roi_align(
-            x_dev, dev.to(rois), 1.0, 5, 5, 2, True, op.split("-")[1])
+        forward = (
+            dev.ops.roi_pool(x_dev, dev.to(rois), 1.0, 5, 5)
+            if op == "pool"
+            else dev.ops.roi_align(x_dev, dev.to(rois), 1.0, 5, 5, 2, True, op.split("-")[1])
+        )
         results[order, seed] = forward, backward(True), backward(False)
     (out0, arg0), det0, fast0 = results["forward", 0]
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else tolerances(dtype)
@@ -548,8 +600,11 @@ def _sync_cases(dev):
         for mode in ("avg", "max"):
             args = (0.5, 3, 4, sr, True, mode)
             fwd = lambda args=args: dev.ops.roi_align(x, rois, *args)  # noqa: E731
-            bwd = lambda det, arg, args=args: dev.ops._roi_align_backward(  # noqa: E731
-                grad, rois, arg, *args[:3], 2, 3, 9, 11, *args[3:], det)
+            bwd = (
+                lambda det, arg, args=args: dev.ops._roi_align_backward(  # noqa: E731
+                    grad, rois, arg, *args[:3], 2, 3, 9, 11, *args[3:], det
+                )
+            )
             cases.append((f"align-{mode}-sr{sr}", fwd, bwd))
     fwd = lambda: dev.ops.roi_pool(x, rois, 0.5, 3, 4)  # noqa: E731
     bwd = lambda det, arg: dev.ops._roi_pool_backward(grad, rois, arg, 0.5, 3, 4, 2, 3, 9, 11, det)  # noqa: E731
@@ -587,10 +642,14 @@ def test_host_syncs_forward_at_most_one_backward_none(device_box_checks):
 
 
 BAD_BOXES = {
-    "nan": ([[0, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("nan"), 5.0, 5.0], [5, 1.0, 1.0, 5.0, 5.0]],
-            "box 1 has value nan in column 2"),
-    "batch": ([[0, 1.0, 1.0, 5.0, 5.0], [1.5, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("inf"), 5.0, 5.0]],
-              r"batch index of box 1 \(boxes\[1, 0\]\) must be an integer in \[0, 2\), but it is 1.5"),
+    "nan": (
+        [[0, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("nan"), 5.0, 5.0], [5, 1.0, 1.0, 5.0, 5.0]],
+        "box 1 has value nan in column 2",
+    ),
+    "batch": (
+        [[0, 1.0, 1.0, 5.0, 5.0], [1.5, 1.0, 1.0, 5.0, 5.0], [0, 1.0, float("inf"), 5.0, 5.0]],
+        r"batch index of box 1 \(boxes\[1, 0\]\) must be an integer in \[0, 2\), but it is 1.5",
+    ),
     "samples": ([[0, 1.0, 1.0, 5.0, 5.0], [1, -1e6, -1e6, 1e6, 1e6]], "would take .* samples per bin"),
 }
 
@@ -617,8 +676,16 @@ def test_unchecked_bad_boxes_are_skipped_not_followed(device_box_checks):
     dev = device_box_checks
     dev.ops.set_device_box_checks(False)
     x = make_input((2, 3, 9, 11), torch.float32, seed=3)
-    rois = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0], [2, 1.0, 1.0, 5.0, 5.0], [-1, 1.0, 1.0, 5.0, 5.0],
-                         [0.5, 1.0, 1.0, 5.0, 5.0], [float("nan"), 1.0, 1.0, 5.0, 5.0], [1, -1e6, -1e6, 1e6, 1e6]])
+    rois = torch.tensor(
+        [
+            [0, 1.0, 1.0, 5.0, 5.0],
+            [2, 1.0, 1.0, 5.0, 5.0],
+            [-1, 1.0, 1.0, 5.0, 5.0],
+            [0.5, 1.0, 1.0, 5.0, 5.0],
+            [float("nan"), 1.0, 1.0, 5.0, 5.0],
+            [1, -1e6, -1e6, 1e6, 1e6],
+        ]
+    )
     good = ops.roi_align(x, rois[:1], 1.0, 2, 2, 0, True, "max")
     for mode in ("avg", "max"):
         out, arg = dev.ops.roi_align(x, rois, 1.0, 2, 2, 0, True, mode)
@@ -627,8 +694,9 @@ def test_unchecked_bad_boxes_are_skipped_not_followed(device_box_checks):
         if mode == "max":
             assert torch.equal(arg[:1], good[1]) and (arg[1:] == -1).all()
         gin = dev.ops._roi_align_backward(torch.ones_like(out), rois, arg, 1.0, 2, 2, 2, 3, 9, 11, 0, True, mode, True)
-        ref = ops._roi_align_backward(torch.ones_like(out[:1]), rois[:1], arg[:1], 1.0, 2, 2, 2, 3, 9, 11, 0, True,
-                                      mode, False)
+        ref = ops._roi_align_backward(
+            torch.ones_like(out[:1]), rois[:1], arg[:1], 1.0, 2, 2, 2, 3, 9, 11, 0, True, mode, False
+        )
         torch.testing.assert_close(gin, ref)
     out, arg = dev.ops.roi_pool(x, rois[:5], 1.0, 2, 2)
     assert out[1:].isnan().all() and (arg[1:] == -1).all()
@@ -712,8 +780,7 @@ def test_more_than_two_to_the_31_outputs(dev):
     # Every bin hands on exactly its unit of gradient (all samples lie inside the map): the total is
     # K * C * P * P. Fixed point sums it almost exactly; float atomics only roughly (cells near 5e5).
     for deterministic, rtol in ((True, 1e-6), (False, 5e-2)):
-        gin = dev.ops._roi_align_backward(grad, rois, no_argmax, 1.0, P, P, 1, C, 16, 16, 1, True, "avg",
-                                          deterministic)
+        gin = dev.ops._roi_align_backward(grad, rois, no_argmax, 1.0, P, P, 1, C, 16, 16, 1, True, "avg", deterministic)
         torch.testing.assert_close(gin.double().sum().item(), float(K * C * P * P), rtol=rtol, atol=0)
 
 

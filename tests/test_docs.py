@@ -1,4 +1,5 @@
 """The documentation's code samples run as written: README's "Deploy" section and docs/drop_in.md."""
+
 import pathlib
 import re
 
@@ -12,7 +13,7 @@ def _python_blocks(path, section=None):
     if section is not None:
         start = text.index(f"\n## {section}")
         end = text.find("\n## ", start + 1)
-        text = text[start:end if end >= 0 else None]
+        text = text[start : end if end >= 0 else None]
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 

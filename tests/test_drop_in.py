@@ -1,6 +1,7 @@
 """Drop-in parity with torchvision where its users depend on it: torchvision's detection
 constructors accept roiops' pooler, quantized feature maps, the exception type of a badly shaped
 ``boxes``, the pooler's repr, and roiops working without torchvision installed."""
+
 import subprocess
 import sys
 import textwrap
@@ -22,11 +23,14 @@ def _backbone():
     return resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
 
 
-@pytest.mark.parametrize("detector,pool_args", [
-    ("FasterRCNN", dict(box_roi_pool=7)),
-    ("MaskRCNN", dict(box_roi_pool=7, mask_roi_pool=14)),
-    ("KeypointRCNN", dict(box_roi_pool=7, keypoint_roi_pool=14)),
-])
+@pytest.mark.parametrize(
+    "detector,pool_args",
+    [
+        ("FasterRCNN", dict(box_roi_pool=7)),
+        ("MaskRCNN", dict(box_roi_pool=7, mask_roi_pool=14)),
+        ("KeypointRCNN", dict(box_roi_pool=7, keypoint_roi_pool=14)),
+    ],
+)
 @pytest.mark.slow
 def test_torchvision_constructors_accept_the_pooler(detector, pool_args):
     from torchvision.models import detection
@@ -82,8 +86,9 @@ def test_import_roiops_does_not_import_torchvision():
 
 # ---- quantized input ---------------------------------------------------------------------------
 
-QX = torch.quantize_per_tensor(torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(3)) * 4,
-                               0.05, 3, torch.quint8)
+QX = torch.quantize_per_tensor(
+    torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(3)) * 4, 0.05, 3, torch.quint8
+)
 QROIS = torch.tensor([[0, 1.0, 1.0, 8.0, 7.0], [1, 0.0, 2.0, 11.0, 5.0], [0, 3.5, 0.5, 6.0, 9.5]])
 
 
@@ -112,13 +117,19 @@ def test_quantized_roi_pool_and_scripted_roi_align():
     want = torch.quantize_per_tensor(roiops.roi_pool(QX.dequantize(), QROIS, 2, 0.5), 0.05, 3, torch.quint8)
     torch.testing.assert_close(out.int_repr(), want.int_repr(), rtol=0, atol=0)
     scripted = torch.jit.script(roiops.roi_align)
-    torch.testing.assert_close(scripted(QX, QROIS, [3, 3], 1.0, 2, True).int_repr(),
-                               roiops.roi_align(QX, QROIS, 3, 1.0, 2, True).int_repr(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        scripted(QX, QROIS, [3, 3], 1.0, 2, True).int_repr(),
+        roiops.roi_align(QX, QROIS, 3, 1.0, 2, True).int_repr(),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_quantized_input_must_be_per_tensor_affine():
     x = QX.dequantize()
-    per_channel = torch.quantize_per_channel(x, torch.full((3,), 0.1), torch.zeros(3, dtype=torch.long), 1, torch.quint8)
+    per_channel = torch.quantize_per_channel(
+        x, torch.full((3,), 0.1), torch.zeros(3, dtype=torch.long), 1, torch.quint8
+    )
     with pytest.raises(TypeError, match=r"roi_align: a quantized input must be per-tensor affine.*per_channel"):
         roiops.roi_align(per_channel, QROIS, 2)
     with pytest.raises(TypeError, match="boxes must have the dtype"):

@@ -1,5 +1,6 @@
 """The hand-checkable cases of docs/semantics.md, exactly, forward and gradient: the kernels of every
 device (cpu, cuda, emulated cuda: tests/devices.py) and, on the cpu parameter, the reference."""
+
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ def dev(request):
 
 def _implementations(dev, op, reference):
     """(name, fn) pairs to check: the op on dev (results back on the CPU), and the reference on cpu."""
+
     def on_dev(x, rois, *args):
         x_dev = dev.to(x.detach()).contiguous(memory_format=_format(x)).requires_grad_(x.requires_grad)
         with dev.python_layer():
@@ -37,7 +39,9 @@ def _format(x):
 
 def _both_align(dev, x, rois, *args):
     """Outputs (on the CPU) of the kernel on dev and, on cpu, the reference, for the same arguments."""
-    return [fn(x, rois, *args)[0].detach().cpu() for _, fn in _implementations(dev, roiops.roi_align, roi_align_reference)]
+    return [
+        fn(x, rois, *args)[0].detach().cpu() for _, fn in _implementations(dev, roiops.roi_align, roi_align_reference)
+    ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -51,8 +55,10 @@ def _both_align(dev, x, rois, *args):
 )
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_arange_5x5(dev, dtype, aligned, expected, layout):
-    x = torch.arange(25, dtype=dtype).reshape(1, 1, 5, 5).contiguous(
-        memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (
+        torch.arange(25, dtype=dtype)
+        .reshape(1, 1, 5, 5)
+        .contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     )
     rois = torch.tensor([[0, 1, 1, 3, 3]], dtype=dtype)
     expected = torch.tensor(expected, dtype=dtype).reshape(1, 1, 4, 4)
@@ -83,7 +89,9 @@ def test_2x2_aligned_sampling2(dev, dtype, layout):
 @pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_roi_pool_4x4(dev, dtype, layout):
-    base = torch.tensor([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], dtype=dtype).reshape(1, 1, 4, 4)
+    base = torch.tensor([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], dtype=dtype).reshape(
+        1, 1, 4, 4
+    )
     rois = torch.tensor([[0, 0, 0, 3, 3]], dtype=dtype)
     expected = torch.tensor([[4, 8], [12, 16]], dtype=dtype).reshape(1, 1, 2, 2)
     expected_grad = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=dtype).reshape(

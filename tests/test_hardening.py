@@ -5,6 +5,7 @@ value, or the same call made another way) or raises a clear TypeError/ValueError
 Several cases are regressions of crashes found while writing this file (segfaults on an empty map
 axis, on boxes whose extent overflows to inf, and out-of-bounds reads from a hostile argmax).
 """
+
 import gc
 import os
 import re
@@ -131,46 +132,156 @@ def test_hostile_argmax_in_direct_backward_calls():
 @pytest.mark.parametrize(
     "call,exc,patterns",
     [
-        (lambda: ops._roi_pool_backward(torch.zeros(1, 3, 2, 2), torch.tensor([[0, 1.0, 1, 4, 4]]),
-                                        torch.zeros(1, 3, 2, 2, dtype=torch.int32), 1.0, 2, 2, 2, 3, 1 << 40, 1 << 40,
-                                        False),
-         ValueError, [r"_roi_pool_backward", r"plane", r"2\^31", r"1099511627776 x 1099511627776"]),
-        (lambda: ops._roi_align_backward(torch.zeros(1, 3, 2, 2), torch.tensor([[0, 1.0, 1, 4, 4]]),
-                                         torch.empty(0, dtype=torch.int32), 1.0, 2, 2, -1, 3, 6, 6, 2, False, "avg",
-                                         False),
-         ValueError, [r"_roi_align_backward", r"non-negative", r"\[-1, 3, 6, 6\]"]),
-        (lambda: ops._roi_align_backward(torch.zeros(1, 3, 3, 3), torch.tensor([[0, 1.0, 1, 4, 4]]),
-                                         torch.empty(0, dtype=torch.int32), 1.0, 2, 2, 1, 3, 6, 6, 2, False, "avg",
-                                         False),
-         ValueError, [r"grad must have shape \[1, 3, 2, 2\]", r"\[1, 3, 3, 3\]"]),
-        (lambda: ops._roi_align_backward(torch.zeros(1, 3, 2, 2), torch.tensor([[0, 1.0, 1, 4, 4]]),
-                                         torch.zeros(1, 3, 2, 2), 1.0, 2, 2, 1, 3, 6, 6, 2, False, "max", False),
-         ValueError, [r"argmax must be int32", r"\[1, 3, 2, 2\]"]),
-        (lambda: ops.roi_align(torch.zeros(1, 1, 1, 1).expand(1, 1, 46341, 46341), torch.tensor([[0, 1.0, 1, 4, 4]]),
-                               1.0, 2, 2, 2, False, "avg"),
-         ValueError, [r"roi_align", r"plane", r"46341 x 46341"]),
-        (lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0.0, 0, 4, 4]]), 2, 1.0, 5000),
-         ValueError, [r"roi_align: sampling_ratio 5000", r"25000000 samples per bin", r"16777216",
-                      r"sampling_ratio must be at most 4096"]),
-        (lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0.0, 0, 1e7, 1e7]]), 2, 1.0, 0),
-         ValueError, [r"adaptive sampling \(sampling_ratio <= 0\)", r"1e\+07", r"samples per bin",
-                      r"positive sampling_ratio"]),
-        (lambda: roiops.roi_pool(torch.zeros(2, 1, 4, 4), torch.tensor([[2, 0.0, 0, 1, 1]]), 2),
-         ValueError, [r"roi_pool", r"batch index of box 0", r"boxes\[0, 0\]", r"\[0, 2\)", r"it is 2"]),
-        (lambda: roiops.roi_pool(torch.zeros(2, 1, 4, 4), [torch.zeros(1, 4)] * 3, 2),
-         ValueError, [r"roi_pool", r"batch index of box 2", r"\[0, 2\)", r"it is 2"]),
-        (lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0.0, float("nan"), 1, 1]]), 2),
-         ValueError, [r"roi_align: boxes must be finite", r"box 0", r"nan", r"column 2"]),
-        (lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5, dtype=torch.float64), 2),
-         TypeError, [r"boxes must have the dtype of input \(torch\.float32\)", r"torch\.float64"]),
-        (lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), (2, 1 << 21)),
-         ValueError, [r"output_size", r"2097152"]),
+        (
+            lambda: ops._roi_pool_backward(
+                torch.zeros(1, 3, 2, 2),
+                torch.tensor([[0, 1.0, 1, 4, 4]]),
+                torch.zeros(1, 3, 2, 2, dtype=torch.int32),
+                1.0,
+                2,
+                2,
+                2,
+                3,
+                1 << 40,
+                1 << 40,
+                False,
+            ),
+            ValueError,
+            [r"_roi_pool_backward", r"plane", r"2\^31", r"1099511627776 x 1099511627776"],
+        ),
+        (
+            lambda: ops._roi_align_backward(
+                torch.zeros(1, 3, 2, 2),
+                torch.tensor([[0, 1.0, 1, 4, 4]]),
+                torch.empty(0, dtype=torch.int32),
+                1.0,
+                2,
+                2,
+                -1,
+                3,
+                6,
+                6,
+                2,
+                False,
+                "avg",
+                False,
+            ),
+            ValueError,
+            [r"_roi_align_backward", r"non-negative", r"\[-1, 3, 6, 6\]"],
+        ),
+        (
+            lambda: ops._roi_align_backward(
+                torch.zeros(1, 3, 3, 3),
+                torch.tensor([[0, 1.0, 1, 4, 4]]),
+                torch.empty(0, dtype=torch.int32),
+                1.0,
+                2,
+                2,
+                1,
+                3,
+                6,
+                6,
+                2,
+                False,
+                "avg",
+                False,
+            ),
+            ValueError,
+            [r"grad must have shape \[1, 3, 2, 2\]", r"\[1, 3, 3, 3\]"],
+        ),
+        (
+            lambda: ops._roi_align_backward(
+                torch.zeros(1, 3, 2, 2),
+                torch.tensor([[0, 1.0, 1, 4, 4]]),
+                torch.zeros(1, 3, 2, 2),
+                1.0,
+                2,
+                2,
+                1,
+                3,
+                6,
+                6,
+                2,
+                False,
+                "max",
+                False,
+            ),
+            ValueError,
+            [r"argmax must be int32", r"\[1, 3, 2, 2\]"],
+        ),
+        (
+            lambda: ops.roi_align(
+                torch.zeros(1, 1, 1, 1).expand(1, 1, 46341, 46341),
+                torch.tensor([[0, 1.0, 1, 4, 4]]),
+                1.0,
+                2,
+                2,
+                2,
+                False,
+                "avg",
+            ),
+            ValueError,
+            [r"roi_align", r"plane", r"46341 x 46341"],
+        ),
+        (
+            lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0.0, 0, 4, 4]]), 2, 1.0, 5000),
+            ValueError,
+            [
+                r"roi_align: sampling_ratio 5000",
+                r"25000000 samples per bin",
+                r"16777216",
+                r"sampling_ratio must be at most 4096",
+            ],
+        ),
+        (
+            lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0.0, 0, 1e7, 1e7]]), 2, 1.0, 0),
+            ValueError,
+            [r"adaptive sampling \(sampling_ratio <= 0\)", r"1e\+07", r"samples per bin", r"positive sampling_ratio"],
+        ),
+        (
+            lambda: roiops.roi_pool(torch.zeros(2, 1, 4, 4), torch.tensor([[2, 0.0, 0, 1, 1]]), 2),
+            ValueError,
+            [r"roi_pool", r"batch index of box 0", r"boxes\[0, 0\]", r"\[0, 2\)", r"it is 2"],
+        ),
+        (
+            lambda: roiops.roi_pool(torch.zeros(2, 1, 4, 4), [torch.zeros(1, 4)] * 3, 2),
+            ValueError,
+            [r"roi_pool", r"batch index of box 2", r"\[0, 2\)", r"it is 2"],
+        ),
+        (
+            lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0.0, float("nan"), 1, 1]]), 2),
+            ValueError,
+            [r"roi_align: boxes must be finite", r"box 0", r"nan", r"column 2"],
+        ),
+        (
+            lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5, dtype=torch.float64), 2),
+            TypeError,
+            [r"boxes must have the dtype of input \(torch\.float32\)", r"torch\.float64"],
+        ),
+        (
+            lambda: roiops.roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), (2, 1 << 21)),
+            ValueError,
+            [r"output_size", r"2097152"],
+        ),
         (lambda: roiops.RoIAlign(7, spatial_scale=-1.0), ValueError, [r"RoIAlign: spatial_scale", r"-1\.0"]),
         (lambda: roiops.RoIPool((7, 0)), ValueError, [r"RoIPool: output_size", r"\(7, 0\)"]),
     ],
-    ids=["bwd-plane-overflow", "bwd-negative-size", "bwd-grad-shape", "bwd-argmax-dtype", "plane-2^31",
-         "sampling-ratio-5000", "adaptive-1e7", "batch-index", "batch-index-list", "nan", "dtype",
-         "output-size-2^21", "module-scale", "module-output-size"],
+    ids=[
+        "bwd-plane-overflow",
+        "bwd-negative-size",
+        "bwd-grad-shape",
+        "bwd-argmax-dtype",
+        "plane-2^31",
+        "sampling-ratio-5000",
+        "adaptive-1e7",
+        "batch-index",
+        "batch-index-list",
+        "nan",
+        "dtype",
+        "output-size-2^21",
+        "module-scale",
+        "module-output-size",
+    ],
 )
 def test_error_messages_name_argument_expected_and_actual(call, exc, patterns):
     with pytest.raises(exc) as info:
@@ -201,7 +312,7 @@ def test_non_finite_features_propagate_like_the_reference():
     xp[1, 1] = float("-inf")  # a whole plane of -inf
     out, argmax = ops.roi_pool(xp, rois, 1.0, 3, 2)
     torch.testing.assert_close(out, roi_pool_reference(xp, rois, (3, 2)), rtol=0, atol=0)
-    on_plane = (rois[:, 0] == 1)
+    on_plane = rois[:, 0] == 1
     full = out[on_plane][:, 1]
     nonempty = argmax[on_plane][:, 1] >= 0
     assert nonempty.any() and (full[nonempty] == float("-inf")).all()
@@ -222,8 +333,14 @@ def test_non_finite_features_propagate_like_the_reference():
 
 @pytest.mark.parametrize(
     "shape,output_size",
-    [((1, 1, 1, 1), 1), ((1, 1, 1, 1), (7, 7)), ((2, 1, 1, 1), (64, 64)), ((1, 1, 5, 3), (64, 1)),
-     ((1, 3, 2, 9), (1, 64)), ((1, 1, 16, 16), (64, 64))],
+    [
+        ((1, 1, 1, 1), 1),
+        ((1, 1, 1, 1), (7, 7)),
+        ((2, 1, 1, 1), (64, 64)),
+        ((1, 1, 5, 3), (64, 1)),
+        ((1, 3, 2, 9), (1, 64)),
+        ((1, 1, 16, 16), (64, 64)),
+    ],
     ids=["1x1-map-1x1", "1x1-map-7x7", "1x1-map-64x64", "64x1", "1x64", "16x16-map-64x64"],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -256,10 +373,13 @@ def test_a_million_rois():
     rows = torch.randperm(K, generator=torch.Generator().manual_seed(5))[:3000]
     out = roiops.roi_align(x, rois, (2, 3), 0.5, 2, True)
     assert out.shape == (K, 2, 2, 3)
-    torch.testing.assert_close(out[rows], roi_align_reference(x, rois[rows], (2, 3), 0.5, 2, True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out[rows], roi_align_reference(x, rois[rows], (2, 3), 0.5, 2, True), rtol=1e-5, atol=1e-5
+    )
     out = roiops.roi_align(x, rois, (2, 3), 0.5, 2, False, "max")
-    torch.testing.assert_close(out[rows], roi_align_reference(x, rois[rows], (2, 3), 0.5, 2, False, "max"),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out[rows], roi_align_reference(x, rois[rows], (2, 3), 0.5, 2, False, "max"), rtol=1e-5, atol=1e-5
+    )
     out = roiops.roi_pool(x, rois, (2, 3), 0.5)
     torch.testing.assert_close(out[rows], roi_pool_reference(x, rois[rows], (2, 3), 0.5), rtol=0, atol=0)
 
@@ -287,14 +407,16 @@ def test_element_offsets_beyond_2_pow_31(layout):
     assert n * c * h * w > 2**31
     x = _try_empty(shape, mf)
     crop = make_input((n, c, 16, 16), torch.float32, seed=6)
-    x[:, :, h - 16:, w - 16:] = crop
+    x[:, :, h - 16 :, w - 16 :] = crop
     # Boxes whose sample positions and rounded edges are exact in float32 at ~30000 (quarter cells),
     # crossing the bottom-right border; the crop's borders are the map's there.
     local = torch.tensor([[n - 1, 6.0, 6.0, 18.0, 18.0], [n - 1, 10.0, 8.0, 14.0, 16.0], [0, 7.0, 6.0, 15.0, 11.0]])
     rois = local + torch.tensor([0.0, w - 16, h - 16, w - 16, h - 16])
     for mode in ("avg", "max"):
         out = roiops.roi_align(x, rois, (4, 4), 1.0, 2, False, mode)
-        torch.testing.assert_close(out, roi_align_reference(crop, local, (4, 4), 1.0, 2, False, mode), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            out, roi_align_reference(crop, local, (4, 4), 1.0, 2, False, mode), rtol=1e-6, atol=1e-6
+        )
     out = roiops.roi_pool(x, rois, (3, 4), 1.0)
     torch.testing.assert_close(out, roi_pool_reference(crop, local, (3, 4), 1.0), rtol=0, atol=0)
     del x
@@ -367,7 +489,7 @@ def test_repeated_calls_do_not_leak_memory():
         step(i)
     gc.collect()
     rss = [_rss_kib()]
-    for chunk in range(2):
+    for _ in range(2):
         for i in range(2000):
             step(i)
         gc.collect()

@@ -3,6 +3,7 @@
 Every expected value is recomputed here from the rules in docs/semantics.md (C rounding, floor/ceil bin edges,
 RoIAlign's sample grid) or by brute-force numeric integration, not read back from the module.
 """
+
 import math
 
 import numpy as np
@@ -70,8 +71,9 @@ def test_roipool_bins_match_the_rule(stride):
     g = torch.Generator().manual_seed(stride)
     boxes = geo.random_boxes(40, 3 * stride, g, lo=stride, span=2 * stride)
     # exact half-cell coordinates, where C rounding and Python's round() differ
-    boxes = torch.cat([boxes, torch.tensor([[2.5 * stride, 0.5 * stride, 6.5 * stride, 4.5 * stride]],
-                                           dtype=torch.float64)])
+    boxes = torch.cat(
+        [boxes, torch.tensor([[2.5 * stride, 0.5 * stride, 6.5 * stride, 4.5 * stride]], dtype=torch.float64)]
+    )
     size = 12 + 4 * 32 // stride * 4
     x0, x1, y0, y1, ne = geo.roipool_bins(boxes, stride, 7, (size, size))
     for k, b in enumerate(boxes.tolist()):
@@ -139,10 +141,14 @@ def test_cell_average_map_is_the_cell_mean():
     stride = 16
     feat = l2.cell_average_map(stride, 6, per)[0]
     f = lambda x, y: np.sin(per.w * x + per.px) * np.sin(per.w * y + per.py)  # noqa: E731
-    for (i, j) in [(0, 0), (2, 5), (5, 3)]:
+    for i, j in [(0, 0), (2, 5), (5, 3)]:
         x0, y0 = j * stride, i * stride
-        assert feat[0, i, j].item() == pytest.approx(_fine_mean(lambda x, y: x + 0 * y, x0, x0 + stride, y0, y0 + stride))
-        assert feat[1, i, j].item() == pytest.approx(_fine_mean(lambda x, y: y + 0 * x, x0, x0 + stride, y0, y0 + stride))
+        assert feat[0, i, j].item() == pytest.approx(
+            _fine_mean(lambda x, y: x + 0 * y, x0, x0 + stride, y0, y0 + stride)
+        )
+        assert feat[1, i, j].item() == pytest.approx(
+            _fine_mean(lambda x, y: y + 0 * x, x0, x0 + stride, y0, y0 + stride)
+        )
         assert feat[2, i, j].item() == pytest.approx(_fine_mean(f, x0, x0 + stride, y0, y0 + stride), abs=1e-5)
 
 

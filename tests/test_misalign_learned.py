@@ -4,6 +4,7 @@
 Expected values come from hand computation or closed forms, or from pycocotools itself, never from the module
 under test.
 """
+
 import argparse
 import copy
 import json
@@ -29,9 +30,13 @@ from roiops.models import round_boxes_to_grid  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- RoIWarp's rounding
 def test_round_boxes_to_grid_by_hand():
-    boxes = torch.tensor([[5.0, 7.9, 24.0, 40.0],  # cells 0.31 0.49 1.5 2.5 -> 0 0 2 3 (halves away from zero)
-                          [-8.0, 8.0, 47.9, 56.1],  # -0.5 0.5 2.99 3.51 -> -1 1 3 4
-                          [1.0, 30.0, 3.0, 33.0]])  # x collapses (0, 0) and keeps one cell; y 1.875 2.06 -> 2, 2 -> 3
+    boxes = torch.tensor(
+        [
+            [5.0, 7.9, 24.0, 40.0],  # cells 0.31 0.49 1.5 2.5 -> 0 0 2 3 (halves away from zero)
+            [-8.0, 8.0, 47.9, 56.1],  # -0.5 0.5 2.99 3.51 -> -1 1 3 4
+            [1.0, 30.0, 3.0, 33.0],
+        ]
+    )  # x collapses (0, 0) and keeps one cell; y 1.875 2.06 -> 2, 2 -> 3
     expected = torch.tensor([[0.0, 0.0, 32.0, 48.0], [-16.0, 16.0, 48.0, 64.0], [0.0, 32.0, 16.0, 48.0]])
     torch.testing.assert_close(round_boxes_to_grid(boxes, 1 / 16), expected)
     # the dtype is kept, and a scale of 1 rounds to whole pixels
@@ -55,8 +60,9 @@ def test_roiwarp_pooler_is_roialign_on_rounded_boxes():
     boxes = [torch.tensor([[3.0, 5.0, 70.0, 90.0]]), torch.tensor([[20.0, 9.0, 41.0, 77.0], [0.0, 0.0, 9.0, 9.0]])]
     warp = l3.make_pooler(l3.PoolOp("RoIWarp", round_boxes=True), 7, 16, 2)
     out = warp({"0": feats}, boxes, [(160, 160)] * 2)
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), round_boxes_to_grid(b, 1 / 16)], 1)
-                      for i, b in enumerate(boxes)])
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i)), round_boxes_to_grid(b, 1 / 16)], 1) for i, b in enumerate(boxes)]
+    )
     torch.testing.assert_close(out, roiops.roi_align(feats, rois, 7, 1 / 16, 2, True))
 
 
@@ -92,9 +98,9 @@ def test_bootstrap_interval_of_a_mean_matches_the_normal_closed_form():
 
 def test_crossover_interpolates_in_log_size():
     assert summary.crossover([10, 20, 40], [-2.0, -1.0, 1.0]) == pytest.approx(math.sqrt(20 * 40))
-    assert summary.crossover([10, 20, 40], [-3.0, float("nan"), 1.0]) == pytest.approx(10 * 4 ** 0.75)
+    assert summary.crossover([10, 20, 40], [-3.0, float("nan"), 1.0]) == pytest.approx(10 * 4**0.75)
     # the last change of sign counts: a positive blip among small objects is not the crossover
-    assert summary.crossover([10, 20, 40, 80], [-1.0, 1.0, -1.0, 3.0]) == pytest.approx(40 * 2 ** 0.25)
+    assert summary.crossover([10, 20, 40, 80], [-1.0, 1.0, -1.0, 3.0]) == pytest.approx(40 * 2**0.25)
     assert summary.crossover([10, 20], [1.0, 2.0]) is None  # never negative: it grows at every size
     assert summary.crossover([10, 20], [1.0, -2.0]) is None  # negative at the largest size: no crossover in range
 
@@ -108,8 +114,14 @@ def _tiny_set_and_detections(seed=0):
     for i, (masks, labels) in enumerate(zip(data.masks, data.labels)):
         for mk, lab in zip(masks.numpy() > 0.5, labels.tolist()):
             shifted = np.roll(mk, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 2)))  # IoUs spread over 0..1
-            dets.append(dict(image_id=i + 1, category_id=lab if rng.random() > 0.2 else 1 + lab % 3,
-                             segmentation=coco._rle(shifted), score=float(rng.random())))
+            dets.append(
+                dict(
+                    image_id=i + 1,
+                    category_id=lab if rng.random() > 0.2 else 1 + lab % 3,
+                    segmentation=coco._rle(shifted),
+                    score=float(rng.random()),
+                )
+            )
         spurious = np.zeros(mk.shape, bool)
         spurious[5:15, 5:15] = True
         dets.append(dict(image_id=i + 1, category_id=1, segmentation=coco._rle(spurious), score=float(rng.random())))
@@ -156,8 +168,15 @@ def test_image_weights_equal_duplicating_and_dropping_images():
 
 
 # ----------------------------------------------------------------------------------------- end to end, report
-TINY = l3.Config(steps=3, train_images=6, test_images=6, image_size=64, diameter=(8.0, 40.0), bootstrap=20,
-                 size_edges=(0.0, 16.0, 1e4))
+TINY = l3.Config(
+    steps=3,
+    train_images=6,
+    test_images=6,
+    image_size=64,
+    diameter=(8.0, 40.0),
+    bootstrap=20,
+    size_edges=(0.0, 16.0, 1e4),
+)
 
 
 def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
@@ -170,12 +189,15 @@ def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
     res = json.loads(js.read_text())
     r3 = res["level3"]
     assert {(r["stride"], r["op"], r["seed"]) for r in r3["runs"]} == {
-        (s, op, seed) for s in (16, 32) for op in ("RoIPool", "RoIAlign avg") for seed in (0, 1)}
+        (s, op, seed) for s in (16, 32) for op in ("RoIPool", "RoIAlign avg") for seed in (0, 1)
+    }
     for r in r3["runs"]:
         for k in ("AP", "AP50", "AP75", "mIoU", "AP@0", "mIoU@1"):
             assert r[k] is None or 0.0 <= r[k] <= 100.0
     rows = r3["summary"]["rows"]
-    assert {"mean", "seed_ci", "boot_lo", "boot_hi"} <= set(next(r for r in rows if r["op"] == "RoIAlign avg")["gap_AP"])
+    assert {"mean", "seed_ci", "boot_lo", "boot_hi"} <= set(
+        next(r for r in rows if r["op"] == "RoIAlign avg")["gap_AP"]
+    )
     sm = r3["summary"]["size_map"]
     assert len(sm["bins"]) == 2 and {"gap_mIoU_s16", "gap_AP_s32", "trend_mIoU", "trend_AP"} <= set(sm["bins"][0])
     assert set(r3["summary"]["trend"]) == {"AP", "AP50", "AP75", "mIoU"}

@@ -1,5 +1,6 @@
 """roiops.models: heads, box coding, mask targets and losses, paste_masks, RoIHeads, and roiops poolers
 inside torchvision's Mask R-CNN."""
+
 import math
 
 import pytest
@@ -7,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import roiops
 from roiops.models import BoxHead, MaskHead, RoIHeads, decode_boxes, encode_boxes, mask_loss, mask_targets, paste_masks
 from roiops.models.targets import box_iou, box_loss, match_proposals
 from roiops.poolers import MultiScaleRoIAlign
@@ -110,7 +110,9 @@ def test_mask_loss_uses_only_the_gt_channel():
     grad_mask[0, 2] = grad_mask[1, 0] = grad_mask[2, 3] = 1
     assert (logits.grad * (1 - grad_mask)).abs().max() == 0
     assert (logits.grad * grad_mask).abs().sum() > 0
-    empty = mask_loss(torch.zeros(0, 4, 6, 6, requires_grad=True), torch.zeros(0, dtype=torch.long), torch.zeros(0, 6, 6))
+    empty = mask_loss(
+        torch.zeros(0, 4, 6, 6, requires_grad=True), torch.zeros(0, dtype=torch.long), torch.zeros(0, 6, 6)
+    )
     assert empty.item() == 0 and empty.requires_grad
 
 
@@ -139,7 +141,9 @@ def test_paste_matches_grid_sample_and_inverts_crop():
     got = paste_masks(masks, boxes, (h, w), threshold=None)
     # oracle: grid_sample at every pixel centre (j + 0.5, i + 0.5), normalised to the box, clamped to
     # the mask's outer cells inside the box and 0 outside it
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij"
+    )
     gx = (xs[None] - boxes[:, 0, None, None]) / (boxes[:, 2] - boxes[:, 0])[:, None, None] * 2 - 1
     gy = (ys[None] - boxes[:, 1, None, None]) / (boxes[:, 3] - boxes[:, 1])[:, None, None] * 2 - 1
     want = F.grid_sample(masks[:, None], torch.stack([gx, gy], -1), align_corners=False, padding_mode="border")[:, 0]
@@ -177,11 +181,15 @@ def _synthetic(n_img=3, size=64, seed=0):
             else:
                 m = (xs - cx).abs() / (w / 2) + (ys - cy).abs() / (h / 2) <= 1
             idx = m.nonzero()
-            boxes.append(torch.tensor([idx[:, 1].min(), idx[:, 0].min(), idx[:, 1].max() + 1, idx[:, 0].max() + 1]).float())
+            boxes.append(
+                torch.tensor([idx[:, 1].min(), idx[:, 0].min(), idx[:, 1].max() + 1, idx[:, 0].max() + 1]).float()
+            )
             img[k][m] += 0.8
             masks.append(m)
         images.append(img)
-        targets.append({"boxes": torch.stack(boxes), "labels": torch.tensor([1, 2]), "masks": torch.stack(masks).float()})
+        targets.append(
+            {"boxes": torch.stack(boxes), "labels": torch.tensor([1, 2]), "masks": torch.stack(masks).float()}
+        )
     return torch.stack(images), targets
 
 
@@ -208,13 +216,20 @@ def test_heads_overfit_synthetic_instances(op, one_thread):
     images, targets = _synthetic()
     c = 16
     backbone = nn.Sequential(
-        nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, c, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c, c, 3, padding=1),
+        nn.ReLU(),
     )
     heads = RoIHeads(
-        MultiScaleRoIAlign(["0"], 7, 2, aligned=True, op=op), BoxHead(c, 2, fc_dim=64),
-        MultiScaleRoIAlign(["0"], 14, 2, aligned=True, op=op), MaskHead(c, 2, conv_channels=16, num_convs=2),
-        num_classes=2, batch_size_per_image=32,
+        MultiScaleRoIAlign(["0"], 7, 2, aligned=True, op=op),
+        BoxHead(c, 2, fc_dim=64),
+        MultiScaleRoIAlign(["0"], 14, 2, aligned=True, op=op),
+        MaskHead(c, 2, conv_channels=16, num_convs=2),
+        num_classes=2,
+        batch_size_per_image=32,
     )
     params = list(backbone.parameters()) + list(heads.parameters())
     opt = torch.optim.Adam(params, lr=5e-3)
@@ -258,9 +273,17 @@ tv_detection = pytest.importorskip("torchvision.models.detection")
 def _tv_maskrcnn(seed=0):
     torch.manual_seed(seed)
     return tv_detection.maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=160,
-        rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50, rpn_pre_nms_top_n_train=200,
-        rpn_post_nms_top_n_train=100, box_batch_size_per_image=64, box_detections_per_img=10,
+        weights=None,
+        weights_backbone=None,
+        num_classes=3,
+        min_size=128,
+        max_size=160,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+        rpn_pre_nms_top_n_train=200,
+        rpn_post_nms_top_n_train=100,
+        box_batch_size_per_image=64,
+        box_detections_per_img=10,
         box_score_thresh=0.0,
     )
 

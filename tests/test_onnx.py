@@ -1,5 +1,6 @@
 """ONNX export with both exporters of torch.onnx.export, checked by running the file in ONNX Runtime
 against roiops in PyTorch, with box counts other than the example's (the box axis stays dynamic)."""
+
 import pytest
 import torch
 
@@ -34,8 +35,9 @@ def _export(model, example, path, exporter, dynamic):
         torch.onnx.export(model, example, path, dynamo=True, dynamic_shapes=shapes, input_names=names)
     else:
         axes = {n: list(a) for n, a in zip(names, dynamic) if a}
-        torch.onnx.export(model, example, path, dynamo=False, opset_version=ONNX_MIN_OPSET, input_names=names,
-                          dynamic_axes=axes)
+        torch.onnx.export(
+            model, example, path, dynamo=False, opset_version=ONNX_MIN_OPSET, input_names=names, dynamic_axes=axes
+        )
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -90,7 +92,9 @@ def test_roi_pool_exports_to_onnx_maxroipool(tmp_path, exporter):
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
 def test_list_of_boxes_exports(tmp_path, exporter, op):
-    kwargs = dict(output_size=3, spatial_scale=0.5) | (dict(sampling_ratio=0, aligned=True) if op == "roi_align" else {})
+    kwargs = dict(output_size=3, spatial_scale=0.5) | (
+        dict(sampling_ratio=0, aligned=True) if op == "roi_align" else {}
+    )
     model = _OpOnBoxList(getattr(roiops, op), **kwargs)
     example = (X, _boxes(3, 1)[:, 1:], _boxes(2, 2)[:, 1:])
     session = _export(model, example, tmp_path / "m.onnx", exporter, [[], [0], [0]])
@@ -146,16 +150,28 @@ def test_torchvision_mask_rcnn_with_roiops_poolers_runs_in_onnx_runtime(tmp_path
     torch.manual_seed(0)
     names = ["0", "1", "2", "3"]
     model = MaskRCNN(
-        resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5), num_classes=3,
-        min_size=128, max_size=160, box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
-        mask_roi_pool=MultiScaleRoIAlign(names, 14, 2), box_score_thresh=0.0, box_detections_per_img=20,
+        resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5),
+        num_classes=3,
+        min_size=128,
+        max_size=160,
+        box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
+        mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+        box_score_thresh=0.0,
+        box_detections_per_img=20,
     ).eval()
     g = torch.Generator().manual_seed(1)
     example, images = torch.rand(3, 128, 160, generator=g), [torch.rand(3, 128, 160, generator=g) for _ in range(2)]
     path = tmp_path / "maskrcnn.onnx"
-    torch.onnx.export(model, ([example],), path, dynamo=False, opset_version=ONNX_MIN_OPSET, input_names=["image"],
-                      output_names=["boxes", "labels", "scores", "masks"],
-                      dynamic_axes={"image": [1, 2], "boxes": [0], "labels": [0], "scores": [0], "masks": [0]})
+    torch.onnx.export(
+        model,
+        ([example],),
+        path,
+        dynamo=False,
+        opset_version=ONNX_MIN_OPSET,
+        input_names=["image"],
+        output_names=["boxes", "labels", "scores", "masks"],
+        dynamic_axes={"image": [1, 2], "boxes": [0], "labels": [0], "scores": [0], "masks": [0]},
+    )
     assert {"RoiAlign"} <= {n.op_type for n in _onnx_nodes(path)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for image in images:

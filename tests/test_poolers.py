@@ -1,4 +1,5 @@
 """roiops.MultiScaleRoIAlign: FPN level rule, scale inference, per-level pooling, torchvision parity."""
+
 import math
 
 import pytest
@@ -13,8 +14,9 @@ NAMES = ["0", "1", "2", "3"]
 def fpn_features(h, w, channels=3, batch=2, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     feats = {
-        str(i): torch.randn(batch, channels, math.ceil(h / 2 ** (i + 2)), math.ceil(w / 2 ** (i + 2)),
-                            generator=g, dtype=dtype)
+        str(i): torch.randn(
+            batch, channels, math.ceil(h / 2 ** (i + 2)), math.ceil(w / 2 ** (i + 2)), generator=g, dtype=dtype
+        )
         for i in range(4)
     }
     feats["pool"] = torch.randn(batch, channels, 2, 3, generator=g, dtype=dtype)  # not pooled from
@@ -37,8 +39,16 @@ def expected_level(box, k_min=2, k_max=5, canonical_scale=224):
 def test_level_rule_hand_checked():
     # a 224 x 224 box goes to the canonical level 4, halving/doubling the side moves one level
     boxes = torch.tensor(
-        [[0, 0, 224, 224], [10, 10, 122, 122], [0, 0, 448, 448], [0, 0, 56, 56], [0, 0, 4, 4], [0, 0, 2000, 2000],
-         [0, 0, 111.9, 112], [0, 0, 112, 448]],
+        [
+            [0, 0, 224, 224],
+            [10, 10, 122, 122],
+            [0, 0, 448, 448],
+            [0, 0, 56, 56],
+            [0, 0, 4, 4],
+            [0, 0, 2000, 2000],
+            [0, 0, 111.9, 112],
+            [0, 0, 112, 448],
+        ],
         dtype=torch.float32,
     )
     got = assign_levels(boxes, 2, 5).tolist()
@@ -85,8 +95,10 @@ def test_each_box_pooled_from_its_level(op, pool_mode, aligned):
 def test_gradients_reach_every_level():
     h, w = 64, 80
     feats = {k: v.requires_grad_() for k, v in fpn_features(h, w, channels=2, dtype=torch.float64).items()}
-    boxes = [torch.tensor([[1.0, 2, 9, 12], [0, 0, 60, 60], [3, 4, 40, 30.5]], dtype=torch.float64),
-             torch.tensor([[5.0, 5, 79, 63]], dtype=torch.float64)]
+    boxes = [
+        torch.tensor([[1.0, 2, 9, 12], [0, 0, 60, 60], [3, 4, 40, 30.5]], dtype=torch.float64),
+        torch.tensor([[5.0, 5, 79, 63]], dtype=torch.float64),
+    ]
     pooler = MultiScaleRoIAlign(NAMES, 3, 2, canonical_scale=56, aligned=True)
     inputs = tuple(feats[k] for k in NAMES)
     assert torch.autograd.gradcheck(

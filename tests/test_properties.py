@@ -17,6 +17,7 @@ Example counts: a short default run (derandomized, a few hundred examples over a
 under a minute), and a longer, random one with ``ROIOPS_FUZZ_EXAMPLES=N`` (N examples per test;
 failures are then kept in hypothesis' example database, .hypothesis/, and replayed first).
 """
+
 import math
 import os
 import re
@@ -30,7 +31,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 import roiops  # noqa: E402
 from roiops.reference import roi_align_reference, roi_pool_reference  # noqa: E402
-
 
 # ---- profiles ----------------------------------------------------------------------------------
 
@@ -291,13 +291,42 @@ def test_roi_pool_matches_reference(case, seed):
 # ---- invalid arguments -------------------------------------------------------------------------
 
 CORRUPTIONS = (
-    "nan", "inf", "-inf", "batch_negative", "batch_too_large", "batch_fractional", "batch_nan",
-    "boxes_width4", "boxes_width6", "boxes_1d", "boxes_3d", "boxes_dtype", "boxes_int", "boxes_numpy",
-    "boxes_list_shape", "boxes_list_item", "boxes_list_dtype", "input_3d", "input_5d", "input_int",
-    "input_bool", "input_not_tensor", "output_size_zero", "output_size_negative", "output_size_float",
-    "output_size_triple", "output_size_bool", "spatial_scale_zero", "spatial_scale_negative",
-    "spatial_scale_nan", "spatial_scale_inf", "spatial_scale_str", "sampling_ratio_float",
-    "sampling_ratio_huge", "aligned_int", "pool_mode",
+    "nan",
+    "inf",
+    "-inf",
+    "batch_negative",
+    "batch_too_large",
+    "batch_fractional",
+    "batch_nan",
+    "boxes_width4",
+    "boxes_width6",
+    "boxes_1d",
+    "boxes_3d",
+    "boxes_dtype",
+    "boxes_int",
+    "boxes_numpy",
+    "boxes_list_shape",
+    "boxes_list_item",
+    "boxes_list_dtype",
+    "input_3d",
+    "input_5d",
+    "input_int",
+    "input_bool",
+    "input_not_tensor",
+    "output_size_zero",
+    "output_size_negative",
+    "output_size_float",
+    "output_size_triple",
+    "output_size_bool",
+    "spatial_scale_zero",
+    "spatial_scale_negative",
+    "spatial_scale_nan",
+    "spatial_scale_inf",
+    "spatial_scale_str",
+    "sampling_ratio_float",
+    "sampling_ratio_huge",
+    "aligned_int",
+    "pool_mode",
 )
 
 ALIGN_ONLY = ("sampling_ratio_float", "sampling_ratio_huge", "aligned_int", "pool_mode")
@@ -314,16 +343,22 @@ def _corrupt(what, x, rois, args, rng):
         rois = rois.clone()
         rois[row, col] = float(what)
         word = {"nan": "nan", "inf": "inf", "-inf": "-inf"}[what]
-        return x, rois, args, ValueError, [r"boxes must be finite", rf"box {row}\b", rf"value {word}\b", rf"column {col}"]
+        return (
+            x,
+            rois,
+            args,
+            ValueError,
+            [r"boxes must be finite", rf"box {row}\b", rf"value {word}\b", rf"column {col}"],
+        )
     if what.startswith("batch_"):
         rois = rois.clone()
-        bad = {"batch_negative": -1.0, "batch_too_large": float(n), "batch_fractional": 0.5,
-               "batch_nan": float("nan")}[what]
+        bad = {"batch_negative": -1.0, "batch_too_large": float(n), "batch_fractional": 0.5, "batch_nan": float("nan")}[
+            what
+        ]
         rois[row, 0] = bad
         if what == "batch_nan":
             return x, rois, args, ValueError, [r"boxes must be finite", rf"box {row}\b", r"column 0"]
-        return x, rois, args, ValueError, [r"batch index", rf"boxes\[{row}, 0\]", rf"\[0, {n}\)",
-                                            rf"it is {bad:g}"]
+        return x, rois, args, ValueError, [r"batch index", rf"boxes\[{row}, 0\]", rf"\[0, {n}\)", rf"it is {bad:g}"]
     if what == "boxes_width4":
         return x, rois[:, 1:], args, ValueError, [r"boxes must be a Tensor\[K, 5\]", rf"shape \({k}, 4\)"]
     if what == "boxes_width6":
@@ -334,8 +369,13 @@ def _corrupt(what, x, rois, args, rng):
         return x, rois[None], args, ValueError, [r"boxes", rf"shape \(1, {k}, 5\)"]
     if what == "boxes_dtype":
         other = torch.float64 if x.dtype != torch.float64 else torch.float32
-        return x, rois.to(other), args, TypeError, [r"boxes must have the dtype of input", re.escape(str(x.dtype)),
-                                                     re.escape(str(other))]
+        return (
+            x,
+            rois.to(other),
+            args,
+            TypeError,
+            [r"boxes must have the dtype of input", re.escape(str(x.dtype)), re.escape(str(other))],
+        )
     if what == "boxes_int":
         return x, rois.to(torch.int64), args, TypeError, [r"boxes", r"dtype", r"torch\.int64"]
     if what == "boxes_numpy":
@@ -345,8 +385,13 @@ def _corrupt(what, x, rois, args, rng):
     if what == "boxes_list_item":
         return x, [rois[:, 1:]] + [(1.0, 2.0, 3.0, 4.0)], args, TypeError, [r"boxes\[1\] must be a Tensor", r"tuple"]
     if what == "boxes_list_dtype":
-        return x, [rois[:, 1:].to(torch.float16)], args, TypeError, [r"boxes\[0\] must have the dtype of input",
-                                                                     r"torch\.float16"]
+        return (
+            x,
+            [rois[:, 1:].to(torch.float16)],
+            args,
+            TypeError,
+            [r"boxes\[0\] must have the dtype of input", r"torch\.float16"],
+        )
     if what == "input_3d":
         return x[0], rois, args, ValueError, [r"input must be 4-D", r"3-D", re.escape(str(tuple(x[0].shape)))]
     if what == "input_5d":
@@ -358,14 +403,24 @@ def _corrupt(what, x, rois, args, rng):
     if what == "input_not_tensor":
         return x.tolist(), rois, args, TypeError, [r"input must be a Tensor", r"list"]
     if what.startswith("output_size_"):
-        bad = {"output_size_zero": 0, "output_size_negative": (2, -3), "output_size_float": 2.0,
-               "output_size_triple": (1, 2, 3), "output_size_bool": True}[what]
+        bad = {
+            "output_size_zero": 0,
+            "output_size_negative": (2, -3),
+            "output_size_float": 2.0,
+            "output_size_triple": (1, 2, 3),
+            "output_size_bool": True,
+        }[what]
         args["output_size"] = bad
         exc = ValueError if what in ("output_size_zero", "output_size_negative") else TypeError
         return x, rois, args, exc, [r"output_size", re.escape(repr(bad))]
     if what.startswith("spatial_scale_"):
-        bad = {"spatial_scale_zero": 0.0, "spatial_scale_negative": -0.25, "spatial_scale_nan": float("nan"),
-               "spatial_scale_inf": float("inf"), "spatial_scale_str": "0.5"}[what]
+        bad = {
+            "spatial_scale_zero": 0.0,
+            "spatial_scale_negative": -0.25,
+            "spatial_scale_nan": float("nan"),
+            "spatial_scale_inf": float("inf"),
+            "spatial_scale_str": "0.5",
+        }[what]
         args["spatial_scale"] = bad
         exc = TypeError if isinstance(bad, str) else ValueError
         return x, rois, args, exc, [r"spatial_scale", re.escape(repr(bad))]
@@ -384,8 +439,20 @@ def _corrupt(what, x, rois, args, rng):
     raise AssertionError(what)
 
 
-BOX_CORRUPTIONS = ("nan", "inf", "-inf", "batch_negative", "batch_too_large", "batch_fractional", "batch_nan",
-                   "boxes_width4", "boxes_width6", "boxes_1d", "boxes_dtype", "boxes_int")
+BOX_CORRUPTIONS = (
+    "nan",
+    "inf",
+    "-inf",
+    "batch_negative",
+    "batch_too_large",
+    "batch_fractional",
+    "batch_nan",
+    "boxes_width4",
+    "boxes_width6",
+    "boxes_1d",
+    "boxes_dtype",
+    "boxes_int",
+)
 
 
 @st.composite
@@ -400,9 +467,13 @@ def invalid_cases(draw, corruptions=CORRUPTIONS):
     rois = torch.tensor(boxes, dtype=torch.float64).to(x.dtype)
     if op == "roi_align":
         # Positive sampling: enormous boxes must not be refused for their (valid) size here.
-        args = dict(output_size=draw(st.integers(1, 4)), spatial_scale=scale,
-                    sampling_ratio=draw(st.integers(1, 3)), aligned=draw(st.booleans()),
-                    pool_mode=draw(st.sampled_from(("avg", "max"))))
+        args = dict(
+            output_size=draw(st.integers(1, 4)),
+            spatial_scale=scale,
+            sampling_ratio=draw(st.integers(1, 3)),
+            aligned=draw(st.booleans()),
+            pool_mode=draw(st.sampled_from(("avg", "max"))),
+        )
     else:
         args = dict(output_size=draw(st.integers(1, 4)), spatial_scale=scale)
     return op, what, x, rois, args, draw(st.integers(0, 2**31 - 1))
@@ -436,8 +507,16 @@ def test_direct_op_calls_reject_bad_boxes(case):
     size = args["output_size"]
     with pytest.raises(exc) as info:
         if op == "roi_align":
-            torch.ops.roiops.roi_align(x_in, boxes, args["spatial_scale"], size, size, args["sampling_ratio"],
-                                       args["aligned"], args["pool_mode"])
+            torch.ops.roiops.roi_align(
+                x_in,
+                boxes,
+                args["spatial_scale"],
+                size,
+                size,
+                args["sampling_ratio"],
+                args["aligned"],
+                args["pool_mode"],
+            )
         else:
             torch.ops.roiops.roi_pool(x_in, boxes, args["spatial_scale"], size, size)
     msg = str(info.value)

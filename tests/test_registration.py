@@ -1,6 +1,7 @@
 """Which kernels the compiled library registers with the dispatcher, and that build_info() tells the
 truth about it: CPU and AutocastCPU kernels always; CUDA and AutocastCUDA kernels exactly when the
 library was built with CUDA (CI builds with FORCE_CUDA=1, so there they must be present)."""
+
 import os
 
 import pytest
@@ -40,4 +41,3 @@ def test_cuda_kernels_registered_iff_built_with_cuda(op):
     with_cuda = roiops.build_info()["with_cuda"]
     assert has_kernel(op, "CUDA") == with_cuda
     assert has_kernel(op, "AutocastCUDA") == with_cuda
-

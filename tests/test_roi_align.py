@@ -1,5 +1,6 @@
 """roiops.roi_align against the pure-PyTorch reference (forward and input gradient), gradcheck,
 torchvision, opcheck and torch.compile."""
+
 import zlib
 
 import pytest
@@ -137,8 +138,12 @@ def test_grad_output_layouts(in_layout, mode):
         torch.testing.assert_close(input_grad(out, x, g), expected, rtol=1e-6, atol=1e-6)
     out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
     out.sum().backward()  # an expanded (stride-0) upstream gradient
-    torch.testing.assert_close(x.grad, input_grad(roi_align_reference(xr, rois, 3, 1.0, 2, True, mode), xr,
-                                                  torch.ones(out.shape)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        x.grad,
+        input_grad(roi_align_reference(xr, rois, 3, 1.0, 2, True, mode), xr, torch.ones(out.shape)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_many_rois_one_image():
@@ -197,8 +202,10 @@ def test_vs_torchvision_inverted_boxes_fixed_sampling():
     rois = make_rois(15, 2, 10, 12, 1.0, "inverted", seed=45)
     for aligned, sr in ((False, -1), (False, 2), (True, 2)):
         torch.testing.assert_close(
-            roiops.roi_align(x, rois, 3, 1.0, sr, aligned), tv_ops.roi_align(x, rois, 3, 1.0, sr, aligned),
-            rtol=1e-5, atol=1e-5,
+            roiops.roi_align(x, rois, 3, 1.0, sr, aligned),
+            tv_ops.roi_align(x, rois, 3, 1.0, sr, aligned),
+            rtol=1e-5,
+            atol=1e-5,
         )
 
 

@@ -1,5 +1,6 @@
 """roiops.roi_pool against the pure-PyTorch reference (forward and input gradient), gradcheck,
 torchvision and opcheck. Max pooling is exact, so forward results are compared exactly."""
+
 import pytest
 import torch
 
@@ -109,9 +110,10 @@ def test_gradcheck(scale, restore_threads):
     torch.set_num_threads(1)  # hundreds of tiny calls: no thread-pool overhead
     # Distinct values: no ties, so the maximum is locally constant in its position.
     x = make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True).requires_grad_(True)
-    rois = torch.tensor(
-        [[0, 0.3, 0.7, 4.6, 5.2], [0, -2.1, 1.3, 3.4, 7.9], [0, 2.2, -0.6, 9.1, 3.3]], dtype=torch.float64
-    ) / scale
+    rois = (
+        torch.tensor([[0, 0.3, 0.7, 4.6, 5.2], [0, -2.1, 1.3, 3.4, 7.9], [0, 2.2, -0.6, 9.1, 3.3]], dtype=torch.float64)
+        / scale
+    )
     assert torch.autograd.gradcheck(lambda t: roiops.roi_pool(t, rois, (2, 3), scale), (x,), eps=1e-6, atol=1e-6)
 
 

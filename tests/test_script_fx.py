@@ -1,5 +1,6 @@
 """TorchScript and torch.fx: every public op and module scripts, survives save/load and gives exactly
 the eager result; under FX the ops are leaf calls, like torchvision's, and traced graphs equal eager."""
+
 import io
 from collections import OrderedDict
 
@@ -30,9 +31,15 @@ def _assert_same(a, b):
 
 
 @pytest.mark.parametrize("boxes", [ROIS, BOX_LIST], ids=["tensor", "list"])
-@pytest.mark.parametrize("args", [
-    ((3, 4), 0.5, 2, True, "avg"), (5, 1.0, -1, False, "avg"), (2, 0.25, 0, True, "max"), ((1, 3), 1.0, 3, False, "max"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ((3, 4), 0.5, 2, True, "avg"),
+        (5, 1.0, -1, False, "avg"),
+        (2, 0.25, 0, True, "max"),
+        ((1, 3), 1.0, 3, False, "max"),
+    ],
+)
 def test_scripted_roi_align_equals_eager(boxes, args):
     output_size, scale, ratio, aligned, mode = args
     scripted = torch.jit.script(roiops.roi_align)
@@ -109,6 +116,7 @@ def test_scripted_torchvision_detector_with_roiops_poolers(builder):
 
 
 # ---- torch.fx ----------------------------------------------------------------------------------
+
 
 class _CallsByName(torch.nn.Module):
     # `from roiops import roi_align` style: the name is bound in this module, not patched by torch.fx.wrap

@@ -41,12 +41,12 @@ template <typename acc_t, typename scalar_t>
 AlignGeometry<acc_t> roi_geometry(const scalar_t* roi_row, const AlignParams& p) {
   acc_t roi[5];
   for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(roi_row[j]);
-  AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h,
-                                                 p.pooled_w, p.sampling_ratio, p.aligned);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin, "roi_align: ",
-                    p.sampling_ratio > 0 ? "sampling_ratio " : "adaptive sampling (sampling_ratio <= 0)",
-                    p.sampling_ratio > 0 ? std::to_string(p.sampling_ratio) : std::string(), " of box ",
-                    roi_row[1], ", ", roi_row[2], ", ", roi_row[3], ", ", roi_row[4], " would take ",
+  AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h, p.pooled_w,
+                                                 p.sampling_ratio, p.aligned);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin,
+                    "roi_align: ", p.sampling_ratio > 0 ? "sampling_ratio " : "adaptive sampling (sampling_ratio <= 0)",
+                    p.sampling_ratio > 0 ? std::to_string(p.sampling_ratio) : std::string(), " of box ", roi_row[1],
+                    ", ", roi_row[2], ", ", roi_row[3], ", ", roi_row[4], " would take ",
                     static_cast<int64_t>(g.grid_h) * g.grid_w, " samples per bin (limit ", kMaxSamplesPerBin,
                     "); pass ", p.sampling_ratio > 0 ? "a smaller" : "a positive", " sampling_ratio");
   return g;
@@ -71,9 +71,7 @@ class RoiSamples {
     }
   }
 
-  BinSamples bin(int64_t b) const {
-    return bin_samples(rows_[b / pooled_w_], cols_[b % pooled_w_], grid_h_, grid_w_);
-  }
+  BinSamples bin(int64_t b) const { return bin_samples(rows_[b / pooled_w_], cols_[b % pooled_w_], grid_h_, grid_w_); }
 
   // The sum of bin(b).count() over all bins, from the rows and columns alone: every bin visits its
   // rectangle, and the stand-in unless both its row and its column are whole.
@@ -99,8 +97,8 @@ class RoiSamples {
 
 // Writes make(taps) and the sample index of each sample bin b visits, in visiting order, to t and ids.
 template <typename acc_t, typename Out, typename Make>
-void write_bin_taps(const AlignGeometry<acc_t>& g, const RoiSamples<acc_t>& rs, int64_t b, const AlignParams& p,
-                    Out* t, int32_t* ids, const Make& make) {
+void write_bin_taps(const AlignGeometry<acc_t>& g, const RoiSamples<acc_t>& rs, int64_t b, const AlignParams& p, Out* t,
+                    int32_t* ids, const Make& make) {
   const int ph = static_cast<int>(b / p.pooled_w), pw = static_cast<int>(b % p.pooled_w);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
   rs.bin(b).for_each([&](int s, int iy, int ix) {
@@ -213,8 +211,14 @@ struct PlaneTaps {
 
 template <typename acc_t>
 PlaneTaps<acc_t> plane_taps(const BilinearTaps<acc_t>& t) {
-  return t.valid ? PlaneTaps<acc_t>{static_cast<int32_t>(t.o1), static_cast<int32_t>(t.o2),
-                                    static_cast<int32_t>(t.o3), static_cast<int32_t>(t.o4), t.w1, t.w2, t.w3, t.w4}
+  return t.valid ? PlaneTaps<acc_t>{static_cast<int32_t>(t.o1),
+                                    static_cast<int32_t>(t.o2),
+                                    static_cast<int32_t>(t.o3),
+                                    static_cast<int32_t>(t.o4),
+                                    t.w1,
+                                    t.w2,
+                                    t.w3,
+                                    t.w4}
                  : PlaneTaps<acc_t>{-1, 0, 0, 0, acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 }
 
@@ -318,41 +322,41 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   // Bins without samples (zero-size boxes with adaptive sampling) get no run: they are 0 (argmax -1).
   output.zero_();
   if (p.max_mode) argmax.fill_(-1);
-  for_each_channel_bin<acc_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), p,
-                              [&](int64_t c, int64_t k, const AlignGeometry<acc_t>& g, int64_t ph, int64_t pw,
-                                  const PlaneTaps<acc_t>* t, const int32_t* ids, int64_t n) {
-      const scalar_t* plane = in_data + (g.batch * C + c) * HW;
-      acc_t value;
-      if (!p.max_mode) {
-        acc_t sum = 0;
-        for (int64_t s = 0; s < n; ++s) {
-          const PlaneTaps<acc_t>& ts = t[s];
-          if (ts.o1 < 0) continue;
-          sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
-                 ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
-        }
-        value = sum / g.count;
-      } else {
-        acc_t top = 0;
-        int32_t top_s = -1;
-        for (int64_t s = 0; s < n; ++s) {
-          const PlaneTaps<acc_t>& ts = t[s];
-          // An outside sample is a 0 that can win.
-          const acc_t v = ts.o1 < 0 ? acc_t(0)
-                                    : ts.w1 * static_cast<acc_t>(plane[ts.o1]) +
-                                          ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
-                                          ts.w3 * static_cast<acc_t>(plane[ts.o3]) +
-                                          ts.w4 * static_cast<acc_t>(plane[ts.o4]);
-          if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
-            top = v;
-            top_s = ids[s];
+  for_each_channel_bin<acc_t>(
+      rois.const_data_ptr<scalar_t>(), rois.size(0), p,
+      [&](int64_t c, int64_t k, const AlignGeometry<acc_t>& g, int64_t ph, int64_t pw, const PlaneTaps<acc_t>* t,
+          const int32_t* ids, int64_t n) {
+        const scalar_t* plane = in_data + (g.batch * C + c) * HW;
+        acc_t value;
+        if (!p.max_mode) {
+          acc_t sum = 0;
+          for (int64_t s = 0; s < n; ++s) {
+            const PlaneTaps<acc_t>& ts = t[s];
+            if (ts.o1 < 0) continue;
+            sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                   ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
           }
+          value = sum / g.count;
+        } else {
+          acc_t top = 0;
+          int32_t top_s = -1;
+          for (int64_t s = 0; s < n; ++s) {
+            const PlaneTaps<acc_t>& ts = t[s];
+            // An outside sample is a 0 that can win.
+            const acc_t v =
+                ts.o1 < 0 ? acc_t(0)
+                          : ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                                ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+            if (v > top || top_s < 0) {  // the first sample always counts (-inf too)
+              top = v;
+              top_s = ids[s];
+            }
+          }
+          value = top;
+          arg_data[arg_at.at(k, c, ph, pw)] = top_s;
         }
-        value = top;
-        arg_data[arg_at.at(k, c, ph, pw)] = top_s;
-      }
-      out_data[out_at.at(k, c, ph, pw)] = static_cast<scalar_t>(value);
-  });
+        out_data[out_at.at(k, c, ph, pw)] = static_cast<scalar_t>(value);
+      });
 }
 
 template <typename scalar_t>
@@ -368,29 +372,29 @@ void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   for_each_channel_bin<acc_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), p,
                               [&](int64_t c, int64_t k, const AlignGeometry<acc_t>& g, int64_t ph, int64_t pw,
                                   const PlaneTaps<acc_t>* t, const int32_t* ids, int64_t n) {
-      acc_t* plane = gi_data + (g.batch * C + c) * HW;
-      const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
-      if (!p.max_mode) {
-        const acc_t gs = gv / g.count;
-        for (int64_t s = 0; s < n; ++s) {
-          const PlaneTaps<acc_t>& ts = t[s];
-          if (ts.o1 < 0) continue;
-          plane[ts.o1] += ts.w1 * gs;
-          plane[ts.o2] += ts.w2 * gs;
-          plane[ts.o3] += ts.w3 * gs;
-          plane[ts.o4] += ts.w4 * gs;
-        }
-      } else {
-        const int32_t s = arg_data[arg_at.at(k, c, ph, pw)];
-        // argmax comes from the caller: an index outside the bin's grid is ignored.
-        const PlaneTaps<acc_t>* ts = find_sample(t, ids, n, s);
-        if (ts == nullptr || ts->o1 < 0) return;
-        plane[ts->o1] += ts->w1 * gv;
-        plane[ts->o2] += ts->w2 * gv;
-        plane[ts->o3] += ts->w3 * gv;
-        plane[ts->o4] += ts->w4 * gv;
-      }
-  });
+                                acc_t* plane = gi_data + (g.batch * C + c) * HW;
+                                const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
+                                if (!p.max_mode) {
+                                  const acc_t gs = gv / g.count;
+                                  for (int64_t s = 0; s < n; ++s) {
+                                    const PlaneTaps<acc_t>& ts = t[s];
+                                    if (ts.o1 < 0) continue;
+                                    plane[ts.o1] += ts.w1 * gs;
+                                    plane[ts.o2] += ts.w2 * gs;
+                                    plane[ts.o3] += ts.w3 * gs;
+                                    plane[ts.o4] += ts.w4 * gs;
+                                  }
+                                } else {
+                                  const int32_t s = arg_data[arg_at.at(k, c, ph, pw)];
+                                  // argmax comes from the caller: an index outside the bin's grid is ignored.
+                                  const PlaneTaps<acc_t>* ts = find_sample(t, ids, n, s);
+                                  if (ts == nullptr || ts->o1 < 0) return;
+                                  plane[ts->o1] += ts->w1 * gv;
+                                  plane[ts->o2] += ts->w2 * gv;
+                                  plane[ts->o3] += ts->w3 * gv;
+                                  plane[ts->o4] += ts->w4 * gv;
+                                }
+                              });
 }
 
 // The channels-last backward: each sample's four taps are channel vectors of the thread's channel
@@ -463,12 +467,18 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
 }
 
 AlignParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                        bool aligned, const std::string& pool_mode, int64_t channels, int64_t height,
-                        int64_t width) {
+                        bool aligned, const std::string& pool_mode, int64_t channels, int64_t height, int64_t width) {
   check_sampling_ratio(sampling_ratio, "roi_align");
   check_spatial_scale(spatial_scale, "roi_align");
-  return AlignParams{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                     static_cast<int>(sampling_ratio), aligned, is_max_mode(pool_mode), height, width, channels};
+  return AlignParams{spatial_scale,
+                     static_cast<int>(pooled_height),
+                     static_cast<int>(pooled_width),
+                     static_cast<int>(sampling_ratio),
+                     aligned,
+                     is_max_mode(pool_mode),
+                     height,
+                     width,
+                     channels};
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
@@ -481,9 +491,9 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input
   const auto layout = use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, p.channels, pooled_height, pooled_width}, input.options(), layout);
-  at::Tensor argmax = p.max_mode ? at::empty({K, p.channels, pooled_height, pooled_width},
-                                             input.options().dtype(at::kInt), layout)
-                                 : at::empty({0}, input.options().dtype(at::kInt));
+  at::Tensor argmax =
+      p.max_mode ? at::empty({K, p.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout)
+                 : at::empty({0}, input.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor r = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
@@ -497,10 +507,9 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input
 }
 
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
-                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
-                                  int64_t batch_size, int64_t channels, int64_t height, int64_t width,
-                                  int64_t sampling_ratio, bool aligned, std::string pool_mode,
-                                  bool /*deterministic: the CPU backward always is*/) {
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                                  std::string pool_mode, bool /*deterministic: the CPU backward always is*/) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
                       "_roi_align_backward");
   const AlignParams p = make_params(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode,

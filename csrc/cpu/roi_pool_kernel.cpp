@@ -227,7 +227,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                                         double spatial_scale, int64_t pooled_height,
                                                         int64_t pooled_width) {
   check_forward_args(input, rois, pooled_height, pooled_width, "roi_pool");
-  const PoolParams p = make_params(spatial_scale, pooled_height, pooled_width, input.size(1), input.size(2), input.size(3));
+  const PoolParams p =
+      make_params(spatial_scale, pooled_height, pooled_width, input.size(1), input.size(2), input.size(3));
   const auto layout = use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, p.channels, pooled_height, pooled_width}, input.options(), layout);

@@ -58,8 +58,8 @@ ROIOPS_SIMD_CLONES void bin_average_nhwc(const scalar_t* __restrict image, int64
 // an outside sample is a 0 that can win; no sample at all gives 0 and -1).
 template <typename scalar_t, typename acc_t>
 ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t channels,
-                                     const BilinearTaps<acc_t>* __restrict taps, int64_t samples,
-                                     acc_t* __restrict out, int32_t* __restrict arg) {
+                                     const BilinearTaps<acc_t>* __restrict taps, int64_t samples, acc_t* __restrict out,
+                                     int32_t* __restrict arg) {
   for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, channels - c0);
     acc_t top[kChannelBlock];
@@ -98,9 +98,8 @@ ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t c
 // (first wins; an empty bin gives 0 and -1). Compared in acc_t (float for the half types, which
 // converts exactly and vectorizes, where comparing half types directly does not).
 template <typename scalar_t, typename acc_t>
-ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t channels, int64_t width,
-                                      CellRange rows, CellRange cols, acc_t* __restrict out,
-                                      int32_t* __restrict arg) {
+ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t channels, int64_t width, CellRange rows,
+                                      CellRange cols, acc_t* __restrict out, int32_t* __restrict arg) {
   for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, channels - c0);
     acc_t top[kChannelBlock];

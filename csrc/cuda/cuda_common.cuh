@@ -167,9 +167,7 @@ struct AtomicAdder {
   acc_t* data;
   // The adder a thread uses for the cells of channel c (all channels alike here).
   __device__ __forceinline__ AtomicAdder channel(int64_t) const { return *this; }
-  __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const {
-    gpuAtomicAddNoReturn(data + offset, v);
-  }
+  __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const { gpuAtomicAddNoReturn(data + offset, v); }
 };
 
 // Non-finite contributions, 3 bits per cell, packed 10 cells to an int32 word.
@@ -223,9 +221,9 @@ struct ChannelOf {
 };
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) fixed_point_to_float_kernel(int64_t n, const unsigned long long* acc,
-                                                                          const int* flags, const int* exponents,
-                                                                          ChannelOf channel_of, scalar_t* out) {
+__global__ void __launch_bounds__(kThreads)
+    fixed_point_to_float_kernel(int64_t n, const unsigned long long* acc, const int* flags, const int* exponents,
+                                ChannelOf channel_of, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {

@@ -61,9 +61,7 @@ namespace roiops {
 namespace emu {
 // atom/red.global.add.f32 flushes subnormal inputs and results to sign-preserving zero (PTX ISA);
 // .f64 keeps them.
-inline float flush_subnormal(float v) {
-  return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v;
-}
+inline float flush_subnormal(float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v; }
 }  // namespace emu
 }  // namespace roiops
 
@@ -72,9 +70,7 @@ inline void gpuAtomicAddNoReturn(float* address, float val) {
   *address = flush_subnormal(flush_subnormal(*address) + flush_subnormal(val));
 }
 
-inline void gpuAtomicAddNoReturn(double* address, double val) {
-  *address += val;
-}
+inline void gpuAtomicAddNoReturn(double* address, double val) { *address += val; }
 
 inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long val) {
   const unsigned long long old = *address;

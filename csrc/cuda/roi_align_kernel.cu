@@ -93,8 +93,7 @@ __global__ void __launch_bounds__(kThreads)
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
-    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
-                                    ph, pw);
+    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
     const int64_t o = out_strides.at(k, c, ph, pw);
     AlignGeometry<acc_t> g;
     if (!load_geometry(rois, k, a, g)) {  // a refused box: NaN, visibly
@@ -120,11 +119,10 @@ __global__ void __launch_bounds__(kThreads)
       } else {
         // A sample outside the map is a 0 that can still win.
         // (bilinear_taps also calls every sample of an empty map, H or W = 0, outside.)
-        const acc_t v = !t.valid ? acc_t(0)
-                               : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) +
-                                     t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
-                                     t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) +
-                                     t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
+        const acc_t v =
+            !t.valid ? acc_t(0)
+                     : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
+                           t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
         if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
           top = v;
           top_s = s;
@@ -150,8 +148,7 @@ __global__ void __launch_bounds__(kThreads)
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
-    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
-                                    ph, pw);
+    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
     const acc_t gv = static_cast<acc_t>(grad[grad_strides.at(k, c, ph, pw)]);
     if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
     AlignGeometry<acc_t> g;
@@ -193,8 +190,16 @@ AlignArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_
                     bool aligned, int64_t batch_size, int64_t channels, int64_t height, int64_t width, bool nhwc) {
   check_sampling_ratio(sampling_ratio, "roi_align");
   check_spatial_scale(spatial_scale, "roi_align");
-  return AlignArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width),
-                   static_cast<int>(sampling_ratio), aligned, nhwc, batch_size, channels, height, width};
+  return AlignArgs{spatial_scale,
+                   static_cast<int>(pooled_height),
+                   static_cast<int>(pooled_width),
+                   static_cast<int>(sampling_ratio),
+                   aligned,
+                   nhwc,
+                   batch_size,
+                   channels,
+                   height,
+                   width};
 }
 
 // A box whose bins would take more than kMaxSamplesPerBin samples is refused, as on the CPU: for a
@@ -207,8 +212,8 @@ template <typename scalar_t>
   const double* r = row.const_data_ptr<double>();
   acc_t roi[5];
   for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(r[j]);
-  const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h,
-                                                       a.pooled_w, a.sampling_ratio, a.aligned);
+  const AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(a.spatial_scale), a.pooled_h, a.pooled_w,
+                                                       a.sampling_ratio, a.aligned);
   TORCH_CHECK_VALUE(false, "roi_align: adaptive sampling (sampling_ratio <= 0) of box ", r[1], ", ", r[2], ", ", r[3],
                     ", ", r[4], " would take ", static_cast<int64_t>(g.grid_h) * g.grid_w, " samples per bin (limit ",
                     kMaxSamplesPerBin, "); pass a positive sampling_ratio");
@@ -227,9 +232,9 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cuda(const at::Tensor& inpu
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, a.channels, pooled_height, pooled_width}, input.options(), layout);
-  at::Tensor argmax = max_mode ? at::empty({K, a.channels, pooled_height, pooled_width},
-                                           input.options().dtype(at::kInt), layout)
-                               : at::empty({0}, input.options().dtype(at::kInt));
+  at::Tensor argmax =
+      max_mode ? at::empty({K, a.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout)
+               : at::empty({0}, input.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor in = nhwc ? input : input.contiguous();
   const at::Tensor r = rois.contiguous();

@@ -51,8 +51,7 @@ __global__ void __launch_bounds__(kThreads)
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
-    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
-                                    ph, pw);
+    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
     acc_t roi[5];
 #pragma unroll
     for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(rois[static_cast<int64_t>(k) * 5 + j]);
@@ -103,8 +102,7 @@ __global__ void __launch_bounds__(kThreads)
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
-    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c,
-                                    ph, pw);
+    decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
     const int32_t cell = argmax[arg_strides.at(k, c, ph, pw)];
     // argmax comes from the caller: anything outside the plane is ignored, never written.
     if (cell < 0 || cell >= HW) continue;
@@ -122,8 +120,14 @@ __global__ void __launch_bounds__(kThreads)
 PoolArgs make_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
                    int64_t channels, int64_t height, int64_t width, bool nhwc) {
   check_spatial_scale(spatial_scale, "roi_pool");
-  return PoolArgs{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), nhwc, batch_size,
-                  channels, height, width};
+  return PoolArgs{spatial_scale,
+                  static_cast<int>(pooled_height),
+                  static_cast<int>(pooled_width),
+                  nhwc,
+                  batch_size,
+                  channels,
+                  height,
+                  width};
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
@@ -131,15 +135,13 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cuda(const at::Tensor& input
                                                          int64_t pooled_width) {
   check_forward_args(input, rois, pooled_height, pooled_width, "roi_pool", /*check_values=*/false);
   const bool nhwc = use_channels_last(input);
-  const PoolArgs a =
-      make_args(spatial_scale, pooled_height, pooled_width, input.size(0), input.size(1), input.size(2), input.size(3),
-                nhwc);
+  const PoolArgs a = make_args(spatial_scale, pooled_height, pooled_width, input.size(0), input.size(1), input.size(2),
+                               input.size(3), nhwc);
   const DeviceGuard device_guard(input.device());
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const int64_t K = rois.size(0);
   at::Tensor output = at::empty({K, a.channels, pooled_height, pooled_width}, input.options(), layout);
-  at::Tensor argmax =
-      at::empty({K, a.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout);
+  at::Tensor argmax = at::empty({K, a.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout);
   if (output.numel() == 0) return {output, argmax};
   const at::Tensor in = nhwc ? input : input.contiguous();
   const at::Tensor r = rois.contiguous();
@@ -182,9 +184,8 @@ void launch_backward(const at::Tensor& grad, const at::Tensor& rois, const at::T
 }
 
 at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
-                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width,
-                                  int64_t batch_size, int64_t channels, int64_t height, int64_t width,
-                                  bool deterministic) {
+                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width, bool deterministic) {
   check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
                       "_roi_pool_backward", /*check_values=*/false);
   check_argmax(argmax, grad, "_roi_pool_backward");

@@ -42,8 +42,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_quantized(const at::Tensor& input, 
                                                        double spatial_scale, int64_t pooled_height,
                                                        int64_t pooled_width, int64_t sampling_ratio, bool aligned,
                                                        std::string pool_mode) {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("roiops::roi_align", "").typed<RoIAlignFn>();
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("roiops::roi_align", "").typed<RoIAlignFn>();
   return requantized(op.call(dequantized_input(input, "roi_align"), float_rois(rois), spatial_scale, pooled_height,
                              pooled_width, sampling_ratio, aligned, std::move(pool_mode)),
                      input);

@@ -7,6 +7,7 @@
 
 Also runnable from a checkout as `python -m roiops.bench`.
 """
+
 import argparse
 import sys
 
@@ -20,8 +21,10 @@ def _info(_args) -> int:
 
     info = roiops.build_info()
     print(f"roiops {info['version']}  (CUDA kernels compiled: {info['with_cuda']})")
-    print(f"torch {torch.__version__}, CUDA device available: {torch.cuda.is_available()}, "
-          f"CPU threads: {torch.get_num_threads()}")
+    print(
+        f"torch {torch.__version__}, CUDA device available: {torch.cuda.is_available()}, "
+        f"CPU threads: {torch.get_num_threads()}"
+    )
     print("ops:", ", ".join(f"roiops::{name}" for name in info["ops"]))
     return 0
 

@@ -11,6 +11,7 @@ Arithmetic: RoIAlign takes 4 multiply-adds per sample and channel (8 flops), for
 RoIPool one comparison per cell read. The matmul rate overstates what a gather can use, so the
 bound is loose in the compute-bound direction; it is a bound, not a prediction.
 """
+
 import math
 import statistics
 import time

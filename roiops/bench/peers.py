@@ -10,6 +10,7 @@ RoiAlign "max" takes the maximum of the bilinear taps scaled by their weights, n
 interpolated samples, a different quantity (compare its speed only); OpenVINO's MaxRoiPool rounds
 boxes differently. Inference runtimes have no backward.
 """
+
 import importlib.util
 from typing import Callable, Dict, Optional, Tuple
 
@@ -44,24 +45,32 @@ def availability() -> Dict[str, Optional[str]]:
 
 def _onnx_model(case) -> bytes:
     """A one-node ONNX model of the case's op, float32 NCHW."""
-    import onnx
     from onnx import TensorProto, helper
 
     features = helper.make_tensor_value_info("features", TensorProto.FLOAT, [case.batch, case.channels, None, None])
     output = helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None)
     if case.op == "roi_pool":
         rois = helper.make_tensor_value_info("rois", TensorProto.FLOAT, [None, 5])
-        node = helper.make_node("MaxRoiPool", ["features", "rois"], ["pooled"],
-                                pooled_shape=[case.output_size, case.output_size], spatial_scale=case.spatial_scale)
+        node = helper.make_node(
+            "MaxRoiPool",
+            ["features", "rois"],
+            ["pooled"],
+            pooled_shape=[case.output_size, case.output_size],
+            spatial_scale=case.spatial_scale,
+        )
         inputs = [features, rois]
     else:
         rois = helper.make_tensor_value_info("rois", TensorProto.FLOAT, [None, 4])
         batch = helper.make_tensor_value_info("batch_indices", TensorProto.INT64, [None])
         node = helper.make_node(
-            "RoiAlign", ["features", "rois", "batch_indices"], ["pooled"],
+            "RoiAlign",
+            ["features", "rois", "batch_indices"],
+            ["pooled"],
             mode="max" if case.op == "roi_align_max" else "avg",
-            output_height=case.output_size, output_width=case.output_size,
-            sampling_ratio=max(case.sampling_ratio, 0), spatial_scale=case.spatial_scale,
+            output_height=case.output_size,
+            output_width=case.output_size,
+            sampling_ratio=max(case.sampling_ratio, 0),
+            spatial_scale=case.spatial_scale,
             coordinate_transformation_mode="half_pixel" if case.aligned else "output_half_pixel",
         )
         inputs = [features, rois, batch]
@@ -92,8 +101,10 @@ def build(name: str, case, x: torch.Tensor, rois: torch.Tensor) -> Optional[Tupl
         a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale)
         if case.op == "roi_pool":
             return (lambda t, r: tv_ops.roi_pool(t, r, **a)), True
-        return (lambda t, r: tv_ops.roi_align(t, r, **a, sampling_ratio=case.sampling_ratio, aligned=case.aligned),
-                True)
+        return (
+            lambda t, r: tv_ops.roi_align(t, r, **a, sampling_ratio=case.sampling_ratio, aligned=case.aligned),
+            True,
+        )
     if case.dtype != "float32" or x.device.type != "cpu":
         return None
     feeds = _feeds(case, x, rois)
@@ -112,7 +123,8 @@ def build(name: str, case, x: torch.Tensor, rois: torch.Tensor) -> Optional[Tupl
 
         core = ov.Core()
         compiled = core.compile_model(
-            core.read_model(model, b""), "CPU",
+            core.read_model(model, b""),
+            "CPU",
             {"INFERENCE_NUM_THREADS": case.threads, "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1},
         )
         request = compiled.create_infer_request()

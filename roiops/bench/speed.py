@@ -7,6 +7,7 @@ one backward call (torch.autograd.grad on a fresh forward graph; the forward is 
 zero-fill of the gradient buffer is). "x best" is the fastest peer's time over roiops' (> 1: roiops
 is faster); "x limit" is roiops' time over this machine's lower bound for the case (limits.py).
 """
+
 import argparse
 import json
 import statistics
@@ -107,8 +108,9 @@ def time_backward(fn, x, rois, repeats: int, warmup: int, device: str) -> List[f
     return times
 
 
-def run_case(case: Case, device: str, args, machine: limits.Machine, usable: List[str],
-             runtime_cache: Dict[tuple, tuple]) -> List[Result]:
+def run_case(
+    case: Case, device: str, args, machine: limits.Machine, usable: List[str], runtime_cache: Dict[tuple, tuple]
+) -> List[Result]:
     """Times roiops and the peers on one case. The runtimes' timings are shared between the two
     layouts of a case (they get the same NCHW arrays either way): runtime_cache holds them."""
     torch.set_num_threads(case.threads)
@@ -125,7 +127,8 @@ def run_case(case: Case, device: str, args, machine: limits.Machine, usable: Lis
             # The reference is orders of magnitude slower: a few repeats are enough to place it.
             slow = impl == "reference"
             res.times_ms[impl] = timers[res.direction](
-                fn, x, rois, min(3, args.repeats) if slow else args.repeats, 0 if slow else args.warmup, device)
+                fn, x, rois, min(3, args.repeats) if slow else args.repeats, 0 if slow else args.warmup, device
+            )
     for name in usable:
         key = (name, *(v for k, v in asdict(case).items() if k != "layout"))
         if name != "torchvision" and key in runtime_cache:
@@ -140,7 +143,8 @@ def run_case(case: Case, device: str, args, machine: limits.Machine, usable: Lis
         for res in results:
             if res.direction == "forward" or differentiable:
                 res.times_ms[name] = timers[res.direction](
-                    fn, x, rois, min(peers.REPEATS[name], args.repeats), 1, device)
+                    fn, x, rois, min(peers.REPEATS[name], args.repeats), 1, device
+                )
         runtime_cache[key] = results[0].disagreement[name], results[0].times_ms[name]
     return results
 
@@ -152,8 +156,10 @@ def _fmt(v: Optional[float], spec: str = ".1f") -> str:
 def print_table(results: List[Result], machine: limits.Machine, usable: List[str]) -> None:
     short = {"torchvision": "tv", "onnxruntime": "ort", "openvino": "ov"}
     peer_cols = "".join(f" {short[p] + ' ms':>9} {short[p] + ' diff':>9}" for p in usable)
-    header = (f"{'case':<16} {'op':<14} {'dir':<4} {'dtype':<8} {'layout':<13} {'thr':>3} {'roiops ms':>13}"
-              f"{peer_cols} {'x best':>6} {'limit ms':>8} {'x limit':>7}")
+    header = (
+        f"{'case':<16} {'op':<14} {'dir':<4} {'dtype':<8} {'layout':<13} {'thr':>3} {'roiops ms':>13}"
+        f"{peer_cols} {'x best':>6} {'limit ms':>8} {'x limit':>7}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -166,15 +172,21 @@ def print_table(results: List[Result], machine: limits.Machine, usable: List[str
             cells += f" {_fmt(r.median(p), '.1f'):>9} {_fmt(diff, '.1e'):>9}"
         best = r.best_peer()
         x_limit = ours / r.bound_ms if ours and r.bound_ms else None
-        print(f"{c.name:<16} {c.op:<14} {r.direction[:3]:<4} {c.dtype:<8} {c.layout:<13} {c.threads:>3} "
-              f"{ours_s:>13}{cells} {_fmt(r.ratio(best) if best else None, '.2f'):>6} "
-              f"{_fmt(r.bound_ms, '.1f'):>8} {_fmt(x_limit, '.1f'):>7}")
-    print(f"\nthis machine: streaming {machine.stream_gbs:.1f} GB/s (torch.add), float32 matmul "
-          f"{machine.matmul_gflops:.0f} GFLOP/s; 'limit ms' = max(bytes that must move / bandwidth, "
-          "flops / matmul rate), see roiops/bench/limits.py")
-    print("diff: the peer's largest |difference| from roiops (forward). ONNX's RoiAlign max mode computes another "
-          "quantity (max of weighted taps), so only its speed compares; a nonzero diff elsewhere is a peer that "
-          "departs from the definition (docs/semantics.md).")
+        print(
+            f"{c.name:<16} {c.op:<14} {r.direction[:3]:<4} {c.dtype:<8} {c.layout:<13} {c.threads:>3} "
+            f"{ours_s:>13}{cells} {_fmt(r.ratio(best) if best else None, '.2f'):>6} "
+            f"{_fmt(r.bound_ms, '.1f'):>8} {_fmt(x_limit, '.1f'):>7}"
+        )
+    print(
+        f"\nthis machine: streaming {machine.stream_gbs:.1f} GB/s (torch.add), float32 matmul "
+        f"{machine.matmul_gflops:.0f} GFLOP/s; 'limit ms' = max(bytes that must move / bandwidth, "
+        "flops / matmul rate), see roiops/bench/limits.py"
+    )
+    print(
+        "diff: the peer's largest |difference| from roiops (forward). ONNX's RoiAlign max mode computes another "
+        "quantity (max of weighted taps), so only its speed compares; a nonzero diff elsewhere is a peer that "
+        "departs from the definition (docs/semantics.md)."
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -206,31 +218,45 @@ def run(args) -> int:
     usable = [p for p in peers.PEERS if p in wanted and status[p] is None]
     threads_before = torch.get_num_threads()
     print(f"roiops {roiops.__version__} | torch {torch.__version__} | device {args.device} | repeats {args.repeats}")
-    print("peers: " + ", ".join(f"{p} ({'yes' if status[p] is None else status[p]})" for p in peers.PEERS if p in wanted))
+    print(
+        "peers: " + ", ".join(f"{p} ({'yes' if status[p] is None else status[p]})" for p in peers.PEERS if p in wanted)
+    )
     start = time.perf_counter()
     results: List[Result] = []
     runtime_cache: Dict[tuple, tuple] = {}
     try:
         machine = limits.measure(args.device)
         for i, case in enumerate(cases):
-            print(f"[{i + 1}/{len(cases)}] {case.name} {case.op} {case.dtype} {case.layout} threads={case.threads}",
-                  flush=True)
+            print(
+                f"[{i + 1}/{len(cases)}] {case.name} {case.op} {case.dtype} {case.layout} threads={case.threads}",
+                flush=True,
+            )
             results += run_case(case, args.device, args, machine, usable, runtime_cache)
     finally:
         torch.set_num_threads(threads_before)
     print()
     print_table(results, machine, usable)
-    print(f"repeats: roiops {args.repeats} (after {args.warmup} warm-up calls); peers at most "
-          f"{peers.REPEATS} after 1 warm-up (slow peers get fewer); total {time.perf_counter() - start:.0f} s")
+    print(
+        f"repeats: roiops {args.repeats} (after {args.warmup} warm-up calls); peers at most "
+        f"{peers.REPEATS} after 1 warm-up (slow peers get fewer); total {time.perf_counter() - start:.0f} s"
+    )
     if args.json:
         payload = {
-            "roiops": roiops.__version__, "torch": torch.__version__, "device": args.device,
-            "machine": asdict(machine), "peers": status,
+            "roiops": roiops.__version__,
+            "torch": torch.__version__,
+            "device": args.device,
+            "machine": asdict(machine),
+            "peers": status,
             "results": [
-                {**asdict(r.case), "direction": r.direction, "times_ms": r.times_ms,
-                 "median_ms": {k: r.median(k) for k in r.times_ms},
-                 "speedup": {k: r.ratio(k) for k in r.times_ms if k != "roiops"},
-                 "disagreement": r.disagreement, "bound_ms": r.bound_ms}
+                {
+                    **asdict(r.case),
+                    "direction": r.direction,
+                    "times_ms": r.times_ms,
+                    "median_ms": {k: r.median(k) for k in r.times_ms},
+                    "speedup": {k: r.ratio(k) for k in r.times_ms if k != "roiops"},
+                    "disagreement": r.disagreement,
+                    "bound_ms": r.bound_ms,
+                }
                 for r in results
             ],
         }

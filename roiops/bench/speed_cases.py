@@ -1,5 +1,6 @@
 """The workloads of `roiops-bench speed`: an FPN P2 map of an 800x1088 image (stride 4) pooled by the
 box head (512 RoIs -> 7x7) and the mask head (100 RoIs -> 14x14) of a Mask R-CNN."""
+
 from dataclasses import dataclass
 from typing import List
 

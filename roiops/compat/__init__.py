@@ -8,6 +8,7 @@ an adapter follows:
 Both follow the operator definition in docs/semantics.md (which detectron2 and mmcv share):
 ``aligned=True`` shifts boxes by half a pixel, ``sampling_ratio <= 0`` samples adaptively.
 """
+
 import warnings
 
 from . import detectron2, mmcv

@@ -1,4 +1,5 @@
 """detectron2's ``ROIAlign`` (detectron2.layers), on roiops kernels."""
+
 import torch
 from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
@@ -17,8 +18,9 @@ class ROIAlign(nn.Module):
     """``ROIAlign(output_size, spatial_scale, sampling_ratio, aligned=True)``; ``forward(input, rois)``
     with rois Tensor[K, 5] (batch index, x1, y1, x2, y2). Average pooling only, as in detectron2."""
 
-    def __init__(self, output_size: BroadcastingList2[int], spatial_scale: float, sampling_ratio: int,
-                 aligned: bool = True):
+    def __init__(
+        self, output_size: BroadcastingList2[int], spatial_scale: float, sampling_ratio: int, aligned: bool = True
+    ):
         super().__init__()
         op = "ROIAlign"
         self.output_size = v.output_size_pair(op, output_size)

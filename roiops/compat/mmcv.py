@@ -1,4 +1,5 @@
 """mmcv's ``RoIAlign`` / ``RoIPool`` modules and functional forms (mmcv.ops), on roiops kernels."""
+
 import torch
 from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2

@@ -1,4 +1,5 @@
 """A small Mask R-CNN RoI-head stack on roiops: box and mask heads, targets and losses, mask pasting."""
+
 from ..paste import paste_masks
 from .grid import round_boxes_to_grid
 from .heads import BoxHead, MaskHead

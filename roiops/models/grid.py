@@ -5,6 +5,7 @@ Mask R-CNN's Table 2c) resamples the features bilinearly, like RoIAlign, but fir
 feature grid, as RoIPool does. RoIAlign with ``aligned=True`` on the boxes returned here is therefore RoIWarp:
 the only thing it does differently from RoIAlign is that rounding.
 """
+
 import torch
 from torch import Tensor
 

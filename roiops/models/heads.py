@@ -9,6 +9,7 @@ Class convention: K foreground classes. BoxHead index 0 is background and 1..K t
 torchvision); MaskHead channel k is the mask of class k + 1 when used with these box labels (the
 losses in ``roiops.models.targets`` index mask channels directly by the label they are given).
 """
+
 from typing import Tuple
 
 import torch

@@ -1,5 +1,6 @@
 """A small Mask R-CNN RoI-head stage: pooling, box head, mask head; losses in training, detections
 with full-resolution masks in inference."""
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -117,8 +118,11 @@ class RoIHeads(nn.Module):
             props, matched = props[keep], matched[keep]
             is_pos = matched >= 0
             safe = matched.clamp(min=0)
-            labels = torch.where(is_pos, tgt["labels"].to(torch.long)[safe] if gt_boxes.numel() else
-                                 torch.zeros_like(matched), torch.zeros_like(matched))
+            labels = torch.where(
+                is_pos,
+                tgt["labels"].to(torch.long)[safe] if gt_boxes.numel() else torch.zeros_like(matched),
+                torch.zeros_like(matched),
+            )
             regs = torch.zeros_like(props)
             if gt_boxes.numel():
                 regs[is_pos] = encode_boxes(gt_boxes[safe[is_pos]], props[is_pos], self.box_weights)
@@ -151,10 +155,7 @@ class RoIHeads(nn.Module):
             pos_props = [p[i] for p, i in zip(props, pos)]
             mask_logits = self.mask_head(self.mask_pooler(features, pos_props, image_shapes))
             size = mask_logits.shape[-1]
-            tgts = [
-                mask_targets(t["masks"], p, m[i], size)
-                for t, p, m, i in zip(targets, pos_props, matched, pos)
-            ]
+            tgts = [mask_targets(t["masks"], p, m[i], size) for t, p, m, i in zip(targets, pos_props, matched, pos)]
             pos_labels = torch.cat([lab[i] for lab, i in zip(labels, pos)])
             mask_tgts = torch.cat(tgts) if tgts else mask_logits.new_zeros((0, size, size))
             # mask channel k holds class k + 1 (class 0 is background)
@@ -170,13 +171,20 @@ class RoIHeads(nn.Module):
         results = []
         for scores, boxes, (h, w) in zip(scores_all.split(counts), boxes_all.split(counts), image_shapes):
             boxes = torch.stack(
-                [boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)],
+                [
+                    boxes[..., 0].clamp(0, w),
+                    boxes[..., 1].clamp(0, h),
+                    boxes[..., 2].clamp(0, w),
+                    boxes[..., 3].clamp(0, h),
+                ],
                 dim=-1,
             )
             labels = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
-            keep = (scores > self.score_thresh) & ((boxes[:, 2] - boxes[:, 0]) >= 1e-2) & (
-                (boxes[:, 3] - boxes[:, 1]) >= 1e-2
+            keep = (
+                (scores > self.score_thresh)
+                & ((boxes[:, 2] - boxes[:, 0]) >= 1e-2)
+                & ((boxes[:, 3] - boxes[:, 1]) >= 1e-2)
             )
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]

@@ -6,6 +6,7 @@ positive RoIs only) + L_mask (mean per-pixel sigmoid BCE on the ground-truth cla
 Box deltas are the standard (dx, dy, dw, dh) parameterisation, divided by weights (10, 10, 5, 5) on
 encoding; widths are x2 - x1 (continuous coordinates).
 """
+
 import math
 from typing import List, Sequence, Tuple, Union
 

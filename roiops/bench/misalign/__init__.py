@@ -23,6 +23,7 @@ Coordinate convention everywhere: image pixel j covers [j, j + 1); feature cell 
 pixels [c s, (c + 1) s) and its value is the average over them (cell centre at (c + 0.5) s). This is the
 convention under which RoIAlign with aligned=True is exact.
 """
+
 import argparse
 import dataclasses
 import json
@@ -49,20 +50,35 @@ QUICK = Config(steps=60, train_images=64, test_images=64, bootstrap=100)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="a small run (CI): fewer boxes; level 3 with 2 ops x 2 strides x 2 seeds, short training")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run (CI): fewer boxes; level 3 with 2 ops x 2 strides x 2 seeds, short training",
+    )
     parser.add_argument("--out", default="misalign_report", help="report folder (REPORT.md + PNGs + results.json)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per level-3 configuration (default 3; quick 2)")
     parser.add_argument("--levels", default="1,2,3", help="comma-separated levels to run (default 1,2,3)")
     parser.add_argument("--strides", default=None, help="level-3 strides (default 16,32, the paper's C4 and C5)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"level-3 training steps per run (default {Config.steps}; quick {QUICK.steps})")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a shared 2-core machine a second thread made training "
-                             "4-5x slower, spinning against other processes; 2 helps only on an idle machine)")
-    parser.add_argument("--from-json", default=None, metavar="PATH",
-                        help="re-render the report and plots of an earlier run's results.json into --out (no compute)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"level-3 training steps per run (default {Config.steps}; quick {QUICK.steps})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine a second thread made training "
+        "4-5x slower, spinning against other processes; 2 helps only on an idle machine)",
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="re-render the report and plots of an earlier run's results.json into --out (no compute)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -128,7 +144,7 @@ def _run(args) -> int:
     def log(msg):
         print(msg, flush=True)
         if msg.startswith("[misalign]"):
-            notes.append(msg[len("[misalign] "):])
+            notes.append(msg[len("[misalign] ") :])
 
     if 1 in levels:
         t0 = time.perf_counter()
@@ -159,9 +175,15 @@ def _run(args) -> int:
         print(f"(level 3: {time.perf_counter() - t0:.1f} s)")
     results["notes"] = notes
     results["findings"] = findings(results)
-    results["meta"] = dict(quick=quick, roiops=roiops.__version__, torch=torch.__version__,
-                           machine=f"{platform.machine()} {os.cpu_count()} CPUs", threads=torch.get_num_threads(),
-                           seconds=time.perf_counter() - t_start, levels=sorted(levels))
+    results["meta"] = dict(
+        quick=quick,
+        roiops=roiops.__version__,
+        torch=torch.__version__,
+        machine=f"{platform.machine()} {os.cpu_count()} CPUs",
+        threads=torch.get_num_threads(),
+        seconds=time.perf_counter() - t_start,
+        levels=sorted(levels),
+    )
     if not args.no_plots:
         render(results, args.out, True)  # plots (the report is rewritten below with the final time)
     results["meta"]["seconds"] = time.perf_counter() - t_start

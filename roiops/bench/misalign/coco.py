@@ -1,5 +1,6 @@
 """COCO mask AP of the level-3 detections: pycocotools matches detections to objects; AP is accumulated here from
 that matching so that it can be recomputed for bootstrap resamples of the test images."""
+
 import contextlib
 import io
 import warnings
@@ -31,11 +32,21 @@ def coco_gt(data: L3Data, area: str = "mask"):
         for j in range(len(lab)):
             mk = m[j].numpy() > 0.5
             x1, y1, x2, y2 = data.boxes[i][j].tolist()
-            anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=int(lab[j]), segmentation=_rle(mk),
-                             area=float(mk.sum()) if area == "mask" else (x2 - x1) * (y2 - y1), bbox=[x1, y1, x2 - x1, y2 - y1], iscrowd=0))
+            anns.append(
+                dict(
+                    id=len(anns) + 1,
+                    image_id=i + 1,
+                    category_id=int(lab[j]),
+                    segmentation=_rle(mk),
+                    area=float(mk.sum()) if area == "mask" else (x2 - x1) * (y2 - y1),
+                    bbox=[x1, y1, x2 - x1, y2 - y1],
+                    iscrowd=0,
+                )
+            )
     coco = COCO()
-    coco.dataset = dict(images=images, annotations=anns,
-                        categories=[dict(id=k + 1, name=str(k + 1)) for k in range(data.num_classes)])
+    coco.dataset = dict(
+        images=images, annotations=anns, categories=[dict(id=k + 1, name=str(k + 1)) for k in range(data.num_classes)]
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -79,7 +90,7 @@ def match_detections(gt, dets, size_edges: Sequence[float], det_areas: Optional[
     unmatched detection then counts as a false positive in the size range of the object it was made for."""
     from pycocotools.cocoeval import COCOeval
 
-    ranges = [[0.0, 1e10]] + [[lo ** 2, hi ** 2] for lo, hi in zip(size_edges[:-1], size_edges[1:])]
+    ranges = [[0.0, 1e10]] + [[lo**2, hi**2] for lo, hi in zip(size_edges[:-1], size_edges[1:])]
     img_ids = sorted(gt.getImgIds())
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(dets) if dets else _empty_results(gt)
@@ -97,7 +108,7 @@ def match_detections(gt, dets, size_edges: Sequence[float], det_areas: Optional[
     for k in range(len(ev.params.catIds)):
         row = []
         for a in range(n_a):
-            evals = ev.evalImgs[(k * n_a + a) * n_i:(k * n_a + a + 1) * n_i]
+            evals = ev.evalImgs[(k * n_a + a) * n_i : (k * n_a + a + 1) * n_i]
             image, score, matched, ignored = [], [], [], []
             gt_count = np.zeros(n_i)
             for i, e in enumerate(evals):
@@ -115,8 +126,14 @@ def match_detections(gt, dets, size_edges: Sequence[float], det_areas: Optional[
                 image, score = np.zeros(0, int), np.zeros(0)
                 matched = ignored = np.zeros((n_t, 0), bool)
             order = np.argsort(-score, kind="mergesort")  # COCOeval.accumulate's order, ties included
-            row.append(dict(image=image[order], tp=(matched & ~ignored)[:, order], fp=(~matched & ~ignored)[:, order],
-                            gt=gt_count))
+            row.append(
+                dict(
+                    image=image[order],
+                    tp=(matched & ~ignored)[:, order],
+                    fp=(~matched & ~ignored)[:, order],
+                    gt=gt_count,
+                )
+            )
         cells.append(row)
     return MatchTable(cells, np.asarray(ev.params.recThrs), np.asarray(ev.params.iouThrs), n_i)
 
@@ -159,11 +176,15 @@ def weighted_precision(cell: Dict[str, np.ndarray], weights: np.ndarray, recall_
 def average_precision(table: MatchTable, weights: np.ndarray, size_range: int = 0) -> Dict[str, np.ndarray]:
     """AP, AP50 and AP75 (fractions) per row of ``weights`` [B, I], averaged over categories as COCO does
     (a category without ground truth in a row is left out); size_range 0 is all objects, i > 0 the i-th range."""
-    per_cat = np.stack([weighted_precision(row[size_range], weights, table.recall_thresholds)
-                        for row in table.cells])  # [K, B, T, R]
+    per_cat = np.stack(
+        [weighted_precision(row[size_range], weights, table.recall_thresholds) for row in table.cells]
+    )  # [K, B, T, R]
     t50 = int(np.argmin(np.abs(table.iou_thresholds - 0.5)))
     t75 = int(np.argmin(np.abs(table.iou_thresholds - 0.75)))
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row (no object of this size) is NaN
-        return dict(AP=np.nanmean(per_cat, axis=(0, 2, 3)), AP50=np.nanmean(per_cat[:, :, t50], axis=(0, 2)),
-                    AP75=np.nanmean(per_cat[:, :, t75], axis=(0, 2)))
+        return dict(
+            AP=np.nanmean(per_cat, axis=(0, 2, 3)),
+            AP50=np.nanmean(per_cat[:, :, t50], axis=(0, 2)),
+            AP75=np.nanmean(per_cat[:, :, t75], axis=(0, 2)),
+        )

@@ -6,6 +6,7 @@ each a boolean visible mask plus a class id starting at 1). Level 3 trains on th
 image is loaded and tested here but not yet part of a level-3 run (its 512 px images cost about ten synthetic
 ones per step, beyond the 20-minute budget).
 """
+
 import importlib.util
 import math
 import os
@@ -50,8 +51,11 @@ def _star_polygon(xx, yy, cx, cy, r, n_vertices, rng):
     """A star-convex polygon: vertices at sorted random angles and radii in [0.55 r, r]; a pixel is inside
     when its distance from the centre is below the straight edge between the two vertices around its angle."""
     # keep the angular gaps below pi so the centre stays inside
-    angles = np.linspace(0, 2 * math.pi, n_vertices, endpoint=False) + rng.uniform(-0.35, 0.35, n_vertices) * (
-        2 * math.pi / n_vertices) + rng.uniform(0, 2 * math.pi)
+    angles = (
+        np.linspace(0, 2 * math.pi, n_vertices, endpoint=False)
+        + rng.uniform(-0.35, 0.35, n_vertices) * (2 * math.pi / n_vertices)
+        + rng.uniform(0, 2 * math.pi)
+    )
     angles = np.sort(np.mod(angles, 2 * math.pi))
     radii = r * rng.uniform(0.55, 1.0, n_vertices)
     px = cx + radii * np.cos(angles)
@@ -195,8 +199,11 @@ class L3Data:
         imgs = torch.stack([torch.from_numpy(s.image) for s in samples])
         masks, labels, boxes = [], [], []
         for s in samples:
-            masks.append(torch.stack([torch.from_numpy(i.mask) for i in s.instances]).float()
-                         if s.instances else torch.zeros(0, *s.image.shape))
+            masks.append(
+                torch.stack([torch.from_numpy(i.mask) for i in s.instances]).float()
+                if s.instances
+                else torch.zeros(0, *s.image.shape)
+            )
             labels.append(torch.tensor([i.label for i in s.instances], dtype=torch.long))
             boxes.append(torch.tensor([i.box() for i in s.instances], dtype=torch.float32).reshape(-1, 4))
         return L3Data(name, imgs, masks, labels, boxes, num_classes)

@@ -5,6 +5,7 @@ source of truth) and compared with the true box and its true k x k bins, for str
 16..512; RoIAlign (aligned and not) beside it, from its definition. Includes the article's worked example
 (800x800 image, 665x665 box, stride 32).
 """
+
 import math
 from typing import Dict, Tuple
 
@@ -24,8 +25,9 @@ def c_round(x: float) -> int:
     return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
 
 
-def random_boxes(n: int, size: float, gen: torch.Generator, lo: float = 64.0, span: float = 64.0,
-                 spread: float = 0.25) -> torch.Tensor:
+def random_boxes(
+    n: int, size: float, gen: torch.Generator, lo: float = 64.0, span: float = 64.0, spread: float = 0.25
+) -> torch.Tensor:
     """n boxes [n, 4] (x1, y1, x2, y2), float64, of width and height size * 2**U(-spread, spread),
     with top-left corners uniform in [lo, lo + span) (which covers every sub-stride phase for strides <= span)."""
     xy = lo + span * torch.rand(n, 2, generator=gen, dtype=torch.float64)
@@ -136,19 +138,42 @@ def article_example() -> Dict[str, object]:
     def describe(bins_cells):
         px = [(a * s, b * s) for a, b in bins_cells]
         centre = [abs((a + b) / 2 - (ta + tb) / 2) for (a, b), (ta, tb) in zip(px, true)]
-        return dict(bins_cells=bins_cells, bins_px=px, centre_err_px=centre,
-                    region_px=(px[0][0], px[-1][1]), right_edge_err_px=px[-1][1] - box)
+        return dict(
+            bins_cells=bins_cells,
+            bins_px=px,
+            centre_err_px=centre,
+            region_px=(px[0][0], px[-1][1]),
+            right_edge_err_px=px[-1][1] - box,
+        )
 
     al = roialign_bins(boxes, s, k, aligned=True)
     return dict(
-        image=img, box=box, stride=s, bins=k, map_cells=img / s, box_cells=cells,
-        floor=dict(box_cells=fl_cells, box_err_cells=cells - fl_cells, box_err_px=(cells - fl_cells) * s,
-                   bin_cells=fl_cells / k, bin_cells_q=fl_bin, bin_err_cells=fl_cells / k - fl_bin,
-                   bin_err_px=(fl_cells / k - fl_bin) * s, **describe(floor_bins)),
-        real=dict(x1_cells=c_round(0 / s), x2_cells=c_round(cells), roi_cells=c_round(cells) + 1,
-                  bin_cells=(c_round(cells) + 1) / k, **describe(real_bins)),
-        roialign=dict(bin_cells=cells / k, bins_px=list(zip(al[0][0].tolist(), al[1][0].tolist())),
-                      centre_err_px=[0.0] * k),
+        image=img,
+        box=box,
+        stride=s,
+        bins=k,
+        map_cells=img / s,
+        box_cells=cells,
+        floor=dict(
+            box_cells=fl_cells,
+            box_err_cells=cells - fl_cells,
+            box_err_px=(cells - fl_cells) * s,
+            bin_cells=fl_cells / k,
+            bin_cells_q=fl_bin,
+            bin_err_cells=fl_cells / k - fl_bin,
+            bin_err_px=(fl_cells / k - fl_bin) * s,
+            **describe(floor_bins),
+        ),
+        real=dict(
+            x1_cells=c_round(0 / s),
+            x2_cells=c_round(cells),
+            roi_cells=c_round(cells) + 1,
+            bin_cells=(c_round(cells) + 1) / k,
+            **describe(real_bins),
+        ),
+        roialign=dict(
+            bin_cells=cells / k, bins_px=list(zip(al[0][0].tolist(), al[1][0].tolist())), centre_err_px=[0.0] * k
+        ),
         true_bins_px=true,
     )
 
@@ -156,7 +181,7 @@ def article_example() -> Dict[str, object]:
 def run_level1(n_boxes: int, bins: int = 7, seed: int = 0) -> Dict[str, object]:
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    img = 64 + 64 + int(max(BOX_SIZES) * 2 ** 0.25) + 96
+    img = 64 + 64 + int(max(BOX_SIZES) * 2**0.25) + 96
     for stride in tqdm(STRIDES, desc="level 1 (geometry)", leave=False):
         mh = mw = img // stride
         for size in BOX_SIZES:

@@ -4,6 +4,7 @@ Feature maps whose cells are exact averages of a known function f over the cell 
 pixels, and a smooth periodic f), so the true mean (and max) of f over every true bin is known in closed form;
 error of RoIPool and RoIAlign (avg/max, aligned on/off, sampling ratio 1/2/4/adaptive) by stride and box size.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -93,7 +94,7 @@ def run_level2(n_boxes: int, bins: int = 7, seed: int = 1) -> Dict[str, object]:
     gen = torch.Generator().manual_seed(seed)
     ops = level2_ops()
     rows = []
-    img = 64 + 64 + int(max(BOX_SIZES) * 2 ** 0.25) + 96
+    img = 64 + 64 + int(max(BOX_SIZES) * 2**0.25) + 96
     for stride in tqdm(STRIDES, desc="level 2 (features)", leave=False):
         n_cells = img // stride
         for size in BOX_SIZES:
@@ -118,8 +119,16 @@ def run_level2(n_boxes: int, bins: int = 7, seed: int = 1) -> Dict[str, object]:
                     target = "mean" if o["mode"] == "avg" else "max"
                 signed = out - truth[target]
                 err = signed.abs()
-                rows.append(dict(stride=stride, size=size, op=name, target=target,
-                                 err_px=float(err[:, :2].mean()), err_px_max=float(err[:, :2].max()),
-                                 err_px_spread=float(signed[:, :2].std(dim=0).mean()),
-                                 err_periodic=float(err[:, 2].mean())))
+                rows.append(
+                    dict(
+                        stride=stride,
+                        size=size,
+                        op=name,
+                        target=target,
+                        err_px=float(err[:, :2].mean()),
+                        err_px_max=float(err[:, :2].max()),
+                        err_px_spread=float(signed[:, :2].std(dim=0).mean()),
+                        err_periodic=float(err[:, 2].mean()),
+                    )
+                )
     return dict(n_boxes=n_boxes, bins=bins, rows=rows)

@@ -15,6 +15,7 @@ Inference: each test proposal gives one detection (the box head's most likely cl
 score, its refined box) and the mask head's mask in that box. AP / AP50 / AP75 come from pycocotools' matching
 (coco.py), and the mean mask IoU of each object with the detection made from its own proposal.
 """
+
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -82,8 +83,11 @@ class Config:
 # ----------------------------------------------------------------------------------------- model
 def _conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
     # kernel 3 is padded to keep the grid; kernel 2 with stride 2 maps pixels [2c, 2c + 2) to cell c exactly
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2 if kernel == 3 else 0, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2 if kernel == 3 else 0, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
 
 
 class Backbone(nn.Module):
@@ -93,7 +97,7 @@ class Backbone(nn.Module):
     def __init__(self, stride: int, widths: Sequence[int]):
         super().__init__()
         stages = int(round(math.log2(stride)))
-        if 2 ** stages != stride or stages >= len(widths):
+        if 2**stages != stride or stages >= len(widths):
             raise ValueError(f"Backbone: stride must be a power of two below 2^{len(widths)}, got {stride}")
         layers = [_conv_bn(1, widths[0], 3)]
         for i in range(stages):
@@ -129,11 +133,15 @@ class MaskRCNNStage(nn.Module):
         self.backbone = Backbone(stride, cfg.widths)
         c = self.backbone.out_channels
         self.heads = RoIHeads(
-            make_pooler(op, 7, stride, cfg.sampling_ratio), BoxHead(c, num_classes, 7, cfg.fc_dim),
+            make_pooler(op, 7, stride, cfg.sampling_ratio),
+            BoxHead(c, num_classes, 7, cfg.fc_dim),
             make_pooler(op, 14, stride, cfg.sampling_ratio),
             MaskHead(c, num_classes, conv_channels=cfg.head_channels, num_convs=2),
-            num_classes=num_classes, batch_size_per_image=cfg.rois_per_image, positive_fraction=0.5,
-            add_gt_as_proposals=False)
+            num_classes=num_classes,
+            batch_size_per_image=cfg.rois_per_image,
+            positive_fraction=0.5,
+            add_gt_as_proposals=False,
+        )
 
     def features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {"0": self.backbone(images[:, None])}
@@ -147,8 +155,12 @@ class MaskRCNNStage(nn.Module):
 def make_datasets(cfg: Config) -> Tuple[L3Data, L3Data]:
     """The synthetic train and test sets (different seeds, so no test image is seen in training), every shape
     (ellipse, star polygon, ring) labelled as the one category "object"."""
-    kw = dict(size=cfg.image_size, min_diameter=cfg.diameter[0], max_diameter=cfg.diameter[1],
-              instances_per_image=cfg.objects_per_image)
+    kw = dict(
+        size=cfg.image_size,
+        min_diameter=cfg.diameter[0],
+        max_diameter=cfg.diameter[1],
+        instances_per_image=cfg.objects_per_image,
+    )
     sets = []
     for n, seed in ((cfg.train_images, 100), (cfg.test_images, 200)):
         samples = bdata.make_shapes(n, seed=seed, **kw)
@@ -182,7 +194,8 @@ def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.M
     torch.manual_seed(seed)
     model = MaskRCNNStage(op, stride, data.num_classes, cfg)
     ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+    )
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -191,9 +204,16 @@ def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.M
     model.train()
     for _ in range(cfg.steps):
         pick = [with_objects[int(i)] for i in torch.randint(len(with_objects), (cfg.images_per_step,), generator=gen)]
-        proposals = [torch.cat([jitter_boxes(data.boxes[i], cfg.jitter, gen, hw),
-                                jitter_boxes(data.boxes[i], cfg.jitter, gen, hw),
-                                random_boxes(cfg.random_boxes_per_image, hw, gen)]) for i in pick]
+        proposals = [
+            torch.cat(
+                [
+                    jitter_boxes(data.boxes[i], cfg.jitter, gen, hw),
+                    jitter_boxes(data.boxes[i], cfg.jitter, gen, hw),
+                    random_boxes(cfg.random_boxes_per_image, hw, gen),
+                ]
+            )
+            for i in pick
+        ]
         targets = [dict(boxes=data.boxes[i], labels=data.labels[i], masks=data.masks[i]) for i in pick]
         losses = model(data.images[pick], proposals, targets)
         optim.zero_grad(set_to_none=True)
@@ -211,8 +231,8 @@ def detect(model: MaskRCNNStage, test: L3Data, proposals: List[torch.Tensor], ch
     hw = tuple(test.images.shape[1:])
     out = []
     for start in range(0, len(test.images), chunk):
-        feats = model.features(test.images[start:start + chunk])
-        props = proposals[start:start + chunk]
+        feats = model.features(test.images[start : start + chunk])
+        props = proposals[start : start + chunk]
         shapes = [hw] * len(props)
         logits, deltas = heads.box_head(heads.box_pooler(feats, props, shapes))
         probs = torch.softmax(logits, -1)[:, 1:]
@@ -220,8 +240,15 @@ def detect(model: MaskRCNNStage, test: L3Data, proposals: List[torch.Tensor], ch
         labels = labels + 1
         rows = torch.arange(len(labels))
         boxes = decode_boxes(deltas, torch.cat(props), heads.box_weights)[rows, labels]
-        boxes = torch.stack([boxes[:, 0].clamp(0, hw[1]), boxes[:, 1].clamp(0, hw[0]),
-                             boxes[:, 2].clamp(0, hw[1]), boxes[:, 3].clamp(0, hw[0])], 1)
+        boxes = torch.stack(
+            [
+                boxes[:, 0].clamp(0, hw[1]),
+                boxes[:, 1].clamp(0, hw[0]),
+                boxes[:, 2].clamp(0, hw[1]),
+                boxes[:, 3].clamp(0, hw[0]),
+            ],
+            1,
+        )
         counts = [len(p) for p in props]
         per_image = list(boxes.split(counts))
         mask_logits = heads.mask_head(heads.mask_pooler(feats, per_image, shapes))
@@ -244,8 +271,11 @@ def mask_ious(dets: List[dict], test: L3Data) -> List[np.ndarray]:
 
 
 def coco_results(dets: List[dict]) -> List[dict]:
-    return [dict(image_id=i + 1, category_id=int(lab), segmentation=_rle(m.numpy()), score=float(s))
-            for i, d in enumerate(dets) for lab, s, m in zip(d["labels"], d["scores"], d["masks"])]
+    return [
+        dict(image_id=i + 1, category_id=int(lab), segmentation=_rle(m.numpy()), score=float(s))
+        for i, d in enumerate(dets)
+        for lab, s, m in zip(d["labels"], d["scores"], d["masks"])
+    ]
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -294,15 +324,22 @@ class Scorer:
     def describe(self) -> dict:
         sizes = np.sqrt(np.concatenate(self.areas))
         bins = np.concatenate(self.bins)
-        medians = [float(np.median(sizes[bins == b])) if (bins == b).any() else float("nan")
-                   for b in range(self.n_bins)]
-        return dict(test_images=len(self.test.images), test_objects=int(len(sizes)),
-                    size_edges=list(self.cfg.size_edges), objects_per_bin=np.bincount(bins, minlength=self.n_bins).tolist(),
-                    bin_median_px=medians, size_median=float(np.median(sizes)))
+        medians = [
+            float(np.median(sizes[bins == b])) if (bins == b).any() else float("nan") for b in range(self.n_bins)
+        ]
+        return dict(
+            test_images=len(self.test.images),
+            test_objects=int(len(sizes)),
+            size_edges=list(self.cfg.size_edges),
+            objects_per_bin=np.bincount(bins, minlength=self.n_bins).tolist(),
+            bin_median_px=medians,
+            size_median=float(np.median(sizes)),
+        )
 
 
-def run_level3(strides: Sequence[int], ops: Sequence[PoolOp], seeds: int, cfg: Config,
-               log: Callable[[str], None] = print) -> Dict[str, object]:
+def run_level3(
+    strides: Sequence[int], ops: Sequence[PoolOp], seeds: int, cfg: Config, log: Callable[[str], None] = print
+) -> Dict[str, object]:
     """Train and score every (stride, seed, op); returns the runs (point estimates), the bootstrap values
     (kept for the statistics, not written to JSON) and the settings."""
     t0 = time.perf_counter()
@@ -318,11 +355,28 @@ def run_level3(strides: Sequence[int], ops: Sequence[PoolOp], seeds: int, cfg: C
                 model = train(op, stride, seed, train_set, cfg)
                 values = scorer.score(detect(model, test_set, proposals))
                 boot[(stride, op.name, seed)] = values
-                runs.append(dict(stride=stride, op=op.name, seed=seed, seconds=time.perf_counter() - t_run,
-                                 **{k: float(v[0]) for k, v in values.items()}))
-                log(f"level 3 [{len(runs)}/{total}] stride {stride} seed {seed} {op.name}: AP {values['AP'][0]:.1f}, "
-                    f"mIoU {values['mIoU'][0]:.1f} ({runs[-1]['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s so far)")
-    return dict(config=asdict(cfg), data=dict(train_images=len(train_set.images),
-                                              train_objects=sum(len(b) for b in train_set.boxes), **scorer.describe()),
-                ops=[asdict(o) for o in ops], strides=list(strides), seeds=seeds, runs=runs, bootstrap=boot,
-                n_bins=scorer.n_bins)
+                runs.append(
+                    dict(
+                        stride=stride,
+                        op=op.name,
+                        seed=seed,
+                        seconds=time.perf_counter() - t_run,
+                        **{k: float(v[0]) for k, v in values.items()},
+                    )
+                )
+                log(
+                    f"level 3 [{len(runs)}/{total}] stride {stride} seed {seed} {op.name}: AP {values['AP'][0]:.1f}, "
+                    f"mIoU {values['mIoU'][0]:.1f} ({runs[-1]['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s so far)"
+                )
+    return dict(
+        config=asdict(cfg),
+        data=dict(
+            train_images=len(train_set.images), train_objects=sum(len(b) for b in train_set.boxes), **scorer.describe()
+        ),
+        ops=[asdict(o) for o in ops],
+        strides=list(strides),
+        seeds=seeds,
+        runs=runs,
+        bootstrap=boot,
+        n_bins=scorer.n_bins,
+    )

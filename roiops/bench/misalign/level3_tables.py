@@ -3,6 +3,7 @@
 Every cell of ours reads "mean ± half-width [lo, hi]": the mean over seeds, the half-width of its 95% Student-t
 interval over seeds, and the 95% bootstrap interval over test images (see summary.py).
 """
+
 from typing import Dict, List, Optional
 
 from .level3_learned import BASELINE, REFERENCE
@@ -29,19 +30,24 @@ def _paper(values) -> List[str]:
 
 def table_2c(summary: dict, stride: int = 16) -> List[str]:
     """Every op at one stride beside the paper's Table 2c (stride 16, mask AP / AP50 / AP75)."""
-    lines = ["| op | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| op | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for op, r in _rows(summary, stride).items():
         paper = TABLE_2C.get(op) if stride == 16 else None
-        lines.append(f"| {op} | " + " | ".join(fmt_entry(r[m]) for m in METRICS) + " | "
-                     + " | ".join(_paper(paper)) + " |")
+        lines.append(
+            f"| {op} | " + " | ".join(fmt_entry(r[m]) for m in METRICS) + " | " + " | ".join(_paper(paper)) + " |"
+        )
     return lines
 
 
 def table_2d(summary: dict) -> List[str]:
     """RoIPool and RoIAlign (avg, aligned) at each stride and their gap, beside the paper's Table 2d."""
-    lines = ["| stride | op | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| stride | op | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     strides = sorted({r["stride"] for r in summary["rows"]})
     for s in strides:
         rows = _rows(summary, s)
@@ -49,11 +55,21 @@ def table_2d(summary: dict) -> List[str]:
             continue
         paper = TABLE_2D.get(s, {})
         for op, key in ((BASELINE, "RoIPool"), (REFERENCE, "RoIAlign")):
-            lines.append(f"| {s} | {op} | " + " | ".join(fmt_entry(rows[op][m]) for m in METRICS) + " | "
-                         + " | ".join(_paper(paper.get(key))) + " |")
+            lines.append(
+                f"| {s} | {op} | "
+                + " | ".join(fmt_entry(rows[op][m]) for m in METRICS)
+                + " | "
+                + " | ".join(_paper(paper.get(key)))
+                + " |"
+            )
         gap = [f"{a - p:+.1f}" for a, p in zip(paper["RoIAlign"], paper["RoIPool"])] if paper else ["–"] * 3
-        lines.append(f"| {s} | **gap** | " + " | ".join(fmt_entry(rows[REFERENCE]["gap_" + m], True) for m in METRICS)
-                     + " | " + " | ".join(gap) + " |")
+        lines.append(
+            f"| {s} | **gap** | "
+            + " | ".join(fmt_entry(rows[REFERENCE]["gap_" + m], True) for m in METRICS)
+            + " | "
+            + " | ".join(gap)
+            + " |"
+        )
     return lines
 
 
@@ -62,8 +78,11 @@ def gap_table(summary: dict) -> List[str]:
     lines = ["| stride | op | ΔAP | ΔAP50 | ΔAP75 | Δ mask IoU |", "|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         if r["op"] != BASELINE:
-            lines.append(f"| {r['stride']} | {r['op']} | "
-                         + " | ".join(fmt_entry(r.get("gap_" + m), True) for m in METRICS) + " |")
+            lines.append(
+                f"| {r['stride']} | {r['op']} | "
+                + " | ".join(fmt_entry(r.get("gap_" + m), True) for m in METRICS)
+                + " |"
+            )
     return lines
 
 

@@ -1,4 +1,5 @@
 """The PNG plots of the misalignment benchmark (matplotlib, Agg backend)."""
+
 import numpy as np
 import torch
 
@@ -24,17 +25,35 @@ def plot_level1(res, path):
         for op, ls in (("RoIPool", "-"), ("RoIAlign aligned=False", "--")):
             rs = [r for r in rows if r["stride"] == stride and r["op"] == op]
             lab = f"{op.replace('RoIAlign aligned=False', 'RoIAlign (not aligned)')}, stride {stride}"
-            axes[0].plot([r["size"] for r in rs], [r["centre_err"] for r in rs], ls, marker="o", ms=3,
-                         color=colors[stride], label=lab)
-            axes[1].plot([r["size"] for r in rs], [r["edge_err"] for r in rs], ls, marker="o", ms=3,
-                         color=colors[stride])
-            axes[2].plot([r["size"] for r in rs], [max(r["centre_spread"], 1e-2) for r in rs], ls, marker="o", ms=3,
-                         color=colors[stride])
-            axes[3].plot([r["size"] for r in rs], [r["bin_iou"] for r in rs], ls, marker="o", ms=3,
-                         color=colors[stride])
-    titles = ("mean |bin-centre error| (px)", "mean |edge error| of pooled region (px)",
-              "box-to-box spread of bin-centre error (px)\n(a constant offset can be learned; this cannot)",
-              "mean bin IoU with true bin")
+            axes[0].plot(
+                [r["size"] for r in rs],
+                [r["centre_err"] for r in rs],
+                ls,
+                marker="o",
+                ms=3,
+                color=colors[stride],
+                label=lab,
+            )
+            axes[1].plot(
+                [r["size"] for r in rs], [r["edge_err"] for r in rs], ls, marker="o", ms=3, color=colors[stride]
+            )
+            axes[2].plot(
+                [r["size"] for r in rs],
+                [max(r["centre_spread"], 1e-2) for r in rs],
+                ls,
+                marker="o",
+                ms=3,
+                color=colors[stride],
+            )
+            axes[3].plot(
+                [r["size"] for r in rs], [r["bin_iou"] for r in rs], ls, marker="o", ms=3, color=colors[stride]
+            )
+    titles = (
+        "mean |bin-centre error| (px)",
+        "mean |edge error| of pooled region (px)",
+        "box-to-box spread of bin-centre error (px)\n(a constant offset can be learned; this cannot)",
+        "mean bin IoU with true bin",
+    )
     for ax, t in zip(axes, titles):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("box size (px)")
@@ -48,8 +67,14 @@ def plot_level1(res, path):
 
 def plot_level2(res, path):
     plt = _plt()
-    shown = ["RoIPool (max)", "RoIPool bins, avg", "RoIAlign avg aligned=True sr=2", "RoIAlign avg aligned=False sr=2",
-             "RoIAlign avg aligned=True sr=1", "RoIAlign max aligned=True sr=2"]
+    shown = [
+        "RoIPool (max)",
+        "RoIPool bins, avg",
+        "RoIAlign avg aligned=True sr=2",
+        "RoIAlign avg aligned=False sr=2",
+        "RoIAlign avg aligned=True sr=1",
+        "RoIAlign max aligned=True sr=2",
+    ]
     fig, axes = plt.subplots(2, len(STRIDES), figsize=(4 * len(STRIDES), 7), sharey="row")
     rows = res["rows"]
     for j, stride in enumerate(STRIDES):
@@ -113,8 +138,14 @@ def plot_size_map(size_map, path):
         ax = axes[row, 0]
         for s in strides:
             es = [e[f"gap_{m}_s{s}"] for e in bins]
-            ax.errorbar([e["median_px"] / s for e in bins], [e["mean"] for e in es], yerr=_interval_bars(es),
-                        marker="o", capsize=3, label=f"stride {s}")
+            ax.errorbar(
+                [e["median_px"] / s for e in bins],
+                [e["mean"] for e in es],
+                yerr=_interval_bars(es),
+                marker="o",
+                capsize=3,
+                label=f"stride {s}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("object size in feature cells (box side / stride, median of the size range)")
         ax.set_ylabel(f"Δ {'mask IoU' if m == 'mIoU' else 'mask AP'} (RoIAlign - RoIPool)")
@@ -124,12 +155,22 @@ def plot_size_map(size_map, path):
         if len(strides) > 1:
             ax = axes[row, 1]
             es = [e[f"trend_{m}"] for e in bins]
-            ax.errorbar([e["median_px"] / strides[-1] for e in bins], [e["mean"] for e in es],
-                        yerr=_interval_bars(es), marker="o", capsize=3, color="tab:purple")
+            ax.errorbar(
+                [e["median_px"] / strides[-1] for e in bins],
+                [e["mean"] for e in es],
+                yerr=_interval_bars(es),
+                marker="o",
+                capsize=3,
+                color="tab:purple",
+            )
             cross = size_map_crossover(size_map, m)
             if cross:
-                ax.axvline(cross / strides[-1], color="tab:red", ls="--",
-                           label=f"crossover {cross:.0f} px = {cross / strides[-1]:.1f} cells at stride {strides[-1]}")
+                ax.axvline(
+                    cross / strides[-1],
+                    color="tab:red",
+                    ls="--",
+                    label=f"crossover {cross:.0f} px = {cross / strides[-1]:.1f} cells at stride {strides[-1]}",
+                )
                 ax.legend(fontsize=8)
             ax.axhline(0, color="0.5", lw=0.8)
             ax.set_xscale("log", base=2)
@@ -137,7 +178,12 @@ def plot_size_map(size_map, path):
             ax.set_ylabel(f"gap at stride {strides[-1]} minus gap at stride {strides[0]}")
             ax.set_title("> 0: the gap grows with the stride (the paper's direction)", fontsize=9)
             ax.grid(alpha=0.3)
-    _save(plt, fig, path, "Where RoIAlign's gain comes from: the gap by object size (bars: 95% bootstrap over test images)")
+    _save(
+        plt,
+        fig,
+        path,
+        "Where RoIAlign's gain comes from: the gap by object size (bars: 95% bootstrap over test images)",
+    )
 
 
 def plot_article(ex, path):
@@ -148,8 +194,10 @@ def plot_article(ex, path):
     boxes = torch.tensor([[0.0, 0.0, float(box), float(box)]], dtype=torch.float64)
     x0, x1, _, _ = roialign_bins(boxes, s, k, aligned=True)
     fig, axes = plt.subplots(1, 2, figsize=(13, 6.6))
-    for ax, key, title in ((axes[0], "floor", "article's description: floor(665/32) = 20, floor(20/7) = 2"),
-                           (axes[1], "real", "real RoIPool rule: round(20.78) = 21, 22 cells, floor/ceil bin edges")):
+    for ax, key, title in (
+        (axes[0], "floor", "article's description: floor(665/32) = 20, floor(20/7) = 2"),
+        (axes[1], "real", "real RoIPool rule: round(20.78) = 21, 22 cells, floor/ceil bin edges"),
+    ):
         n = ex["image"] // s
         for c in range(n + 1):
             ax.axvline(c * s, color="0.88", lw=0.6, zorder=0)

@@ -1,4 +1,5 @@
 """Progress bars: tqdm when installed, otherwise a silent pass-through (progress is optional)."""
+
 try:
     from tqdm import tqdm
 except ImportError:

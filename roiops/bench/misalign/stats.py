@@ -1,5 +1,6 @@
 """Statistics of the misalignment benchmark: means with Student-t intervals over seeds, and bootstrap
 percentile intervals over test images."""
+
 import math
 import statistics
 from typing import Sequence, Tuple
@@ -7,9 +8,38 @@ from typing import Sequence, Tuple
 import numpy as np
 
 # two-sided 95% Student t quantiles, df = 1..30
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def mean_ci(values: Sequence[float]) -> Tuple[float, float]:

@@ -7,6 +7,7 @@ Two intervals are given for each number, answering different questions:
   and stride differences stay paired): how much the particular test images move it.
 Which of the two is wider depends on how far training has converged; the report counts it.
 """
+
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -24,8 +25,14 @@ CONTRASTS = (
 )
 
 
-def _seed_mean(boot: Dict[tuple, Dict[str, np.ndarray]], stride: int, op: str, metric: str, seeds: Sequence[int],
-               minus: Optional[str] = None) -> np.ndarray:
+def _seed_mean(
+    boot: Dict[tuple, Dict[str, np.ndarray]],
+    stride: int,
+    op: str,
+    metric: str,
+    seeds: Sequence[int],
+    minus: Optional[str] = None,
+) -> np.ndarray:
     """[1 + B] seed mean of a metric (row 0 the point estimate, rows 1.. the resamples), optionally minus the
     same for the op ``minus`` (paired by seed and by resample)."""
     rows = [boot[(stride, op, s)][metric] - (boot[(stride, minus, s)][metric] if minus else 0.0) for s in seeds]
@@ -69,8 +76,9 @@ def summarize(res: dict) -> dict:
         if len(strides) > 1:  # the stride trend of the gap over all objects
             out["trend"] = {}
             for m in METRICS:
-                t = (_seed_mean(boot, strides[-1], REFERENCE, m, seeds, minus=BASELINE)
-                     - _seed_mean(boot, strides[0], REFERENCE, m, seeds, minus=BASELINE))
+                t = _seed_mean(boot, strides[-1], REFERENCE, m, seeds, minus=BASELINE) - _seed_mean(
+                    boot, strides[0], REFERENCE, m, seeds, minus=BASELINE
+                )
                 lo, hi = percentile_interval(t[1:])
                 out["trend"][m] = dict(mean=float(t[0]), boot_lo=lo, boot_hi=hi)
     return out
@@ -82,8 +90,13 @@ def size_map(res: dict, seeds: Sequence[int]) -> dict:
     boot, strides = res["bootstrap"], sorted(res["strides"])
     bins = []
     for b in range(res["n_bins"]):
-        entry = dict(bin=b, lo=res["data"]["size_edges"][b], hi=res["data"]["size_edges"][b + 1],
-                     n=res["data"]["objects_per_bin"][b], median_px=res["data"]["bin_median_px"][b])
+        entry = dict(
+            bin=b,
+            lo=res["data"]["size_edges"][b],
+            hi=res["data"]["size_edges"][b + 1],
+            n=res["data"]["objects_per_bin"][b],
+            median_px=res["data"]["bin_median_px"][b],
+        )
         for m in ("mIoU", "AP"):
             key = f"{m}@{b}"
             gaps = {s: _seed_mean(boot, s, REFERENCE, key, seeds, minus=BASELINE) for s in strides}

@@ -1,4 +1,5 @@
 """Markdown tables of levels 1 and 2."""
+
 import statistics
 from typing import List
 
@@ -13,20 +14,24 @@ def _fmt(m, ci=None, nd=1):
 
 
 def level1_table(res) -> List[str]:
-    lines = ["| stride | box px | RoIPool centre err (px) | RoIPool centre spread (px) | RoIPool worst bin (px) | "
-             "RoIPool edge err (px) | RoIPool region IoU | RoIPool bin IoU | RoIAlign aligned=False centre err (px) | "
-             "RoIAlign aligned=False centre spread (px) | RoIAlign aligned=False bin IoU | "
-             "RoIAlign aligned=True centre err (px) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| stride | box px | RoIPool centre err (px) | RoIPool centre spread (px) | RoIPool worst bin (px) | "
+        "RoIPool edge err (px) | RoIPool region IoU | RoIPool bin IoU | RoIAlign aligned=False centre err (px) | "
+        "RoIAlign aligned=False centre spread (px) | RoIAlign aligned=False bin IoU | "
+        "RoIAlign aligned=True centre err (px) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = res["rows"]
     for stride in STRIDES:
         for size in BOX_SIZES:
             g = {r["op"]: r for r in rows if r["stride"] == stride and r["size"] == size}
             p, u, a = g["RoIPool"], g["RoIAlign aligned=False"], g["RoIAlign aligned=True"]
-            lines.append(f"| {stride} | {size} | {p['centre_err']:.2f} | {p['centre_spread']:.2f} | "
-                         f"{p['centre_err_max']:.1f} | {p['edge_err']:.2f} | {p['region_iou']:.3f} | "
-                         f"{p['bin_iou']:.3f} | {u['centre_err']:.2f} | {u['centre_spread']:.2f} | "
-                         f"{u['bin_iou']:.3f} | {a['centre_err']:.2g} |")
+            lines.append(
+                f"| {stride} | {size} | {p['centre_err']:.2f} | {p['centre_spread']:.2f} | "
+                f"{p['centre_err_max']:.1f} | {p['edge_err']:.2f} | {p['region_iou']:.3f} | "
+                f"{p['bin_iou']:.3f} | {u['centre_err']:.2f} | {u['centre_spread']:.2f} | "
+                f"{u['bin_iou']:.3f} | {a['centre_err']:.2g} |"
+            )
     return lines
 
 
@@ -42,7 +47,8 @@ def article_lines(ex) -> List[str]:
         f"{fl['bin_cells_q']} cells (lost {fl['bin_err_cells']:.2f} cells = {fl['bin_err_px']:.1f} px per bin); the 7 bins "
         f"cover pixels [{fl['region_px'][0]}, {fl['region_px'][1]}) of the box's [0, {ex['box']}) "
         f"(right edge {fl['right_edge_err_px']:+d} px); bin-centre errors (px): "
-        + ", ".join(f"{e:.1f}" for e in fl["centre_err_px"]) + ".",
+        + ", ".join(f"{e:.1f}" for e in fl["centre_err_px"])
+        + ".",
         f"- the real RoIPool rule (C round, then floor/ceil bin edges; read from roiops.roi_pool): x2 = "
         f"round({ex['box_cells']:.2f}) = {rl['x2_cells']}, the RoI spans {rl['roi_cells']} cells (inclusive end), "
         f"bin = {rl['roi_cells']}/{ex['bins']} = {rl['bin_cells']:.3f} cells; bins (cells) "
@@ -55,12 +61,21 @@ def article_lines(ex) -> List[str]:
 
 
 def level2_table(res, ops_shown=None) -> List[str]:
-    ops_shown = ops_shown or ["RoIPool (max)", "RoIPool bins, avg", "RoIAlign avg aligned=True sr=2",
-                              "RoIAlign avg aligned=False sr=2", "RoIAlign avg aligned=True sr=adaptive",
-                              "RoIAlign max aligned=True sr=2"]
+    ops_shown = ops_shown or [
+        "RoIPool (max)",
+        "RoIPool bins, avg",
+        "RoIAlign avg aligned=True sr=2",
+        "RoIAlign avg aligned=False sr=2",
+        "RoIAlign avg aligned=True sr=adaptive",
+        "RoIAlign max aligned=True sr=2",
+    ]
     head = "| stride | box px | " + " | ".join(ops_shown) + " |"
-    lines = ["Mean |error| for f = x, y, in pixels / for the periodic f (amplitude 1, period = box size):", "",
-             head, "|" + "---|" * (2 + len(ops_shown))]
+    lines = [
+        "Mean |error| for f = x, y, in pixels / for the periodic f (amplitude 1, period = box size):",
+        "",
+        head,
+        "|" + "---|" * (2 + len(ops_shown)),
+    ]
     rows = res["rows"]
     for stride in STRIDES:
         for size in BOX_SIZES:
@@ -74,15 +89,19 @@ def level2_sampling_table(res) -> List[str]:
     """Errors averaged over box sizes, by stride, for every RoIAlign variant."""
     rows = res["rows"]
     ops = [o for o, _ in level2_ops()]
-    lines = ["| op | target | " + " | ".join(f"s={s} px / periodic" for s in STRIDES) + " |",
-             "|---|---|" + "---|" * len(STRIDES)]
+    lines = [
+        "| op | target | " + " | ".join(f"s={s} px / periodic" for s in STRIDES) + " |",
+        "|---|---|" + "---|" * len(STRIDES),
+    ]
     for o in ops:
         cells = []
         tgt = ""
         for s in STRIDES:
             rs = [r for r in rows if r["op"] == o and r["stride"] == s]
             tgt = rs[0]["target"]
-            cells.append(f"{statistics.fmean(r['err_px'] for r in rs):.2f} / "
-                         f"{statistics.fmean(r['err_periodic'] for r in rs):.3f}")
+            cells.append(
+                f"{statistics.fmean(r['err_px'] for r in rs):.2f} / "
+                f"{statistics.fmean(r['err_periodic'] for r in rs):.3f}"
+            )
         lines.append(f"| {o} | {tgt} | " + " | ".join(cells) + " |")
     return lines
