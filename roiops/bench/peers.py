@@ -18,7 +18,7 @@ import torch
 
 PEERS = ("torchvision", "onnxruntime", "openvino")
 # Timed repeats: the slow serial torchvision kernels get fewer, so that the default run stays short.
-REPEATS = {"torchvision": 2, "onnxruntime": 3, "openvino": 3}
+REPEATS = {"torchvision": 1, "onnxruntime": 3, "openvino": 3}
 
 
 def availability() -> Dict[str, Optional[str]]:
