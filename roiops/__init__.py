@@ -7,7 +7,7 @@ pooled = roiops.roi_align(features, boxes, output_size=7, spatial_scale=0.25, sa
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C, _onnx, compat, models
-from ._ops import deterministic_backward, set_deterministic_backward
+from ._ops import deterministic_backward, set_deterministic_backward, set_device_box_checks
 from ._validation import BoxesShapeError
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
@@ -45,5 +45,6 @@ __all__ = [
     "build_info",
     "deterministic_backward",
     "set_deterministic_backward",
+    "set_device_box_checks",
     "__version__",
 ]

@@ -169,6 +169,17 @@ def deterministic_backward(mode=True):
         set_deterministic_backward(previous)
 
 
+def set_device_box_checks(enabled: bool) -> bool:
+    """Whether the CUDA forward checks box values (finite, a valid batch index, adaptive sampling within
+    the limit) with one host sync per call and the same errors as on the CPU (default True; the
+    environment variable ROIOPS_DEVICE_BOX_CHECKS=0 starts with False). Off, the CUDA path never
+    syncs, and a bad box gives NaN with no gradient instead of an error. The check is skipped anyway
+    while a CUDA graph is being captured; CPU tensors are always checked. Returns the previous setting."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_device_box_checks: enabled must be True or False, but got {enabled!r}")
+    return ops.set_device_box_checks(enabled)
+
+
 def _deterministic() -> bool:
     if _deterministic_backward is not None:
         return _deterministic_backward

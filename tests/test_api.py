@@ -378,3 +378,14 @@ def test_python_limits_are_the_compiled_ones():
     roiops.RoIAlign(7, sampling_ratio=4096)  # the largest accepted
     with pytest.raises(ValueError, match="samples per bin"):
         roiops.RoIAlign(7, sampling_ratio=4097)
+
+
+def test_set_device_box_checks_round_trip():
+    # The setting itself is exercised on the (emulated) CUDA path in test_cuda.py; here the public switch.
+    assert roiops.set_device_box_checks(False) is True
+    try:
+        assert roiops.set_device_box_checks(False) is False
+    finally:
+        assert roiops.set_device_box_checks(True) is False
+    with pytest.raises(TypeError, match="enabled must be True or False"):
+        roiops.set_device_box_checks(0)
