@@ -81,14 +81,14 @@ def extensions():
     # --fmad=false: no fused multiply-adds, so the kernels round every sample position, weight and
     # sum exactly as the CPU kernels do (x86-64 code without FMA); the ops are memory-bound, so this
     # costs next to nothing and CUDA results then match the CPU ones (argmax included).
-    nvcc_flags = ["-O3", "-DROIOPS_WITH_CUDA", "--expt-relaxed-constexpr", "--fmad=false"]
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
     return [
         CUDAExtension(
             "roiops._C",
             sources,
             include_dirs=_cuda_include_dirs(),
             define_macros=[("ROIOPS_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags + ["-DROIOPS_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
             extra_link_args=link_flags,
         )
     ]

@@ -56,6 +56,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <array>
 #include <type_traits>
 
 #include "../library.h"
@@ -284,6 +285,25 @@ struct FixedPointBuffers {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
+
+// The input gradient of a backward kernel: launch(adder) scatters into it with the fast adder (float
+// atomics into an accumulation buffer) or, if deterministic, the fixed-point one; the result has
+// grad's dtype and the given layout.
+template <typename scalar_t, typename Launch>
+at::Tensor scatter_grad_input(const at::Tensor& grad, const std::array<int64_t, 4>& sizes, at::MemoryFormat layout,
+                              bool nhwc, bool deterministic, cudaStream_t stream, const Launch& launch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (!deterministic) {
+    at::Tensor grad_in = at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();
+    launch(AtomicAdder<acc_t>{grad_in.mutable_data_ptr<acc_t>()});
+    return std::is_same<acc_t, scalar_t>::value ? grad_in : grad_in.to(grad.scalar_type());
+  }
+  at::Tensor result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
+  FixedPointBuffers buffers(grad, result.numel());
+  launch(buffers.adder<acc_t>());
+  buffers.finish<scalar_t>(result, nhwc, stream);
+  return result;
+}
 
 }  // namespace cuda
 }  // namespace roiops

@@ -201,18 +201,9 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
   const cudaStream_t stream = current_stream();
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (!deterministic) {
-      at::Tensor grad_in =
-          at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();
-      launch_backward<scalar_t>(grad, r, argmax, AtomicAdder<acc_t>{grad_in.mutable_data_ptr<acc_t>()}, a, stream);
-      result = std::is_same<acc_t, scalar_t>::value ? grad_in : grad_in.to(grad.scalar_type());
-    } else {
-      result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
-      FixedPointBuffers buffers(grad, result.numel());
-      launch_backward<scalar_t>(grad, r, argmax, buffers.adder<acc_t>(), a, stream);
-      buffers.finish<scalar_t>(result, nhwc, stream);
-    }
+    result = scatter_grad_input<scalar_t>(grad, sizes, layout, nhwc, deterministic, stream, [&](auto adder) {
+      launch_backward<scalar_t>(grad, r, argmax, adder, a, stream);
+    });
   });
   return result;
 }
