@@ -18,7 +18,9 @@ The ops' second output (argmax, for the backward pass) is not computed in ONNX: 
 has no use for it, and the public functions never return it.
 """
 
+import importlib.abc
 import importlib.util
+import sys
 import warnings
 
 import torch
@@ -138,11 +140,47 @@ def _register_dynamo_translations() -> None:
 
 
 def register() -> None:
-    """Registers the export rules (called once, when roiops is imported)."""
+    """Registers the export rules (called once, when roiops is imported). The dynamo exporter's rules
+    need onnxscript, whose import takes ~0.7 s: they are registered as soon as onnxscript has been
+    imported (by torch.onnx.export with dynamo=True, or by anything else), not by ``import roiops``."""
     _register_torchscript_symbolics()
-    if importlib.util.find_spec("onnxscript") is None:
-        return
+    if "onnxscript" in sys.modules:
+        _register_dynamo_translations_or_warn()
+    elif importlib.util.find_spec("onnxscript") is not None:
+        sys.meta_path.insert(0, _AfterOnnxscriptImport())
+
+
+def _register_dynamo_translations_or_warn() -> None:
     try:
         _register_dynamo_translations()
     except Exception as error:  # an onnxscript or torch.onnx too different from the tested ones
         warnings.warn(f"roiops: ONNX export with dynamo=True is unavailable ({error!r})", stacklevel=2)
+
+
+class _AfterOnnxscriptImport(importlib.abc.MetaPathFinder):
+    """An import hook: once the module ``onnxscript`` has executed, registers the dynamo rules and
+    removes itself."""
+
+    _searching = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "onnxscript" or self._searching:
+            return None
+        self._searching = True
+        try:
+            spec = importlib.util.find_spec(name)  # the finders after this one
+        finally:
+            self._searching = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        hook, loader = self, spec.loader
+        execute = loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
+                _register_dynamo_translations_or_warn()
+
+        loader.exec_module = exec_module
+        return spec

@@ -188,3 +188,25 @@ def _onnx_nodes(path):
     import onnx
 
     return onnx.load(str(path)).graph.node
+
+
+def test_dynamo_rules_registered_when_onnxscript_is_first_imported(tmp_path):
+    # import roiops does not pay for onnxscript (~0.7 s); its first import registers the rules
+    script = f"""
+import sys, warnings
+warnings.filterwarnings("ignore")
+import torch, roiops
+assert "onnxscript" not in sys.modules
+class M(torch.nn.Module):
+    def forward(self, x, rois):
+        return roiops.roi_align(x, rois, 2, 1.0, 2, True)
+x, rois = torch.randn(1, 2, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])
+torch.onnx.export(M(), (x, rois), r"{tmp_path / "m.onnx"}", dynamo=True)
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+    assert "RoiAlign" in [n.op_type for n in _onnx_nodes(tmp_path / "m.onnx")]
