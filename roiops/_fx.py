@@ -13,12 +13,7 @@ import torch.fx
 
 
 def has_proxy(*args: Any) -> bool:
-    for a in args:
-        if isinstance(a, torch.fx.Proxy):
-            return True
-        if isinstance(a, (list, tuple)) and any(isinstance(b, torch.fx.Proxy) for b in a):
-            return True
-    return False
+    return next(_proxies(args), None) is not None
 
 
 def record_call(fn: Callable, args: Tuple[Any, ...]) -> torch.fx.Proxy:

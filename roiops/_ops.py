@@ -8,6 +8,7 @@ import math
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.roiops.*)
+from ._validation import POOL_MODES
 
 ops = torch.ops.roiops
 
@@ -80,7 +81,7 @@ def _check_common(op, rois, like, spatial_scale, pooled_height, pooled_width):
 
 def _check_align_args(op, sampling_ratio, pool_mode):
     torch._check_value(
-        pool_mode in ("avg", "max"), lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
+        pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
     )
     limit = _LIMITS["max_samples_per_bin"]
     torch._check_value(

@@ -106,10 +106,7 @@ def _boxes_to_rois(boxes: List[Tensor], first: Tensor) -> Tensor:
                 raise v.BoxesShapeError(
                     f"MultiScaleRoIAlign: boxes[{i}] must be a floating-point Tensor[L, 4], but got {got}"
                 )
-    if len(boxes) == 0:
-        return torch.zeros((0, 5), dtype=first.dtype, device=first.device)
-    index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)], dim=0)
-    return torch.cat([index, torch.cat(boxes, dim=0)], dim=1)
+    return v.boxes_to_rois(boxes, first)
 
 
 @torch.fx.wrap

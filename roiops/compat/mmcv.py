@@ -7,6 +7,7 @@ from torch.jit.annotations import BroadcastingList2
 from .. import _validation as v
 from .._validation import BoxesArg
 from ..roi_align import roi_align as _roi_align
+from ..roi_pool import RoIPool as _RoIPool
 from ..roi_pool import roi_pool as _roi_pool
 from ._boxes import rois_like
 
@@ -70,13 +71,8 @@ class RoIAlign(nn.Module):
         )
 
 
-class RoIPool(nn.Module):
+class RoIPool(_RoIPool):
     """``RoIPool(output_size, spatial_scale=1.0)`` (the quantizing max pooling of Fast R-CNN)."""
-
-    def __init__(self, output_size: BroadcastingList2[int], spatial_scale: float = 1.0):
-        super().__init__()
-        self.output_size = v.output_size_pair("RoIPool", output_size)
-        self.spatial_scale = v.check_spatial_scale("RoIPool", spatial_scale)
 
     def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
