@@ -213,3 +213,45 @@ def test_stardist_missing_raises_with_a_message(monkeypatch):
     monkeypatch.setattr(bdata, "stardist_paths", lambda: None)
     with pytest.raises(FileNotFoundError, match="stardist"):
         bdata.load_stardist()
+
+
+def test_upscale_keeps_pixel_centres_and_scales_boxes():
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5)).astype(np.float32)
+    labels = np.zeros((6, 5), np.int32)
+    labels[1:4, 2:4] = 7
+    big, big_labels = bdata.upscale(image, labels, 3)
+    assert big.shape == big_labels.shape == (18, 15)
+    # pixel j covers [j, j+1): its centre j + 0.5 is the centre of upscaled pixel 3j + 1, where bilinear is exact
+    np.testing.assert_allclose(big[1::3, 1::3], image, atol=1e-6)
+    assert (big_labels[::3, ::3] == labels).all() and (big_labels[2::3, 2::3] == labels).all()
+    small_box = bdata.Instance(labels == 7, 1).box()
+    assert bdata.Instance(big_labels == 7, 1).box() == tuple(3 * v for v in small_box)
+
+
+def _stardist_labels():
+    tifffile = pytest.importorskip("tifffile")
+    paths = bdata.stardist_paths()
+    if paths is None:
+        pytest.skip("stardist is not installed")
+    return tifffile.imread(paths[1]).astype(np.int64)
+
+
+def test_stardist_tiles_score_every_test_nucleus_once_and_whole():
+    labels = _stardist_labels()
+    train, test = bdata.stardist_tiles(scale=2, crop=96, n_crops=5, tile=128, seed=1)
+    h, w = labels.shape
+    # the test nuclei: those with at least 45% of their area in the right half, each whole (4x its area there)
+    full = np.bincount(labels.ravel())
+    right = np.bincount(labels[:, w // 2 :].ravel(), minlength=len(full))
+    expected = sorted(4 * int(right[i]) for i in range(1, len(full)) if right[i] and right[i] >= 0.45 * full[i])
+    assert sorted(inst.area for t in test for inst in t.instances) == expected
+    assert len(test) == (2 * h // 128) * (w // 128)  # the right half at 2x: (1024 / 128) x (512 / 128) cores
+    assert len({t.image.shape for t in test}) == 1 and test[0].image.shape[0] > 128
+    assert len(train) == 5
+    for s in train + test:
+        assert s.image.dtype == np.float32 and 0.0 <= s.image.min() and s.image.max() <= 1.0
+        if s.instances:
+            total = sum(i.mask.astype(int) for i in s.instances)
+            assert total.max() == 1 and min(i.area for i in s.instances) >= 12
+    assert all(s.image.shape == (96, 96) for s in train) and sum(len(s.instances) for s in train) > 0

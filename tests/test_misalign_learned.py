@@ -180,14 +180,18 @@ TINY = l3.Config(
 
 
 def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
-    monkeypatch.setattr(m, "QUICK", TINY)
+    monkeypatch.setattr(m, "QUICK", {"synthetic": TINY})
     parser = argparse.ArgumentParser()
     m.add_arguments(parser)
     out, js = tmp_path / "rep", tmp_path / "r.json"
-    args = parser.parse_args(["--quick", "--levels", "3", "--seeds", "2", "--out", str(out), "--json", str(js)])
+    args = parser.parse_args(
+        ["--quick", "--levels", "3", "--seeds", "2", "--datasets", "synthetic", "--out", str(out), "--json", str(js)]
+    )
     assert m.run(args) == 0
     res = json.loads(js.read_text())
-    r3 = res["level3"]
+    assert set(res["level3"]) == {"synthetic"}
+    r3 = res["level3"]["synthetic"]
+    assert r3["dataset"] == "synthetic"
     assert {(r["stride"], r["op"], r["seed"]) for r in r3["runs"]} == {
         (s, op, seed) for s in (16, 32) for op in ("RoIPool", "RoIAlign avg") for seed in (0, 1)
     }
@@ -202,13 +206,47 @@ def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
     assert len(sm["bins"]) == 2 and {"gap_mIoU_s16", "gap_AP_s32", "trend_mIoU", "trend_AP"} <= set(sm["bins"][0])
     assert set(r3["summary"]["trend"]) == {"AP", "AP50", "AP75", "mIoU"}
     report = (out / "REPORT.md").read_text()
-    for heading in ("Table 2c", "Table 2d", "object-size map"):
+    for heading in ("Level 3, synthetic", "Table 2c", "Table 2d", "object-size map", "Regime check"):
         assert heading in report
-    assert (out / "level3_mask_ap.png").exists() and (out / "level3_size_map.png").exists()
+    assert (out / "level3_synthetic_mask_ap.png").exists() and (out / "level3_synthetic_size_map.png").exists()
     # the report re-renders from the JSON alone, to the same text
     again = tmp_path / "again"
     assert m.run(parser.parse_args(["--from-json", str(js), "--out", str(again), "--no-plots"])) == 0
     assert (again / "REPORT.md").read_text() == report
+
+
+def test_stardist_absent_is_skipped_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(m, "stardist_paths", lambda: None)
+    parser = argparse.ArgumentParser()
+    m.add_arguments(parser)
+    js = tmp_path / "r.json"
+    args = parser.parse_args(
+        ["--quick", "--levels", "3", "--datasets", "stardist", "--out", str(tmp_path), "--json", str(js)]
+    )
+    assert m.run(args) == 0
+    res = json.loads(js.read_text())
+    assert res["level3"] == {} and any("stardist" in n and "skipped" in n for n in res["notes"])
+    assert "skipped: the stardist package is not installed" in (tmp_path / "REPORT.md").read_text()
+    with pytest.raises(SystemExit, match="unknown level-3 dataset"):
+        m.run(parser.parse_args(["--quick", "--levels", "3", "--datasets", "coco", "--out", str(tmp_path)]))
+
+
+def test_steps_option_sets_the_fine_and_the_coarse_stride():
+    parser = argparse.ArgumentParser()
+    m.add_arguments(parser)
+    cfg = m._level3_config("synthetic", parser.parse_args(["--steps", "7,11"]), False)
+    assert (cfg.steps_at(16), cfg.steps_at(32)) == (7, 11)
+    cfg = m._level3_config("stardist", parser.parse_args(["--steps", "5"]), True)
+    assert (cfg.dataset, cfg.steps_at(16), cfg.steps_at(32)) == ("stardist", 5, 5)
+    assert l3.Config(steps=9).steps_at(32) == 9  # no coarse count: the same at every stride
+
+
+def test_regime_check():
+    assert summary.in_papers_regime(30.3, 30.9)  # the paper's own C4 / C5 RoIAlign
+    assert summary.in_papers_regime(30.0, 27.0) and not summary.in_papers_regime(30.0, 26.9)
+    assert not summary.in_papers_regime(31.4, 15.7)  # stride 32 far below stride 16
+    assert not summary.in_papers_regime(15.0, 20.0)  # far above is not the paper's regime either
+    assert not summary.in_papers_regime(float("nan"), 20.0) and not summary.in_papers_regime(0.0, 0.0)
 
 
 def test_every_op_trains_and_scores_at_both_strides():

@@ -2,9 +2,9 @@
 one real 2-D image (fluorescence microscopy, labelled nuclei) that the ``stardist`` package ships.
 
 Both come out in the same form: a list of :class:`Sample` (one grey image in [0, 1] and its instances,
-each a boolean visible mask plus a class id starting at 1). Level 3 trains on the synthetic set; the stardist
-image is loaded and tested here but not yet part of a level-3 run (its 512 px images cost about ten synthetic
-ones per step, beyond the 20-minute budget).
+each a boolean visible mask plus a class id starting at 1). Level 3 uses the stardist image as
+:func:`stardist_tiles`: upscaled (its nuclei are ~24 px, under one cell at stride 32), the left half cut into
+random training crops of its 8 flips/rotations, the right half into test tiles that hold every nucleus whole.
 """
 
 import importlib.util
@@ -157,32 +157,106 @@ def _instances_from_labels(labels: np.ndarray, min_area: int = 12) -> List[Insta
     return out
 
 
+def _dihedral_array(a: np.ndarray, k: int) -> np.ndarray:
+    a = np.rot90(a, k % 4)
+    return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
+
+
 def dihedral(sample: Sample, k: int) -> Sample:
     """The k-th (0..7) of the 8 flips/rotations of a sample (image and masks together)."""
-
-    def t(a):
-        a = np.rot90(a, k % 4)
-        return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
-
+    t = lambda a: _dihedral_array(a, k)  # noqa: E731
     return Sample(t(sample.image), [Instance(t(i.mask), i.label) for i in sample.instances])
+
+
+def _stardist_arrays() -> Tuple[np.ndarray, np.ndarray]:
+    """stardist's 2-D image (normalised to [0, 1]) and its nucleus label image (0 = background)."""
+    import tifffile
+
+    paths = stardist_paths()
+    if paths is None:
+        raise FileNotFoundError("the stardist package (pip install --no-deps stardist) is not installed")
+    return _normalize(tifffile.imread(paths[0])), tifffile.imread(paths[1]).astype(np.int32)
 
 
 def load_stardist(augment: bool = True) -> Tuple[List[Sample], List[Sample]]:
     """The stardist 2-D image split into a training region (left half) and a test region (right half).
     Nuclei cut by the split keep their visible part when at least 12 pixels remain. With ``augment`` the
     training region is expanded to its 8 flips/rotations. Raises FileNotFoundError without stardist."""
-    import tifffile
-
-    paths = stardist_paths()
-    if paths is None:
-        raise FileNotFoundError("the stardist package (pip install --no-deps stardist) is not installed")
-    image = _normalize(tifffile.imread(paths[0]))
-    labels = tifffile.imread(paths[1]).astype(np.int32)
+    image, labels = _stardist_arrays()
     w = image.shape[1] // 2
     train = Sample(np.ascontiguousarray(image[:, :w]), _instances_from_labels(labels[:, :w]))
     test = Sample(np.ascontiguousarray(image[:, w:]), _instances_from_labels(labels[:, w:]))
     train_set = [dihedral(train, k) for k in range(8)] if augment else [train]
     return train_set, [test]
+
+
+def upscale(image: np.ndarray, labels: np.ndarray, factor: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Image bilinearly (pixel centres kept: pixel j covers [j, j+1)), labels by nearest: pixel j becomes
+    pixels [factor j, factor (j + 1)), so a mask's box scales exactly by ``factor``."""
+    img = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    big = torch.nn.functional.interpolate(img, scale_factor=factor, mode="bilinear", align_corners=False)
+    return big[0, 0].clamp(0, 1).numpy(), labels.repeat(factor, 0).repeat(factor, 1)
+
+
+def _window(
+    image: np.ndarray, labels: np.ndarray, y0: int, x0: int, size: int, keep
+) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+    """The size x size window at (y0, x0) (zero outside the arrays) and the label ids among ``keep`` in it."""
+    h, w = labels.shape
+    img, lab = np.zeros((size, size), np.float32), np.zeros((size, size), np.int32)
+    ya, yb, xa, xb = max(y0, 0), min(y0 + size, h), max(x0, 0), min(x0 + size, w)
+    img[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    lab[ya - y0 : yb - y0, xa - x0 : xb - x0] = labels[ya:yb, xa:xb]
+    return img, lab, [int(i) for i in np.unique(lab) if i and i in keep]
+
+
+def _sample(img: np.ndarray, lab: np.ndarray, ids, full_area: np.ndarray, min_visible: float) -> Sample:
+    """A window as a Sample: each nucleus of ``ids`` with at least ``min_visible`` of its whole area (and 12
+    pixels) inside, as its visible part; the other nuclei stay in the image, unlabelled."""
+    out = []
+    for i in ids:
+        m = lab == i
+        a = int(m.sum())
+        if a >= 12 and a >= min_visible * full_area[i]:
+            out.append(Instance(m, 1))
+    return Sample(img, out)
+
+
+def stardist_tiles(
+    scale: int = 3, crop: int = 192, n_crops: int = 256, tile: int = 256, seed: int = 0, min_visible: float = 0.45
+) -> Tuple[List[Sample], List[Sample]]:
+    """Level 3's stardist data: the image upscaled by ``scale``, split into a left (training) and a right (test)
+    half. Training: ``n_crops`` crop x crop windows at random places in the 8 flips/rotations of the left half.
+    Test: the right half's tile x tile cores, each widened on every side by the largest nucleus half-extent so
+    that every nucleus whose box centre lies in a core is whole in its tile; it is labelled there only (a
+    nucleus cut by the split keeps its visible part if at least ``min_visible`` of it is in the right half),
+    and the neighbours' nuclei in the margin stay unlabelled, so each nucleus is scored once. In both, a
+    nucleus's size is its size in the upscaled image. Raises FileNotFoundError without stardist."""
+    image, labels = upscale(*_stardist_arrays(), scale)
+    full_area = np.bincount(labels.ravel())
+    w = labels.shape[1] // 2
+    rng = np.random.default_rng(seed)
+    views = [(_dihedral_array(image[:, :w], k), _dihedral_array(labels[:, :w], k)) for k in range(8)]
+    every = set(np.unique(labels).tolist()) - {0}
+    train = []
+    for _ in range(n_crops):
+        img, lab = views[int(rng.integers(8))]
+        y0, x0 = int(rng.integers(0, lab.shape[0] - crop + 1)), int(rng.integers(0, lab.shape[1] - crop + 1))
+        train.append(_sample(*_window(img, lab, y0, x0, crop, every), full_area, min_visible))
+    img, lab = image[:, w:], labels[:, w:]
+    centres, margin = {}, 0
+    for i in every & set(np.unique(lab).tolist()):
+        ys, xs = np.nonzero(lab == i)
+        centres[i] = ((ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2)
+        margin = max(margin, int(math.ceil(max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) / 2)))
+    test = []
+    for y0 in range(0, lab.shape[0], tile):
+        for x0 in range(0, lab.shape[1], tile):
+            own = {i for i, (cy, cx) in centres.items() if y0 <= cy < y0 + tile and x0 <= cx < x0 + tile}
+            test.append(
+                _sample(*_window(img, lab, y0 - margin, x0 - margin, tile + 2 * margin, own), full_area, min_visible)
+            )
+    return train, test
 
 
 @dataclass

@@ -59,12 +59,15 @@ REFERENCE = "RoIAlign avg"  # the op whose gap to the baseline is the headline n
 class Config:
     """Level-3 settings. Sizes in pixels; an object's size is the geometric mean of its box's sides."""
 
+    dataset: str = "synthetic"  # or "stardist"
+    seeds: int = 2  # default seeds per (op, stride); --seeds overrides
     image_size: int = 160
     train_images: int = 256
     test_images: int = 160
     objects_per_image: Tuple[int, int] = (2, 5)
     diameter: Tuple[float, float] = (12.0, 150.0)
-    steps: int = 300
+    steps: int = 300  # at the finest stride (16)
+    steps_coarse: Optional[int] = None  # at every coarser stride (32); None: the same as ``steps``
     images_per_step: int = 4
     rois_per_image: int = 32
     random_boxes_per_image: int = 6
@@ -78,6 +81,14 @@ class Config:
     sampling_ratio: int = 2
     size_edges: Tuple[float, ...] = (0.0, 16.0, 24.0, 36.0, 56.0, 88.0, 1e4)
     bootstrap: int = 300
+    # stardist (data.stardist_tiles): the image upscaled, training crops and test tiles, in upscaled pixels
+    stardist_scale: int = 3
+    stardist_crop: int = 192
+    stardist_crops: int = 256
+    stardist_tile: int = 256
+
+    def steps_at(self, stride: int) -> int:
+        return self.steps if stride <= 16 or self.steps_coarse is None else self.steps_coarse
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -153,8 +164,14 @@ class MaskRCNNStage(nn.Module):
 
 # ----------------------------------------------------------------------------------------- data
 def make_datasets(cfg: Config) -> Tuple[L3Data, L3Data]:
-    """The synthetic train and test sets (different seeds, so no test image is seen in training), every shape
-    (ellipse, star polygon, ring) labelled as the one category "object"."""
+    """The train and test sets of ``cfg.dataset``, one category "object". Synthetic: different seeds, so no
+    test image is seen in training; every shape (ellipse, star polygon, ring) is an object. stardist: see
+    ``data.stardist_tiles`` (raises FileNotFoundError without the package)."""
+    if cfg.dataset == "stardist":
+        train, test = bdata.stardist_tiles(cfg.stardist_scale, cfg.stardist_crop, cfg.stardist_crops, cfg.stardist_tile)
+        return L3Data.from_samples("stardist", train, 1), L3Data.from_samples("stardist", test, 1)
+    if cfg.dataset != "synthetic":
+        raise ValueError(f"level 3: unknown dataset {cfg.dataset!r} (synthetic or stardist)")
     kw = dict(
         size=cfg.image_size,
         min_diameter=cfg.diameter[0],
@@ -197,12 +214,13 @@ def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.M
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
     )
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    steps = cfg.steps_at(stride)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(10_000 + seed)
     hw = tuple(data.images.shape[1:])
     with_objects = [i for i, b in enumerate(data.boxes) if len(b)]
     model.train()
-    for _ in range(cfg.steps):
+    for _ in range(steps):
         pick = [with_objects[int(i)] for i in torch.randint(len(with_objects), (cfg.images_per_step,), generator=gen)]
         proposals = [
             torch.cat(
@@ -348,6 +366,7 @@ def run_level3(
     proposals = fixed_test_proposals(test_set, cfg.jitter)
     runs, boot = [], {}
     total = len(strides) * seeds * len(ops)
+    name = cfg.dataset
     for stride in strides:
         for seed in range(seeds):
             for op in ops:
@@ -365,16 +384,18 @@ def run_level3(
                     )
                 )
                 log(
-                    f"level 3 [{len(runs)}/{total}] stride {stride} seed {seed} {op.name}: AP {values['AP'][0]:.1f}, "
+                    f"level 3 {name} [{len(runs)}/{total}] stride {stride} seed {seed} {op.name}: AP {values['AP'][0]:.1f}, "
                     f"mIoU {values['mIoU'][0]:.1f} ({runs[-1]['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s so far)"
                 )
     return dict(
+        dataset=name,
         config=asdict(cfg),
         data=dict(
             train_images=len(train_set.images), train_objects=sum(len(b) for b in train_set.boxes), **scorer.describe()
         ),
         ops=[asdict(o) for o in ops],
         strides=list(strides),
+        steps={str(s): cfg.steps_at(s) for s in strides},
         seeds=seeds,
         runs=runs,
         bootstrap=boot,

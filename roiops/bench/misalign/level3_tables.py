@@ -16,7 +16,7 @@ def fmt_entry(e: Optional[dict], signed: bool = False) -> str:
         return "–"
     sign = "+" if signed else ""
     interval = f" [{e['boot_lo']:{sign}.1f}, {e['boot_hi']:{sign}.1f}]" if e.get("boot_lo") == e.get("boot_lo") else ""
-    seeds = f" ± {e['seed_ci']:.1f}" if "seed_ci" in e else ""
+    seeds = f" ± {e['seed_ci']:.1f}" if e.get("seed_ci") == e.get("seed_ci") and "seed_ci" in e else ""
     return f"{e['mean']:{sign}.1f}{seeds}{interval}"
 
 

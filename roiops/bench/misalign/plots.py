@@ -107,7 +107,7 @@ def _interval_bars(entries):
     return [[e["mean"] - e["boot_lo"] for e in entries], [e["boot_hi"] - e["mean"] for e in entries]]
 
 
-def plot_level3(summary, path):
+def plot_level3(summary, path, dataset=""):
     """Bars per op and stride for AP, AP50, AP75 and mask IoU, with the bootstrap interval over test images."""
     plt = _plt()
     rows = summary["rows"]
@@ -125,10 +125,10 @@ def plot_level3(summary, path):
         ax.set_title(f"mask {m if m != 'mIoU' else 'IoU'} (x100; bars: 95% bootstrap over test images)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
-    _save(plt, fig, path, "Level 3: a small Mask R-CNN trained end to end with each op")
+    _save(plt, fig, path, f"Level 3 ({dataset}): a small Mask R-CNN trained end to end with each op")
 
 
-def plot_size_map(size_map, path):
+def plot_size_map(size_map, path, dataset=""):
     """The gap (RoIAlign avg - RoIPool) against object size in feature cells, one curve per stride, and the
     stride trend against object size with the crossover marked."""
     plt = _plt()
@@ -182,7 +182,7 @@ def plot_size_map(size_map, path):
         plt,
         fig,
         path,
-        "Where RoIAlign's gain comes from: the gap by object size (bars: 95% bootstrap over test images)",
+        f"{dataset}: where RoIAlign's gain comes from, the gap by object size (bars: 95% bootstrap over test images)",
     )
 
 

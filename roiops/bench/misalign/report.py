@@ -53,8 +53,10 @@ def write_report(results, out_dir) -> str:
         ]
         L += level2_table(r2) + ["", "Averaged over box sizes, every variant:", ""] + level2_sampling_table(r2)
         L += ["", "![level 2](level2_features.png)", ""]
-    if "level3" in results:
-        L += level3_section(results["level3"], results.get("notes", []))
+    if results.get("notes"):
+        L += ["## Notes of this run", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    for r3 in results.get("level3", {}).values():
+        L += level3_section(r3)
     if results.get("findings"):
         L += ["## Findings", ""] + [f"- {f}" for f in results["findings"]] + [""]
     path = os.path.join(out_dir, "REPORT.md")
@@ -76,6 +78,6 @@ def findings(results) -> List[str]:
                 f"boxes (bin IoU {small['bin_iou']:.2f}) and {big['centre_err']:.1f} px for 512 px boxes "
                 f"(bin IoU {big['bin_iou']:.2f})."
             )
-    if "level3" in results:
-        out += level3_findings(results["level3"])
+    for name, r3 in results.get("level3", {}).items():
+        out += [f"Level 3, {name}: {f}" for f in level3_findings(r3)]
     return out
