@@ -22,7 +22,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 import roiops  # noqa: E402
 from roiops.bench import misalign as m  # noqa: E402
-from roiops.bench.misalign import coco, stats, summary  # noqa: E402
+from roiops.bench.misalign import coco, level3_runs, stats, summary  # noqa: E402
 from roiops.bench.misalign import data as bdata  # noqa: E402
 from roiops.bench.misalign import level3_learned as l3  # noqa: E402
 from roiops.models import round_boxes_to_grid  # noqa: E402
@@ -258,3 +258,16 @@ def test_every_op_trains_and_scores_at_both_strides():
             values = scorer.score(l3.detect(l3.train(op, stride, 0, train, TINY), test, proposals))
             assert values["AP"].shape == (1 + TINY.bootstrap,)
             assert 0.0 <= values["mIoU"][0] <= 100.0
+
+
+def test_worker_processes_give_the_numbers_of_a_serial_run():
+    ops = [op for op in l3.OPS if op.name in (l3.BASELINE, l3.REFERENCE)]
+    serial = level3_runs.run_level3([16], ops, 1, TINY, log=lambda _: None, workers=1)
+    pooled = level3_runs.run_level3([16], ops, 1, TINY, log=lambda _: None, workers=2)
+    assert pooled["workers"] == 2
+    assert [r["op"] for r in pooled["runs"]] == [op.name for op in ops]  # the fixed order, whatever finished first
+    for a, b in zip(serial["runs"], pooled["runs"]):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    for key, values in serial["bootstrap"].items():
+        for metric, v in values.items():
+            np.testing.assert_array_equal(v, pooled["bootstrap"][key][metric])

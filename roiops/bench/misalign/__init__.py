@@ -40,7 +40,8 @@ import roiops
 from .data import stardist_paths
 from .level1_geometry import run_level1
 from .level2_features import run_level2
-from .level3_learned import BASELINE, OPS, REFERENCE, Config, run_level3
+from .level3_learned import BASELINE, OPS, REFERENCE, Config
+from .level3_runs import run_level3
 from .level3_tables import gap_table, table_2d
 from .plots import plot_article, plot_level1, plot_level2, plot_level3, plot_size_map
 from .report import findings, write_report
@@ -49,9 +50,9 @@ from .tables import article_lines, level1_table, level2_sampling_table, level2_t
 
 # The default level-3 settings per dataset (see REPORT.md for why these sizes and steps)
 DEFAULTS = {
-    "synthetic": Config(seeds=2, steps=300, steps_coarse=600),
+    "synthetic": Config(seeds=3, steps=300, steps_coarse=800),
     "stardist": Config(
-        dataset="stardist", seeds=1, steps=400, steps_coarse=400, stardist_crop=160, size_edges=(0.0, 60.0, 76.0, 1e4)
+        dataset="stardist", seeds=2, steps=400, steps_coarse=400, stardist_crop=160, size_edges=(0.0, 60.0, 76.0, 1e4)
     ),
 }
 # --quick (CI): every code path of level 3 in about a minute; its numbers only show that things run
@@ -95,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="torch CPU threads (default 1: on a shared 2-core machine a second thread made training "
         "4-5x slower, spinning against other processes; 2 helps only on an idle machine)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="level-3 runs trained at once, in separate processes of --threads threads each (default: the number "
+        "of CPU cores); the numbers do not depend on it",
     )
     parser.add_argument(
         "--from-json",
@@ -167,7 +175,7 @@ def _run_level3(name: str, args, quick: bool, log):
     strides = [int(s) for s in args.strides.split(",")] if args.strides else [16, 32]
     ops = [o for o in OPS if o.name in (BASELINE, REFERENCE)] if quick else list(OPS)
     seeds = args.seeds if args.seeds else (2 if quick else cfg.seeds)
-    r3 = run_level3(strides, ops, seeds, cfg, log)
+    r3 = run_level3(strides, ops, seeds, cfg, log, workers=args.workers)
     r3["summary"] = summarize(r3)
     del r3["bootstrap"]  # per-resample values: summarized above, too bulky for the JSON
     print(f"\n== Level 3, {name}: learned features (x100; mean ± seed CI [bootstrap over test images]) ==")
@@ -225,6 +233,7 @@ def _run(args) -> int:
         torch=torch.__version__,
         machine=f"{platform.machine()} {os.cpu_count()} CPUs",
         threads=torch.get_num_threads(),
+        workers=args.workers,
         seconds=time.perf_counter() - t_start,
         levels=sorted(levels),
     )

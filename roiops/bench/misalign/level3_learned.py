@@ -17,9 +17,8 @@ score, its refined box) and the mask head's mask in that box. AP / AP50 / AP75 c
 """
 
 import math
-import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -353,51 +352,3 @@ class Scorer:
             bin_median_px=medians,
             size_median=float(np.median(sizes)),
         )
-
-
-def run_level3(
-    strides: Sequence[int], ops: Sequence[PoolOp], seeds: int, cfg: Config, log: Callable[[str], None] = print
-) -> Dict[str, object]:
-    """Train and score every (stride, seed, op); returns the runs (point estimates), the bootstrap values
-    (kept for the statistics, not written to JSON) and the settings."""
-    t0 = time.perf_counter()
-    train_set, test_set = make_datasets(cfg)
-    scorer = Scorer(test_set, cfg)
-    proposals = fixed_test_proposals(test_set, cfg.jitter)
-    runs, boot = [], {}
-    total = len(strides) * seeds * len(ops)
-    name = cfg.dataset
-    for stride in strides:
-        for seed in range(seeds):
-            for op in ops:
-                t_run = time.perf_counter()
-                model = train(op, stride, seed, train_set, cfg)
-                values = scorer.score(detect(model, test_set, proposals))
-                boot[(stride, op.name, seed)] = values
-                runs.append(
-                    dict(
-                        stride=stride,
-                        op=op.name,
-                        seed=seed,
-                        seconds=time.perf_counter() - t_run,
-                        **{k: float(v[0]) for k, v in values.items()},
-                    )
-                )
-                log(
-                    f"level 3 {name} [{len(runs)}/{total}] stride {stride} seed {seed} {op.name}: AP {values['AP'][0]:.1f}, "
-                    f"mIoU {values['mIoU'][0]:.1f} ({runs[-1]['seconds']:.0f} s; {time.perf_counter() - t0:.0f} s so far)"
-                )
-    return dict(
-        dataset=name,
-        config=asdict(cfg),
-        data=dict(
-            train_images=len(train_set.images), train_objects=sum(len(b) for b in train_set.boxes), **scorer.describe()
-        ),
-        ops=[asdict(o) for o in ops],
-        strides=list(strides),
-        steps={str(s): cfg.steps_at(s) for s in strides},
-        seeds=seeds,
-        runs=runs,
-        bootstrap=boot,
-        n_bins=scorer.n_bins,
-    )

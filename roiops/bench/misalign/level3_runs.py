@@ -1,0 +1,98 @@
+"""Level 3's runs: every (stride, seed, op) trained and scored, in worker processes when asked.
+
+The runs are independent and each is seeded, so spreading them over processes (one torch thread each) changes
+only the wall time: every number is the one a serial run gives. A worker gets the datasets once, when it
+starts, and sends back the scores of each run.
+"""
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from .data import L3Data
+from .level3_learned import Config, PoolOp, Scorer, detect, fixed_test_proposals, make_datasets, train
+
+# A worker's datasets, scorer and test proposals, set once by _start_worker (or by the serial path).
+_STATE: Optional[Tuple[L3Data, L3Data, Scorer, list, Config]] = None
+
+
+def _start_worker(train_set: L3Data, test_set: L3Data, cfg: Config, threads: int) -> None:
+    global _STATE
+    torch.set_num_threads(threads)
+    _STATE = (train_set, test_set, Scorer(test_set, cfg), fixed_test_proposals(test_set, cfg.jitter), cfg)
+
+
+def _one_run(op: PoolOp, stride: int, seed: int):
+    train_set, test_set, scorer, proposals, cfg = _STATE
+    t0 = time.perf_counter()
+    values = scorer.score(detect(train(op, stride, seed, train_set, cfg), test_set, proposals))
+    return values, time.perf_counter() - t0
+
+
+def run_level3(
+    strides: Sequence[int],
+    ops: Sequence[PoolOp],
+    seeds: int,
+    cfg: Config,
+    log: Callable[[str], None] = print,
+    workers: int = 1,
+) -> Dict[str, object]:
+    """Train and score every (stride, seed, op) in ``workers`` processes (1: in this one); returns the runs
+    (point estimates) in a fixed order, the bootstrap values (kept for the statistics, not written to JSON)
+    and the settings."""
+    global _STATE
+    t0 = time.perf_counter()
+    train_set, test_set = make_datasets(cfg)
+    jobs = [(op, stride, seed) for stride in strides for seed in range(seeds) for op in ops]
+    results = {}
+
+    def record(index, values, seconds):
+        op, stride, seed = jobs[index]
+        results[index] = (values, seconds)
+        log(
+            f"level 3 {cfg.dataset} [{len(results)}/{len(jobs)}] stride {stride} seed {seed} {op.name}: "
+            f"AP {values['AP'][0]:.1f}, mIoU {values['mIoU'][0]:.1f} ({seconds:.0f} s; "
+            f"{time.perf_counter() - t0:.0f} s so far)"
+        )
+
+    if workers <= 1:
+        _start_worker(train_set, test_set, cfg, torch.get_num_threads())
+        for i, job in enumerate(jobs):
+            record(i, *_one_run(*job))
+        scorer = _STATE[2]
+    else:
+        # spawn, not fork: a forked child of a process that has run OpenMP regions can hang in its own.
+        context = multiprocessing.get_context("spawn")
+        args = (train_set, test_set, cfg, torch.get_num_threads())
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=args) as pool:
+            futures = {pool.submit(_one_run, *job): i for i, job in enumerate(jobs)}
+            for done in as_completed(futures):
+                record(futures[done], *done.result())
+        scorer = Scorer(test_set, cfg)
+    _STATE = None
+    runs, boot = [], {}
+    for i, (op, stride, seed) in enumerate(jobs):
+        values, seconds = results[i]
+        boot[(stride, op.name, seed)] = values
+        runs.append(
+            dict(stride=stride, op=op.name, seed=seed, seconds=seconds, **{k: float(v[0]) for k, v in values.items()})
+        )
+    return dict(
+        dataset=cfg.dataset,
+        config=asdict(cfg),
+        data=dict(
+            train_images=len(train_set.images), train_objects=sum(len(b) for b in train_set.boxes), **scorer.describe()
+        ),
+        ops=[asdict(o) for o in ops],
+        strides=list(strides),
+        steps={str(s): cfg.steps_at(s) for s in strides},
+        seeds=seeds,
+        workers=workers,
+        runs=runs,
+        bootstrap=boot,
+        n_bins=scorer.n_bins,
+    )
