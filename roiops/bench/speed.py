@@ -4,8 +4,9 @@ Peers (roiops/bench/peers.py): torchvision, ONNX Runtime and OpenVINO when insta
 inputs and thread count; each peer's largest disagreement with roiops is shown beside its time.
 Every timing is a median over repeats (inter-quartile range as spread) of one forward call, or of
 one backward call (torch.autograd.grad on one forward graph kept for all repeats; the forward is not
-counted, the zero-fill of the gradient buffer is). "x best" is the fastest peer's time over roiops' (> 1: roiops
-is faster); "x limit" is roiops' time over this machine's lower bound for the case (limits.py).
+counted, the first touch and zeroing of the gradient buffer are). "x best" is the fastest peer's
+time over roiops' (> 1: roiops is faster); "x limit" is roiops' time over this machine's lower
+bound for the case (limits.py).
 """
 
 import argparse
