@@ -65,7 +65,7 @@ def test_bound_grows_with_work_and_falls_with_bandwidth():
 def test_speed_command_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     import roiops.bench.speed_cases as cases
 
-    monkeypatch.setattr(cases, "standard_cases", lambda full: [Case("tiny", "roi_align_avg", **SMALL)])
+    monkeypatch.setattr(cases, "standard_cases", lambda full, dtypes=None: [Case("tiny", "roi_align_avg", **SMALL)])
     monkeypatch.setattr("roiops.bench.speed.standard_cases", cases.standard_cases)
     out = tmp_path / "speed.json"
     assert cli.main(["speed", "--repeats", "2", "--warmup", "0", "--peers", "onnxruntime", "--json", str(out)]) == 0
@@ -76,3 +76,63 @@ def test_speed_command_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     assert len(forward["times_ms"]["roiops"]) == 2 and forward["bound_ms"] > 0
     if payload["peers"]["onnxruntime"] is None:
         assert forward["disagreement"]["onnxruntime"] < 1e-5
+
+
+def _tiny_run(monkeypatch, tmp_path, case_kw, *argv):
+    import roiops.bench.speed_cases as cases
+
+    def tiny(full, dtypes=None):
+        return [Case("tiny", "roi_pool", **SMALL, dtype=d, **case_kw) for d in dtypes or ["float32"]]
+
+    monkeypatch.setattr("roiops.bench.speed.standard_cases", tiny)
+    monkeypatch.setattr(cases, "standard_cases", tiny)
+    out = tmp_path / "speed.json"
+    assert cli.main(["speed", "--json", str(out), *argv]) == 0
+    return json.loads(out.read_text())
+
+
+def test_half_dtype_cases_time_float32_alongside(tmp_path, monkeypatch, capsys):
+    payload = _tiny_run(monkeypatch, tmp_path, {}, "--dtypes", "bfloat16", "--repeats", "3", "--peers", "")
+    assert "x f32" in capsys.readouterr().out
+    for r in payload["results"]:
+        assert r["dtype"] == "bfloat16"
+        assert len(r["times_ms"]["roiops float32"]) == len(r["times_ms"]["roiops"]) == 3
+        assert r["vs_float32"] == pytest.approx(r["median_ms"]["roiops"] / r["median_ms"]["roiops float32"])
+        assert "roiops float32" not in r["speedup"]
+    assert cli.main(["speed", "--dtypes", "bfloat17"]) == 2
+
+
+def test_backward_is_timed_on_one_forward_graph(tmp_path, monkeypatch):
+    from roiops.bench import speed
+
+    calls = []
+    real = speed.implementations
+
+    def counting(case, with_reference):
+        return {k: (lambda x, r, f=f: calls.append(1) or f(x, r)) for k, f in real(case, with_reference).items()}
+
+    monkeypatch.setattr(speed, "implementations", counting)
+    _tiny_run(monkeypatch, tmp_path, {}, "--repeats", "4", "--warmup", "1", "--peers", "")
+    # the disagreement reference, 5 timed or warm-up forwards, and one forward for all 5 backwards
+    assert len(calls) == 1 + 5 + 1
+
+
+def test_slow_peers_get_fewer_repeats_unless_full(tmp_path, monkeypatch):
+    from roiops.bench import speed
+
+    args = type("Args", (), {"full": False, "repeats": 5})()
+    assert speed.peer_repeats(speed.PEER_BUDGET_S * 1e3 * 2, args) == 1
+    assert speed.peer_repeats(speed.PEER_BUDGET_S * 1e3 / 3.5, args) == 3
+    assert speed.peer_repeats(0.01, args) == 5
+    args.full = True
+    assert speed.peer_repeats(speed.PEER_BUDGET_S * 1e3 * 2, args) == 5
+    if peers.availability()["torchvision"] is not None:
+        pytest.skip("torchvision unavailable")
+    monkeypatch.setattr(speed, "PEER_BUDGET_S", 0.0)  # every peer is "slow": its first call is the forward time
+    payload = _tiny_run(monkeypatch, tmp_path, {}, "--repeats", "3", "--peers", "torchvision")
+    times = {r["direction"]: r["times_ms"] for r in payload["results"]}
+    assert len(times["forward"]["torchvision"]) == 1 and len(times["backward"]["torchvision"]) == 1
+    assert len(times["forward"]["roiops"]) == 3
+    payload = _tiny_run(monkeypatch, tmp_path, {}, "--repeats", "3", "--peers", "torchvision", "--full")
+    times = {r["direction"]: r["times_ms"] for r in payload["results"]}
+    assert len(times["forward"]["torchvision"]) == 3 and len(times["backward"]["torchvision"]) == 3

@@ -160,3 +160,33 @@ def test_sparse_nchw_path_matches_channels_last_on_ties_inf_nan(special):
         grads.append(xi.grad)
     torch.testing.assert_close(outs[0], outs[1], equal_nan=True, rtol=0, atol=0)
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_is_the_serial_scatter_for_any_argmax_and_thread_count(dtype, layout, restore_threads):
+    """The backward writes the gradient part by part (a channel's planes, or for channels_last a band
+    of rows), each part visiting only the bins whose argmax falls in it. Whatever the argmax (the
+    caller's: cells far from the bin, on band edges, invalid ones) and the thread count, the result
+    is exactly the serial scatter in (RoI, bin) order, accumulated in float for the half types."""
+    g = torch.Generator().manual_seed(61)
+    n, c, h, w, k = 3, 5, 37, 11, 40
+    rois = make_rois(k, n, h, w, 1.0, "mixed", seed=62)
+    argmax = torch.randint(-3, h * w + 3, (k, c, 2, 3), generator=g, dtype=torch.int32)
+    grad = torch.randn(k, c, 2, 3, generator=g).to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    expected = torch.zeros(n, c, h * w, dtype=acc)
+    for r in range(k):
+        for ch in range(c):
+            for i, v in zip(argmax[r, ch].flatten().tolist(), grad[r, ch].flatten().to(acc)):
+                if 0 <= i < h * w:
+                    expected[int(rois[r, 0]), ch, i] += v
+    expected = expected.view(n, c, h, w).to(dtype)
+    grad, argmax = to_layout(grad, layout), to_layout(argmax, layout)
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        gi = torch.ops.roiops._roi_pool_backward(grad, rois.to(dtype), argmax, 1.0, 2, 3, n, c, h, w, False)
+        torch.testing.assert_close(gi, expected, rtol=0, atol=0)
+        assert gi.is_contiguous(
+            memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        )

@@ -42,5 +42,24 @@ void parallel_for_ranges(int64_t n, int64_t work_per_item, const F& body) {
   at::parallel_for(0, n, 1, body);
 }
 
+// parallel_for_each_dynamic with per-worker state: make() is called once by each worker and its
+// result passed to body(state, i) for the items that worker takes (scratch buffers allocated once
+// per call and worker, not once per item).
+template <typename Make, typename F>
+void parallel_for_each_dynamic_with(int64_t n, int64_t work_per_item, const Make& make, const F& body) {
+  if (n <= 0) return;
+  if (n == 1 || n * work_per_item < kMinParallelWork) {
+    auto state = make();
+    for (int64_t i = 0; i < n; ++i) body(state, i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    auto state = make();
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(state, i);
+  });
+}
+
 }  // namespace cpu
 }  // namespace roiops

@@ -1,6 +1,6 @@
 // RoIPool on the CPU: forward and backward, NCHW and channels-last layouts.
-// Same work split as RoIAlign: RoIs handed out dynamically in the forward, disjoint channel ranges
-// per thread in the backward (race-free, thread-count independent).
+// Forward: RoIs handed out dynamically, as in RoIAlign. Backward: disjoint parts of the gradient
+// (channels, or bands of rows) per thread, each written once (race-free, thread-count independent).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -15,6 +15,7 @@
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
 #include "../strides.h"
+#include "output_parts.h"
 #include "parallel.h"
 #include "vector_loops.h"
 
@@ -167,53 +168,114 @@ void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   });
 }
 
+// The backward writes every part of grad_in exactly once (output_parts.h): a thread zeroes a part
+// while it is in cache, adds every contribution that lands there and moves on. Contributions to a
+// cell are added in (RoI, bin) order, as a serial loop over RoIs and bins would: the result does not
+// depend on the thread count.
+
+// NCHW: channels handed out to threads one at a time; per channel, the planes of all images are
+// zeroed, every RoI's bins are scattered into them (they stay in cache) and they are complete.
 template <typename scalar_t>
-void backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
-                   bool nhwc, const PoolParams& p) {
+void backward_nchw(const at::Tensor& grad, const std::vector<int64_t>& batch, const at::Tensor& argmax,
+                   at::Tensor& grad_in, const PoolParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
-  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
-  acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
-  const int64_t C = p.channels, HW = p.height * p.width, K = rois.size(0);
+  scalar_t* gi_data = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t N = grad_in.size(0), C = p.channels, HW = p.height * p.width, K = grad.size(0);
   const Strides4 grad_at = strides_of(grad);
   const Strides4 arg_at = strides_of(argmax);
-  // A cell stride per channel and per spatial index, for either layout.
-  const int64_t c_stride = nhwc ? 1 : HW, i_stride = nhwc ? C : 1;
+  using Images = std::vector<PartAccumulator<scalar_t>>;
+  parallel_for_each_dynamic_with(
+      C, K * p.pooled_h * p.pooled_w + N * HW, [&] { return Images(N); },
+      [&](Images& images, int64_t c) {
+        std::vector<acc_t*> planes(N);
+        for (int64_t b = 0; b < N; ++b) planes[b] = images[b].start(gi_data + (b * C + c) * HW, HW);
+        for (int64_t k = 0; k < K; ++k) {
+          acc_t* plane = planes[batch[k]];
+          for (int ph = 0; ph < p.pooled_h; ++ph) {
+            for (int pw = 0; pw < p.pooled_w; ++pw) {
+              const int32_t i = arg_data[arg_at.at(k, c, ph, pw)];
+              // argmax comes from the caller: anything outside the plane is ignored, never written.
+              if (i >= 0 && i < HW) plane[i] += static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
+            }
+          }
+        }
+        for (auto& image : images) image.finish();
+      });
+}
 
-  std::vector<int64_t> batch(K);
-  for (int64_t k = 0; k < K; ++k) batch[k] = static_cast<int64_t>(static_cast<acc_t>(roi_data[k * 5]));
+// Bytes of grad_in that a channels-last band spans at most: a few such bands (one per thread) stay
+// in cache while contributions are scattered into them.
+constexpr int64_t kBandBytes = int64_t(8) << 20;
 
-  // Each thread zeroes its own channels of grad_in and then scatters into them: the zero fill runs
-  // in parallel, and the pages are first touched by the thread that writes them.
-  const int64_t N = grad_in.size(0);
-  parallel_for_ranges(C, K * p.pooled_h * p.pooled_w + N * HW, [&](int64_t c0, int64_t c1) {
-    if (!nhwc) {
-      for (int64_t b = 0; b < N; ++b) std::fill_n(gi_data + (b * C + c0) * HW, (c1 - c0) * HW, acc_t(0));
-    } else {
-      for (int64_t cell = 0; cell < N * HW; ++cell) std::fill_n(gi_data + cell * C + c0, c1 - c0, acc_t(0));
-    }
-    auto add = [&](int64_t k, int64_t c, int ph, int pw) {
-      const int32_t i = arg_data[arg_at.at(k, c, ph, pw)];
-      // argmax comes from the caller: anything outside the plane is ignored, never written.
-      if (i < 0 || i >= HW) return;
-      gi_data[batch[k] * C * HW + c * c_stride + i * i_stride] +=
-          static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
-    };
-    if (!nhwc) {
-      // One channel at a time, every RoI into its plane, which then stays in cache.
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t k = 0; k < K; ++k)
-          for (int ph = 0; ph < p.pooled_h; ++ph)
-            for (int pw = 0; pw < p.pooled_w; ++pw) add(k, c, ph, pw);
-    } else {
-      // A bin at a time, so neighbouring channels of a cell are written together.
-      for (int64_t k = 0; k < K; ++k)
-        for (int ph = 0; ph < p.pooled_h; ++ph)
-          for (int pw = 0; pw < p.pooled_w; ++pw)
-            for (int64_t c = c0; c < c1; ++c) add(k, c, ph, pw);
+// Channels-last: the map is cut into bands of whole rows (all channels: contiguous), handed out to
+// threads one at a time; each band visits, in (RoI, bin) order, the bins whose argmax falls in its
+// rows, and adds the channels that do.
+template <typename scalar_t>
+void backward_nhwc(const at::Tensor& grad, const std::vector<int64_t>& batch, const at::Tensor& argmax,
+                   at::Tensor& grad_in, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
+  const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
+  scalar_t* gi_data = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t N = grad_in.size(0), C = p.channels, H = p.height, W = p.width, HW = H * W, K = grad.size(0);
+  const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
+  const Strides4 grad_at = strides_of(grad);
+  const Strides4 arg_at = strides_of(argmax);
+  // Bands of about kBandBytes, but at least 4 per thread (small maps, many threads).
+  const int64_t rows_for_threads = (N * H + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads());
+  const int64_t rows_for_bytes =
+      (getenv("BANDKB") ? atoll(getenv("BANDKB")) * 1024 : kBandBytes) / std::max<int64_t>(1, W * C * sizeof(acc_t));
+  const int64_t band_rows = std::clamp<int64_t>(std::min(rows_for_threads, rows_for_bytes), 1, H);
+  const int64_t bands = (H + band_rows - 1) / band_rows;
+
+  // The rows [first, last] that each bin's argmax values fall in (first > last: none). Usually the
+  // bin's own rows, but argmax comes from the caller and may point anywhere in the plane.
+  std::vector<int32_t> first(K * bins), last(K * bins);
+  parallel_for_each_dynamic(K, bins * C, [&](int64_t k) {
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      const int32_t* arg = arg_data + arg_at.at(k, 0, bin / p.pooled_w, bin % p.pooled_w);
+      int32_t lo = std::numeric_limits<int32_t>::max(), hi = -1;
+      for (int64_t c = 0; c < C; ++c) {
+        const int32_t i = arg[c * arg_at.s1];
+        if (i < 0 || i >= HW) continue;
+        lo = std::min(lo, i);
+        hi = std::max(hi, i);
+      }
+      first[k * bins + bin] = hi < 0 ? 1 : static_cast<int32_t>(lo / W);
+      last[k * bins + bin] = hi < 0 ? 0 : static_cast<int32_t>(hi / W);
     }
   });
+  // Each band's bins (k * bins + bin), in (RoI, bin) order.
+  std::vector<std::vector<int64_t>> band_bins(N * bands);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      const int64_t q = k * bins + bin;
+      for (int64_t j = first[q] / band_rows; j <= last[q] / band_rows && first[q] <= last[q]; ++j) {
+        band_bins[batch[k] * bands + j].push_back(q);
+      }
+    }
+  }
+  parallel_for_each_dynamic_with(
+      N * bands, W * C * band_rows, [] { return PartAccumulator<scalar_t>(); },
+      [&](PartAccumulator<scalar_t>& part, int64_t band) {
+        const int64_t b = band / bands, h0 = band % bands * band_rows, h1 = std::min(H, h0 + band_rows);
+        const int64_t lo = h0 * W, cells = (h1 - h0) * W;
+        acc_t* out = part.start(gi_data + (b * HW + lo) * C, cells * C);
+        for (const int64_t q : band_bins[band]) {
+          const int64_t k = q / bins, ph = q % bins / p.pooled_w, pw = q % p.pooled_w;
+          const int32_t* arg = arg_data + arg_at.at(k, 0, ph, pw);
+          const scalar_t* g = grad_data + grad_at.at(k, 0, ph, pw);
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t i = arg[c * arg_at.s1] - lo;  // a cell of this band, or skipped
+            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(cells)) {
+              out[i * C + c] += static_cast<acc_t>(g[c * grad_at.s1]);
+            }
+          }
+        }
+        part.finish();
+      });
 }
 
 PoolParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t channels,
@@ -255,15 +317,22 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const PoolParams p = make_params(spatial_scale, pooled_height, pooled_width, channels, height, width);
   const bool nhwc = use_channels_last(grad);
   const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  // Allocated with the layout (at::zeros would drop it) and zeroed by backward_impl's threads.
-  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options().dtype(acc_dtype), layout);
-  if (grad_in.numel() > 0) {
-    const at::Tensor r = rois.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu",
-                                    [&] { backward_impl<scalar_t>(grad, r, argmax, grad_in, nhwc, p); });
-  }
-  return acc_dtype == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+  // Allocated with the layout (at::zeros would drop it); every element is written by the backward.
+  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options(), layout);
+  if (grad_in.numel() == 0) return grad_in;
+  const at::Tensor r = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu", [&] {
+    const scalar_t* roi_data = r.const_data_ptr<scalar_t>();
+    std::vector<int64_t> batch(r.size(0));
+    for (size_t k = 0; k < batch.size(); ++k)
+      batch[k] = static_cast<int64_t>(static_cast<at::opmath_type<scalar_t>>(roi_data[k * 5]));
+    if (nhwc) {
+      backward_nhwc<scalar_t>(grad, batch, argmax, grad_in, p);
+    } else {
+      backward_nchw<scalar_t>(grad, batch, argmax, grad_in, p);
+    }
+  });
+  return grad_in;
 }
 
 }  // namespace

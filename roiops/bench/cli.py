@@ -1,7 +1,7 @@
 """roiops-bench: the benchmark command line.
 
-    roiops-bench                 # = roiops-bench speed: the standard speed cases against torchvision
-    roiops-bench speed [--full] [--sweep] [--device cuda] [--json out.json]
+    roiops-bench                 # = roiops-bench speed: the standard speed cases against every peer
+    roiops-bench speed [--full] [--dtypes bfloat16] [--sweep] [--device cuda] [--json out.json]
     roiops-bench misalign [--quick] [--out DIR] [--json out.json]
     roiops-bench info            # how roiops was built
 

@@ -17,8 +17,6 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 PEERS = ("torchvision", "onnxruntime", "openvino")
-# Timed repeats: the slow serial torchvision kernels get fewer, so that the default run stays short.
-REPEATS = {"torchvision": 1, "onnxruntime": 3, "openvino": 3}
 
 
 def availability() -> Dict[str, Optional[str]]:

@@ -3,16 +3,17 @@
 Peers (roiops/bench/peers.py): torchvision, ONNX Runtime and OpenVINO when installed, with the same
 inputs and thread count; each peer's largest disagreement with roiops is shown beside its time.
 Every timing is a median over repeats (inter-quartile range as spread) of one forward call, or of
-one backward call (torch.autograd.grad on a fresh forward graph; the forward is not counted, the
-zero-fill of the gradient buffer is). "x best" is the fastest peer's time over roiops' (> 1: roiops
-is faster); "x limit" is roiops' time over this machine's lower bound for the case (limits.py).
+one backward call (torch.autograd.grad on one forward graph kept for all repeats; the forward is not
+counted, the first touch and zeroing of the gradient buffer are). "x best" is the fastest peer's
+time over roiops' (> 1: roiops is faster); "x limit" is roiops' time over this machine's lower
+bound for the case (limits.py).
 """
 
 import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -20,9 +21,11 @@ import torch
 import roiops
 
 from . import limits, peers
-from .speed_cases import Case, make_inputs, standard_cases, sweep_cases
+from .speed_cases import DTYPES, Case, make_inputs, standard_cases, sweep_cases
 
 __all__ = ["Case", "Result", "implementations", "make_inputs", "standard_cases", "run"]
+
+FLOAT32 = "roiops float32"  # roiops on the float32 copy of a bfloat16/float16 case's inputs
 
 
 @dataclass
@@ -47,6 +50,11 @@ class Result:
     def ratio(self, impl: str) -> Optional[float]:
         ours, theirs = self.median("roiops"), self.median(impl)
         return theirs / ours if ours and theirs else None
+
+    def vs_float32(self) -> Optional[float]:
+        """roiops' time over its float32 time on the same values (bfloat16/float16 cases)."""
+        ours, f32 = self.median("roiops"), self.median(FLOAT32)
+        return ours / f32 if ours and f32 else None
 
     def best_peer(self) -> Optional[str]:
         timed = [p for p in peers.PEERS if self.median(p)]
@@ -78,57 +86,92 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_forward(fn, x, rois, repeats: int, warmup: int, device: str) -> List[float]:
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
+def forward_step(fn, x, rois, device: str) -> Callable[[], float]:
+    """A callable that times one forward call (ms) each time it is called."""
+
+    def step() -> float:
+        with torch.no_grad():
             _sync(device)
             t0 = time.perf_counter()
             fn(x, rois)
             _sync(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return times
+        return (time.perf_counter() - t0) * 1e3
+
+    return step
 
 
-def time_backward(fn, x, rois, repeats: int, warmup: int, device: str) -> List[float]:
-    x = x.detach().requires_grad_(True)
-    times = []
-    grad = None
-    for i in range(warmup + repeats):
-        out = fn(x, rois)
-        if grad is None:
-            grad = torch.randn_like(out)
+def backward_step(fn, x, rois, device: str, graph=None) -> Callable[[], float]:
+    """A callable that times one backward call (ms) each time it is called, through one forward graph
+    that is kept (retain_graph): the forward runs once, not once per repeat (torchvision's RoIPool
+    forward takes seconds). `graph` = (x requiring grad, fn's output on it) reuses a forward."""
+    if graph is None:
+        x = x.detach().requires_grad_(True)
+        graph = x, fn(x, rois)
+    x, out = graph
+    grad = torch.randn_like(out)
+
+    def step() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        torch.autograd.grad(out, x, grad)
+        torch.autograd.grad(out, x, grad, retain_graph=True)
         _sync(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+        return (time.perf_counter() - t0) * 1e3
+
+    return step
+
+
+STEPS = {"forward": forward_step, "backward": backward_step}
+
+
+def measure(steps: Dict[str, Callable[[], float]], repeats: int, warmup: int) -> Dict[str, List[float]]:
+    """Times every step `repeats` times after `warmup` untimed calls, round-robin: a change in the
+    machine's load hits all of them alike, so their ratio stays fair."""
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, step in steps.items():
+            t = step()
+            if i >= warmup:
+                times[name].append(t)
     return times
+
+
+# Peers are timed for as many repeats as fit in this many seconds per measurement (at least 1, at
+# most --repeats; --full: always --repeats): the slow serial torchvision kernels get one, which keeps
+# the default run short. Their first call (the disagreement check) is their warm-up; where it alone
+# takes longer than this, it is also the one forward measurement (first-call costs are noise then),
+# and its graph is the one the backward is timed on.
+PEER_BUDGET_S = 1.0
+
+
+def peer_repeats(first_call_ms: float, args) -> int:
+    if args.full:
+        return args.repeats
+    return max(1, min(args.repeats, int(PEER_BUDGET_S * 1e3 / max(first_call_ms, 1e-3))))
 
 
 def run_case(
     case: Case, device: str, args, machine: limits.Machine, usable: List[str], runtime_cache: Dict[tuple, tuple]
 ) -> List[Result]:
     """Times roiops and the peers on one case. The runtimes' timings are shared between the two
-    layouts of a case (they get the same NCHW arrays either way): runtime_cache holds them."""
+    layouts of a case (they get the same NCHW arrays either way): runtime_cache holds them. A
+    bfloat16/float16 case also times roiops in float32 on the same values, interleaved ("x f32")."""
     torch.set_num_threads(case.threads)
     x, rois = make_inputs(case, device)
     directions = ["forward"] if args.forward_only else ["forward", "backward"]
     results = [Result(case, d) for d in directions]
-    ours = implementations(case, args.reference)
+    ours = {name: (fn, x, rois) for name, fn in implementations(case, args.reference).items()}
+    if case.dtype != "float32":
+        f32 = replace(case, dtype="float32")
+        ours[FLOAT32] = (implementations(f32, False)["roiops"], *make_inputs(f32, device))
     with torch.no_grad():
-        want = ours["roiops"](x, rois).float()
-    timers = {"forward": time_forward, "backward": time_backward}
+        want = ours["roiops"][0](x, rois).float()
     for res in results:
         res.bound_ms = limits.bound_ms(case, rois, res.direction, machine)
-        for impl, fn in ours.items():
-            # The reference is orders of magnitude slower: a few repeats are enough to place it.
-            slow = impl == "reference"
-            res.times_ms[impl] = timers[res.direction](
-                fn, x, rois, min(3, args.repeats) if slow else args.repeats, 0 if slow else args.warmup, device
-            )
+        step = STEPS[res.direction]
+        fast = {name: step(fn, a, r, device) for name, (fn, a, r) in ours.items() if name != "reference"}
+        res.times_ms.update(measure(fast, args.repeats, args.warmup))
+        if "reference" in ours:  # orders of magnitude slower: a few repeats are enough to place it
+            res.times_ms.update(measure({"reference": step(*ours["reference"], device)}, min(3, args.repeats), 0))
     for name in usable:
         key = (name, *(v for k, v in asdict(case).items() if k != "layout"))
         if name != "torchvision" and key in runtime_cache:
@@ -138,13 +181,21 @@ def run_case(
         if built is None:
             continue
         fn, differentiable = built
-        with torch.no_grad():
-            results[0].disagreement[name] = float((fn(x, rois).float() - want).abs().max())
+        xg = x.detach().requires_grad_(differentiable and not args.forward_only)
+        _sync(device)
+        t0 = time.perf_counter()
+        got = fn(xg, rois)
+        _sync(device)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        results[0].disagreement[name] = float((got.detach().float() - want).abs().max())
+        repeats = peer_repeats(first_ms, args)
         for res in results:
-            if res.direction == "forward" or differentiable:
-                res.times_ms[name] = timers[res.direction](
-                    fn, x, rois, min(peers.REPEATS[name], args.repeats), 1, device
-                )
+            if res.direction == "backward" and differentiable:
+                res.times_ms[name] = measure({name: backward_step(fn, x, rois, device, (xg, got))}, repeats, 0)[name]
+            elif res.direction == "forward":
+                once = repeats == 1 and first_ms > PEER_BUDGET_S * 1e3
+                step = forward_step(fn, x, rois, device)
+                res.times_ms[name] = [first_ms] if once else measure({name: step}, repeats, 0)[name]
         runtime_cache[key] = results[0].disagreement[name], results[0].times_ms[name]
     return results
 
@@ -156,9 +207,10 @@ def _fmt(v: Optional[float], spec: str = ".1f") -> str:
 def print_table(results: List[Result], machine: limits.Machine, usable: List[str]) -> None:
     short = {"torchvision": "tv", "onnxruntime": "ort", "openvino": "ov"}
     peer_cols = "".join(f" {short[p] + ' ms':>9} {short[p] + ' diff':>9}" for p in usable)
+    with_f32 = any(r.vs_float32() for r in results)
     header = (
         f"{'case':<16} {'op':<14} {'dir':<4} {'dtype':<8} {'layout':<13} {'thr':>3} {'roiops ms':>13}"
-        f"{peer_cols} {'x best':>6} {'limit ms':>8} {'x limit':>7}"
+        f"{' x f32' if with_f32 else ''}{peer_cols} {'x best':>6} {'limit ms':>8} {'x limit':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -171,10 +223,12 @@ def print_table(results: List[Result], machine: limits.Machine, usable: List[str
             diff = r.disagreement.get(p) if r.direction == "forward" else None
             cells += f" {_fmt(r.median(p), '.1f'):>9} {_fmt(diff, '.1e'):>9}"
         best = r.best_peer()
+        f32_cell = f" {_fmt(r.vs_float32(), '.2f'):>5}" if with_f32 else ""
         x_limit = ours / r.bound_ms if ours and r.bound_ms else None
         print(
             f"{c.name:<16} {c.op:<14} {r.direction[:3]:<4} {c.dtype:<8} {c.layout:<13} {c.threads:>3} "
-            f"{ours_s:>13}{cells} {_fmt(r.ratio(best) if best else None, '.2f'):>6} "
+            f"{ours_s:>13}{f32_cell}{cells} "
+            f"{_fmt(r.ratio(best) if best else None, '.2f'):>6} "
             f"{_fmt(r.bound_ms, '.1f'):>8} {_fmt(x_limit, '.1f'):>7}"
         )
     print(
@@ -182,6 +236,8 @@ def print_table(results: List[Result], machine: limits.Machine, usable: List[str
         f"{machine.matmul_gflops:.0f} GFLOP/s; 'limit ms' = max(bytes that must move / bandwidth, "
         "flops / matmul rate), see roiops/bench/limits.py"
     )
+    if with_f32:
+        print("x f32: roiops' time over its float32 time on the same values, timed alternately (< 1: faster)")
     print(
         "diff: the peer's largest |difference| from roiops (forward). ONNX's RoiAlign max mode computes another "
         "quantity (max of weighted taps), so only its speed compares; a nonzero diff elsewhere is a peer that "
@@ -190,7 +246,14 @@ def print_table(results: List[Result], machine: limits.Machine, usable: List[str
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--full", action="store_true", help="also bfloat16 and 1 thread")
+    p.add_argument(
+        "--full", action="store_true", help="also bfloat16 and 1 thread; every peer timed for --repeats repeats"
+    )
+    p.add_argument(
+        "--dtypes",
+        default="",
+        help="comma-separated dtypes of the standard cases (default float32; --full adds bfloat16)",
+    )
     p.add_argument("--sweep", action="store_true", help="also time versus number of RoIs and versus channels")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
@@ -206,7 +269,12 @@ def run(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("speed: --device cuda asked for, but no CUDA device is available")
         return 2
-    cases = standard_cases(args.full) + (sweep_cases() if args.sweep else [])
+    dtypes = [d for d in args.dtypes.split(",") if d] or None
+    unknown = [d for d in dtypes or [] if d not in DTYPES]
+    if unknown:
+        print(f"speed: unknown dtype {unknown[0]!r}; choose from {', '.join(DTYPES)}")
+        return 2
+    cases = standard_cases(args.full, dtypes) + (sweep_cases() if args.sweep else [])
     if args.device.startswith("cuda"):
         for c in cases:
             c.threads = torch.get_num_threads()
@@ -236,9 +304,15 @@ def run(args) -> int:
         torch.set_num_threads(threads_before)
     print()
     print_table(results, machine, usable)
+    peer_rule = (
+        f"{args.repeats}"
+        if args.full
+        else f"as many as fit in {PEER_BUDGET_S:g} s per measurement (1 to {args.repeats}; slow ones get fewer, "
+        "--full gives all the same)"
+    )
     print(
-        f"repeats: roiops {args.repeats} (after {args.warmup} warm-up calls); peers at most "
-        f"{peers.REPEATS} after 1 warm-up (slow peers get fewer); total {time.perf_counter() - start:.0f} s"
+        f"repeats: roiops {args.repeats} (after {args.warmup} warm-up calls); peers {peer_rule}, after their "
+        f"first call as warm-up; total {time.perf_counter() - start:.0f} s"
     )
     if args.json:
         payload = {
@@ -253,7 +327,8 @@ def run(args) -> int:
                     "direction": r.direction,
                     "times_ms": r.times_ms,
                     "median_ms": {k: r.median(k) for k in r.times_ms},
-                    "speedup": {k: r.ratio(k) for k in r.times_ms if k != "roiops"},
+                    "speedup": {k: r.ratio(k) for k in r.times_ms if k not in ("roiops", FLOAT32)},
+                    "vs_float32": r.vs_float32(),
                     "disagreement": r.disagreement,
                     "bound_ms": r.bound_ms,
                 }

@@ -2,7 +2,7 @@
 box head (512 RoIs -> 7x7) and the mask head (100 RoIs -> 14x14) of a Mask R-CNN."""
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -45,10 +45,11 @@ def make_inputs(case: Case, device: str, seed: int = 0):
     return x, rois.to(device=device, dtype=dtype)
 
 
-def standard_cases(full: bool) -> List[Case]:
-    """Both heads, every op, both layouts; --full adds bfloat16 and 1 thread."""
+def standard_cases(full: bool, dtypes: Optional[List[str]] = None) -> List[Case]:
+    """Both heads, every op, both layouts; --full adds bfloat16 and 1 thread; `dtypes` replaces the
+    dtypes."""
     heads = [("box_head_7x7", 512, 7), ("mask_head_14x14", 100, 14)]
-    dtypes = ["float32", "bfloat16"] if full else ["float32"]
+    dtypes = dtypes or (["float32", "bfloat16"] if full else ["float32"])
     threads = [1, 2] if full else [2]
     cases = []
     for name, k, size in heads:
