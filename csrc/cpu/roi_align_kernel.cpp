@@ -159,8 +159,9 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
         for (; s < v.n; ++s) {
           const acc_t x = sample(t[s]);
           const bool win = max_rule_wins(x, top, /*top_at=*/0);  // (a maximum so far exists)
+          const int64_t mask = -static_cast<int64_t>(win);
           top = select_bits(win, x, top);
-          best = (s & -static_cast<int64_t>(win)) | (best & ~-static_cast<int64_t>(win));
+          best = (s & mask) | (best & ~mask);
         }
         const int32_t id = best >= 0 ? v.ids[best] : open_arg[c];
         if (!v.last) {
