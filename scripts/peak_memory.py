@@ -2,7 +2,8 @@
 
 Each case runs in a fresh interpreter: it allocates its inputs (a [2, 256, 200, 272] float32 map in
 the case's layout, the boxes, the upstream gradient), reads its resident memory (VmRSS), runs
-roi_align / roi_pool forward and backward once, and reads its peak resident memory (ru_maxrss).
+roi_align / roi_pool forward and backward once, and reads its peak resident memory (VmHWM, reset
+to the resident memory before the call; ru_maxrss would also count the forking parent's).
 The peak rise includes what the call returns (output, argmax, input gradient); "beyond" subtracts
 those, leaving the kernels' working memory and any temporaries.
 
@@ -15,7 +16,7 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, resource, sys, torch, roiops
+import json, sys, torch, roiops
 op, layout, k, size, threads = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 g = torch.Generator().manual_seed(0)
@@ -39,9 +40,12 @@ def run(x, rois, grad):
 # A small call first: loads the code (the pages of the libraries count as resident) and starts the threads.
 small = x.detach()[:1, :, :16, :16].clone(memory_format=torch.preserve_format)
 run(small.requires_grad_(True), rois[:4] * torch.tensor([0.0, 0.05, 0.05, 0.05, 0.05]), grad[:4])
-before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1]) * 1024
+def status(key):  # bytes
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key + ":")).split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # the peak so far (imports, the small call) := resident now
+before = status("VmRSS")
 out = run(x, rois, grad)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 returned = out.numel() * (4 + (4 if op != "roi_align_avg" else 0)) + x.grad.numel() * 4  # + int32 argmax
 print(json.dumps({"rise": peak - before, "returned": returned}))
 """

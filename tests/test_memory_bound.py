@@ -2,13 +2,14 @@
 right result: a 2^24-sample bin (sampling_ratio 4096) and adaptive sampling of a huge box, forward
 and backward, both modes, both layouts (the bins cut into pieces are also compared with the
 reference at smaller sizes, every CPU path). Each case runs in a fresh interpreter that reports how much
-its peak resident memory (ru_maxrss) rose above the resident memory before the calls, after its
-inputs were allocated; the
+its peak resident memory (VmHWM, not ru_maxrss: that one includes the forking parent's) rose above
+the resident memory before the calls, after its inputs were allocated; the
 results are checked here against a separable oracle: a sample's bilinear weight is the product of
 one weight per axis, so sums over a bin's grid factor into two sums over 4096 samples each."""
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -41,9 +42,10 @@ CASES = {
 }
 
 _CHILD = r"""
-import json, resource, sys, torch, roiops
+import json, sys, torch, roiops
 torch.set_num_threads(2)
-H, W, box, sr, out_path = json.loads(sys.argv[1])
+H, W, box, sr, out_path, package = json.loads(sys.argv[1])
+assert roiops.__file__.startswith(package), (roiops.__file__, package)
 ramp = 1 + torch.arange(H * W, dtype=torch.float64).reshape(H, W)  # increasing along rows and columns
 x = torch.stack([ramp, ramp.clone()]).unsqueeze(0)  # [1, 2, H, W]
 x[0, 1, H // 2, W // 3] = float("nan")  # channel 1: a NaN in the middle of the bin
@@ -51,8 +53,13 @@ rois = torch.tensor([[0.0, *box]], dtype=torch.float64)
 grad = torch.tensor([1.5, -2.0], dtype=torch.float64).reshape(1, 2, 1, 1)
 inputs = [x, x.contiguous(memory_format=torch.channels_last)]
 roiops.roi_align(inputs[1], torch.tensor([[0.0, 0, 0, 1, 1]], dtype=torch.float64), 1, 1.0, 2, False, "max")
-# Resident now (not the peak so far, which importing torch may have set higher than the calls reach).
-before = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1])
+def status(key):  # KiB
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key + ":")).split()[1])
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # the peak so far (importing torch) := resident now
+except OSError:
+    pass  # (then the peak below may be the import's: an overestimate)
+before = status("VmRSS")
 results = {}
 for layout, t in zip(("nchw", "nhwc"), inputs):
     for mode in ("avg", "max"):
@@ -64,7 +71,7 @@ for layout, t in zip(("nchw", "nhwc"), inputs):
         # (Each gradient goes to disk at once: the growth should be the calls', not the results'.)
         torch.save(gin, f"{out_path}.{layout}.{mode}")
         del gin
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = status("VmHWM")
 torch.save(results, out_path)
 print(json.dumps({"growth_kib": after - before}))
 """
@@ -96,9 +103,15 @@ def test_largest_accepted_bins_run_in_bounded_memory(case, tmp_path):
     spec = CASES[case]
     H, W, (x1, y1, x2, y2) = spec["H"], spec["W"], spec["box"]
     out_path = tmp_path / "results.pt"
-    args = json.dumps([H, W, spec["box"], spec["sampling_ratio"], str(out_path)])
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, args], capture_output=True, text=True, env=env, timeout=300)
+    # The child must import the roiops under test, not the one its working directory or an editable
+    # install would give: it runs beside this package, with its folder first on the path, and checks.
+    package = pathlib.Path(roiops.__file__).resolve().parent
+    args = json.dumps([H, W, spec["box"], spec["sampling_ratio"], str(out_path), str(package)])
+    path = os.pathsep.join([str(package.parent), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, args], capture_output=True, text=True, env=env, cwd=package.parent, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     growth_mib = json.loads(proc.stdout.strip().splitlines()[-1])["growth_kib"] / 1024
     print(f"{case}: peak resident memory grew by {growth_mib:.1f} MiB over 6 calls")
