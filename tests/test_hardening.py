@@ -336,7 +336,7 @@ def test_non_finite_features_propagate_like_the_reference():
     xi = torch.full((1, 8, 8, 8), float("-inf"), dtype=torch.float64)
     r = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]], dtype=torch.float64)
     for t in (xi, xi.contiguous(memory_format=torch.channels_last)):
-        # Every sample is -inf (or NaN: 0 * -inf for a zero bilinear weight); the first one wins.
+        # Every sample is -inf or NaN (0 * -inf under a zero bilinear weight): the first NaN, else the first, wins.
         out, argmax = ops.roi_align(t, r, 1.0, 2, 2, 1, False, "max")
         assert (argmax >= 0).all() and not torch.isfinite(out).any()
 
