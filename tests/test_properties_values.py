@@ -60,7 +60,8 @@ def hostile_align_cases(draw):
     scale = draw(st.sampled_from(SCALES))
     sampling_ratio = draw(st.sampled_from((-1, 0, 1, 2, 3, 257)))
     if sampling_ratio == 257:  # 66049 samples per bin: pieces; kept small for the reference's sake
-        x = x[:, :2]
+        # (float32 sums of 66049 samples in another order than the reference's differ by ~1e-3.)
+        x = x[:, :2].to(torch.float64 if x.dtype == torch.float32 else x.dtype)
         k, output_size = draw(st.integers(1, 2)), (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     else:
         k = draw(st.integers(0, 5))
