@@ -118,60 +118,64 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   // Per channel, the running sum or maximum (and its sample index) of a bin cut into pieces.
   std::vector<acc_t> open_value(C);
   std::vector<int32_t> open_arg(p.max_mode ? C : 0);
-  for_each_channel_piece<acc_t>(
-      rois.const_data_ptr<scalar_t>(), rois.size(0), p, [&](int64_t c, const PieceView<acc_t>& v) {
-        const scalar_t* plane = in_data + (v.g->batch * C + c) * HW;
-        const PlaneTaps<acc_t>* t = v.taps;
-        // A sample outside the map is 0 (its taps read nothing).
-        auto sample = [&](const PlaneTaps<acc_t>& ts) {
-          return ts.o1 < 0 ? acc_t(0)
-                           : ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
-                                 ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
-        };
-        if (!p.max_mode) {
-          acc_t sum = v.first ? acc_t(0) : open_value[c];
-          for (int64_t s = 0; s < v.n; ++s) {
-            const PlaneTaps<acc_t>& ts = t[s];
-            if (ts.o1 < 0) continue;
-            sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
-                   ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
-          }
-          if (!v.last) {
-            open_value[c] = sum;
-          } else {
-            out_data[out_at.at(v.k, c, v.ph, v.pw)] = static_cast<scalar_t>(sum / v.g->count);
-          }
-          return;
-        }
-        // The max rule, branch-free: the winner's position in the piece (-1: the maximum carried in from
-        // the bin's earlier pieces), mapped to its sample index once at the end.
-        acc_t top;
-        int64_t best, s;
-        if (v.first) {
-          top = sample(t[0]);  // the first sample always counts
-          best = 0;
-          s = 1;
-        } else {
-          top = open_value[c];
-          best = -1;
-          s = 0;
-        }
-        for (; s < v.n; ++s) {
-          const acc_t x = sample(t[s]);
-          const bool win = max_rule_wins(x, top, /*top_at=*/0);  // (a maximum so far exists)
-          const int64_t mask = -static_cast<int64_t>(win);
-          top = select_bits(win, x, top);
-          best = (s & mask) | (best & ~mask);
-        }
-        const int32_t id = best >= 0 ? v.ids[best] : open_arg[c];
-        if (!v.last) {
-          open_value[c] = top;
-          open_arg[c] = id;
-        } else {
-          out_data[out_at.at(v.k, c, v.ph, v.pw)] = static_cast<scalar_t>(top);
-          arg_data[arg_at.at(v.k, c, v.ph, v.pw)] = id;
-        }
-      });
+  const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
+  // One instantiation of the channel loop per mode: no test of the mode per bin.
+  if (!p.max_mode) {
+    for_each_channel_piece<acc_t>(roi_data, rois.size(0), p, [&](int64_t c, const PieceView<acc_t>& v) {
+      const scalar_t* plane = in_data + (v.g->batch * C + c) * HW;
+      acc_t sum = v.first ? acc_t(0) : open_value[c];
+      for (int64_t s = 0; s < v.n; ++s) {
+        const PlaneTaps<acc_t>& ts = v.taps[s];
+        if (ts.o1 < 0) continue;  // a sample outside the map adds nothing
+        sum += ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+               ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+      }
+      if (!v.last) {
+        open_value[c] = sum;
+      } else {
+        out_data[out_at.at(v.k, c, v.ph, v.pw)] = static_cast<scalar_t>(sum / v.g->count);
+      }
+    });
+    return;
+  }
+  for_each_channel_piece<acc_t>(roi_data, rois.size(0), p, [&](int64_t c, const PieceView<acc_t>& v) {
+    const scalar_t* plane = in_data + (v.g->batch * C + c) * HW;
+    const PlaneTaps<acc_t>* t = v.taps;
+    // A sample outside the map is 0 (its taps read nothing).
+    auto sample = [&](const PlaneTaps<acc_t>& ts) {
+      return ts.o1 < 0 ? acc_t(0)
+                       : ts.w1 * static_cast<acc_t>(plane[ts.o1]) + ts.w2 * static_cast<acc_t>(plane[ts.o2]) +
+                             ts.w3 * static_cast<acc_t>(plane[ts.o3]) + ts.w4 * static_cast<acc_t>(plane[ts.o4]);
+    };
+    // The max rule, branch-free: the winner's position in the piece (-1: the maximum carried in from
+    // the bin's earlier pieces), mapped to its sample index once at the end.
+    acc_t top;
+    int64_t best, s;
+    if (v.first) {
+      top = sample(t[0]);  // the first sample always counts
+      best = 0;
+      s = 1;
+    } else {
+      top = open_value[c];
+      best = -1;
+      s = 0;
+    }
+    for (; s < v.n; ++s) {
+      const acc_t x = sample(t[s]);
+      const bool win = max_rule_wins(x, top, /*top_at=*/0);  // (a maximum so far exists)
+      const int64_t mask = -static_cast<int64_t>(win);
+      top = select_bits(win, x, top);
+      best = (s & mask) | (best & ~mask);
+    }
+    const int32_t id = best >= 0 ? v.ids[best] : open_arg[c];
+    if (!v.last) {
+      open_value[c] = top;
+      open_arg[c] = id;
+    } else {
+      out_data[out_at.at(v.k, c, v.ph, v.pw)] = static_cast<scalar_t>(top);
+      arg_data[arg_at.at(v.k, c, v.ph, v.pw)] = id;
+    }
+  });
 }
 
 template <typename scalar_t>
