@@ -23,6 +23,17 @@ ROIOPS_HOST_DEVICE T clamp_coordinate(T v) {
   return v < T(-kMaxCoordinate) ? T(-kMaxCoordinate) : (v > T(kMaxCoordinate) ? T(kMaxCoordinate) : v);
 }
 
+// The max rule of both ops (docs/semantics.md): value v, in visiting order, replaces the maximum so
+// far, top (at index top_at, -1 before the first value), if it comes first, if it is NaN and top is
+// not (so the first NaN wins and stays, as in max_pool2d), or if it is strictly greater. The last two
+// in two comparisons: !(v <= top) holds for a greater v and whenever v or top is NaN, and
+// top == top excludes a NaN top. Written with & and | rather than && and || so that the CPU loops
+// vectorize it.
+template <typename T>
+ROIOPS_HOST_DEVICE bool max_rule_wins(T v, T top, int32_t top_at) {
+  return (top_at < 0) | (!(v <= top) & (top == top));
+}
+
 // One RoI of RoIAlign: its real-valued start, bin size and sampling grid.
 template <typename T>
 struct AlignGeometry {
@@ -168,9 +179,11 @@ ROIOPS_HOST_DEVICE BilinearTaps<T> align_sample_taps(const AlignGeometry<T>& g, 
 // samples that can touch the map, so the cost of any box is bounded by the map, with the results of
 // visiting every sample, bit for bit:
 // - avg: outside samples add nothing and still count in the divisor (g.count is unchanged);
-// - max: outside samples are 0 candidates; under the max rule (the first sample counts, a later one
-//   wins only if strictly greater) only the first of them, in row-major order, can ever win, so it
-//   stands for all of them, visited at its place in the order.
+// - max: outside samples are 0 candidates, never NaN (they read no cell). Under the max rule (the
+//   first sample counts; a later one wins if it is NaN and the maximum so far is not, or if it is
+//   strictly greater) the maximum so far never decreases and a NaN maximum is final, so once one
+//   outside 0 has been visited no later one can win: the first of them, in row-major order, stands
+//   for all of them, visited at its place in the order.
 
 // A run [begin, end) of sample indices along one axis of a bin.
 struct SampleRange {
@@ -243,6 +256,40 @@ struct BinSamples {
       }
     }
     if (outside >= 0) visit(outside, -1, -1);
+  }
+
+  // The position of the stand-in in the visiting order of for_each (-1 if none): the number of
+  // rectangle samples before it in row-major order.
+  ROIOPS_HOST_DEVICE int64_t outside_position() const {
+    if (first_outside < 0) return -1;
+    const int oy = first_outside / grid_w, ox = first_outside - oy * grid_w;
+    const int64_t full_rows = oy < rows.begin ? 0 : (oy < rows.end ? oy - rows.begin : rows.size());
+    const int in_row =
+        oy >= rows.begin && oy < rows.end ? (ox < cols.begin ? 0 : (ox < cols.end ? ox - cols.begin : cols.size())) : 0;
+    return full_rows * cols.size() + in_row;
+  }
+
+  // The same as for_each, restricted to the visiting positions [begin, end) (0 <= begin <= end <=
+  // count()): the kernels that hold a bin's taps in a buffer take a huge bin a piece at a time.
+  template <typename F>
+  ROIOPS_HOST_DEVICE void for_each_in(int64_t begin, int64_t end, const F& visit) const {
+    const int64_t at_outside = outside_position();
+    const int64_t n_cols = cols.size();
+    for (int64_t q = begin; q < end;) {
+      if (q == at_outside) {
+        visit(first_outside, -1, -1);
+        ++q;
+        continue;
+      }
+      const int64_t r = at_outside >= 0 && q > at_outside ? q - 1 : q;  // index in the rectangle
+      const int iy = rows.begin + static_cast<int>(r / n_cols);
+      int ix = cols.begin + static_cast<int>(r % n_cols);
+      // The rest of this row of the rectangle, up to end or the stand-in.
+      int64_t stop = q + (cols.end - ix);
+      stop = stop < end ? stop : end;
+      if (at_outside > q && at_outside < stop) stop = at_outside;
+      for (; q < stop; ++q, ++ix) visit(iy * grid_w + ix, iy, ix);
+    }
   }
 };
 

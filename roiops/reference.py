@@ -82,6 +82,15 @@ def _axis_taps(coord: Tensor, size: int):
     return low, high, hw, lw, valid
 
 
+def _max_rule(s: Tensor) -> Tensor:
+    """The max rule (docs/semantics.md) along the last dim, whose order is the visiting order: the
+    index of the first NaN if there is one (as in max_pool2d), else of the first maximum."""
+    nan = s.isnan()
+    first_nan = nan.to(torch.uint8).argmax(dim=-1, keepdim=True)
+    first_max = s.masked_fill(nan, 0).argmax(dim=-1, keepdim=True)  # (used only without NaN)
+    return torch.where(nan.any(dim=-1, keepdim=True), first_nan, first_max)
+
+
 def roi_align_reference(
     input: Tensor,
     rois: Tensor,
@@ -102,8 +111,10 @@ def roi_align_reference(
         sampling_ratio: samples per bin and axis; <= 0 for adaptive, ceil(roi size / pooled size).
         aligned: shift boxes by -0.5 cell (pixel-centre convention); otherwise boxes are at least 1 cell.
         pool_mode: "avg" (mean of the bin's samples) or "max" (maximum over the bin's samples; samples
-            outside the map count as 0, the first maximum wins, an empty grid gives 0; the gradient goes
-            to the 4 bilinear taps of the winning sample).
+            outside the map count as 0, the first NaN wins, else the first maximum, an empty grid gives
+            0; the gradient goes to the 4 bilinear taps of the winning sample). A sample's value is its
+            4-tap weighted sum in IEEE arithmetic, so a NaN in any tap it reads, or an inf under a
+            weight of 0, makes it NaN.
 
     Returns:
         Tensor[K, C, pooled_h, pooled_w] (contiguous), differentiable w.r.t. ``input``.
@@ -178,9 +189,9 @@ def roi_align_reference(
             out = val.sum(dim=(2, 4)) / count[idx].to(cdtype)[:, None, None, None]
             out = out.permute(0, 3, 1, 2)
         else:
-            # Samples of a bin in (iy, ix) row-major order; argmax returns the first maximum.
+            # Samples of a bin in (iy, ix) row-major order.
             s = val.permute(0, 5, 1, 3, 2, 4).reshape(G, C, ph, pw, gh * gw)
-            win = s.argmax(dim=-1, keepdim=True)
+            win = _max_rule(s.detach())
             out = s.gather(-1, win).squeeze(-1)
         pieces.append((idx, out))
 
@@ -205,7 +216,8 @@ def roi_pool_reference(
 
     Each box is scaled and rounded to whole cells (C round, halves away from zero), split into
     output_size bins with floor/ceil edges (clamped to the map), and each bin takes its maximum
-    (first maximum in row-major order wins; an empty bin gives 0; the gradient goes to the winning cell).
+    (the first NaN in row-major order if any, else the first maximum; an empty bin gives 0; the
+    gradient goes to the winning cell).
 
     Args:
         input: Tensor[N, C, H, W] of a floating dtype.
@@ -263,7 +275,7 @@ def roi_pool_reference(
         valid = (rvalid[:, :, :, None, None] & cvalid[:, None, None, :, :])[..., None]
         vals = torch.where(valid, vals, neg_inf)
         s = vals.permute(0, 5, 1, 3, 2, 4).reshape(G, C, ph, pw, mh * mw)
-        win = s.argmax(dim=-1, keepdim=True)
+        win = _max_rule(s.detach())
         out = s.gather(-1, win).squeeze(-1)
         empty = (win_h[idx][:, :, None] == 0) | (win_w[idx][:, None, :] == 0)  # [G, ph, pw]
         out = torch.where(empty[:, None, :, :], zero, out)

@@ -131,8 +131,9 @@ if [[ $# -gt 0 ]]; then
     done
 else
     TESTS=()
-    for f in tests/test_properties.py tests/test_hardening.py tests/test_roi_align.py tests/test_roi_pool.py \
-             tests/test_hand_checked.py tests/test_cuda.py; do
+    for f in tests/test_properties.py tests/test_properties_values.py tests/test_hardening.py \
+             tests/test_memory_bound.py tests/test_roi_align.py tests/test_roi_pool.py tests/test_hand_checked.py \
+             tests/test_cuda.py; do
         [[ -f "$ROOT/$f" ]] && TESTS+=("$ROOT/$f")
     done
 fi

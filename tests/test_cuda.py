@@ -287,7 +287,7 @@ def test_roi_pool_hand_checked(dev):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_max_with_inf_and_nan_matches_cpu(dev, layout):
     # The max rule at its edges: bins of -inf (the first sample/cell counts: -inf, argmax 0), a NaN
-    # that comes first or later, ties between equal values (first wins).
+    # that comes first or later (it wins either way), ties between equal values (first wins).
     x = torch.randn(1, 4, 8, 8, dtype=torch.float64).round().float()  # many ties
     x[:, 0, :4, :4] = float("-inf")
     x[:, 1, 0, 0] = float("nan")

@@ -173,3 +173,53 @@ def test_misalignment_example_665_box_stride_32(dev):
     # The bin centres of the aligned RoIAlign are at (pw + 0.5) * 20.78 / 7 - 0.5 cells.
     centres = (torch.arange(7, dtype=torch.float64) + 0.5) * (665 / 32) / 7 - 0.5
     torch.testing.assert_close(aligned[0, 0, 0].cpu(), centres, rtol=0, atol=1e-9)
+
+
+def _nan_maps(channels, first, second_nan):
+    """A [1, channels, 4, 4] map of zeros; channel c has a NaN at cell first + c (row-major) and, with
+    second_nan, another one at the last cell (after the first in every visiting order)."""
+    x = torch.zeros(1, channels, 4, 4, dtype=torch.float64)
+    for c in range(channels):
+        x[0, c].view(-1)[first + c] = float("nan")
+        if second_nan:
+            x[0, c, 3, 3] = float("nan")
+    return x
+
+
+# Bilinear weights along one axis of RoIAlign max, case 6: sample 0 at 0.75 reads cells 0 and 1, sample 1
+# at 2.25 reads cells 2 and 3.
+_AXIS_WEIGHTS = {0: {0: 0.25, 1: 0.75}, 1: {2: 0.75, 3: 0.25}}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels", [4, 16], ids=["4ch", "16ch"])  # 16: RoIPool NCHW takes its NHWC loop
+@pytest.mark.parametrize("second_nan", [False, True], ids=["one-nan", "two-nans"])
+def test_nan_anywhere_in_a_max_bin(dev, dtype, layout, channels, second_nan):
+    """docs/semantics.md, case 6: one NaN at any of the 16 cells of a 4x4 map of zeros, one bin over
+    the map: both max modes give NaN and route the gradient to the first NaN (RoIPool: its cell;
+    RoIAlign: the four taps of the first sample that reads it); avg mode gives NaN too."""
+    rois = torch.tensor([[0, 0, 0, 3, 3]], dtype=dtype)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    for first in range(0, 16, channels):
+        base = _nan_maps(channels, first, second_nan).to(dtype).contiguous(memory_format=memory_format)
+        pool_grad = torch.zeros(1, channels, 4, 4, dtype=dtype)
+        align_grad = torch.zeros(1, channels, 4, 4, dtype=dtype)
+        for c in range(channels):
+            i, j = divmod(first + c, 4)
+            pool_grad[0, c, i, j] = 1
+            for r, wr in _AXIS_WEIGHTS[i // 2].items():
+                for q, wq in _AXIS_WEIGHTS[j // 2].items():
+                    align_grad[0, c, r, q] = wr * wq
+        checks = [
+            (roiops.roi_pool, roi_pool_reference, (1, 1.0), pool_grad),
+            (roiops.roi_align, roi_align_reference, (1, 1.0, 2, False, "max"), align_grad),
+        ]
+        for op, reference, args, expected_grad in checks:
+            for name, fn in _implementations(dev, op, reference):
+                out, x_used = fn(base.clone().requires_grad_(True), rois, *args)
+                assert out.isnan().all(), (name, op.__name__, first)
+                grad = input_grad(out, x_used, torch.ones_like(out))
+                torch.testing.assert_close(grad.cpu(), expected_grad, rtol=0, atol=0, msg=f"{name} {op.__name__}")
+        for out in _both_align(dev, base, rois, 1, 1.0, 2, False, "avg"):
+            assert out.isnan().all()

@@ -18,7 +18,8 @@ import torch
 import roiops
 from roiops.reference import roi_align_reference, roi_pool_reference
 
-from helpers import input_grad, make_input, make_rois
+from devices import ALL_DEVICES
+from helpers import input_grad, make_input, make_rois, to_layout
 
 ops = torch.ops.roiops
 SANITIZED = os.environ.get("ROIOPS_SANITIZED") == "1"
@@ -107,26 +108,38 @@ def test_roi_pool_of_box_covering_everything(dtype, channels_last):
     torch.testing.assert_close(gx, expected, rtol=0, atol=0)
 
 
-def test_hostile_argmax_in_direct_backward_calls():
+@pytest.mark.parametrize("dev", ALL_DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["fast", "deterministic"])
+def test_hostile_argmax_in_direct_backward_calls(dev, layout, deterministic):
     """_roi_align_backward / _roi_pool_backward take argmax from the caller. Indices outside the bin's
     sample grid (RoIAlign) or outside the plane (RoIPool) are ignored -- never read or written
-    out of bounds. (RoIAlign used to read past its tap buffer.)"""
-    rois = torch.tensor([[0, 1.0, 1.0, 4.0, 4.0], [1, 0.0, 0.0, 2.0, 5.0]])
-    grad = torch.randn(2, 3, 2, 2)
+    out of bounds -- on the CPU and CUDA kernels (emulated CUDA runs the CUDA sources on the CPU,
+    where ASan sees them). (RoIAlign used to read past its tap buffer.)"""
+    if dev.emulated:
+        dev.ops.set_launch_order("forward")
+    rois = dev.to(torch.tensor([[0, 1.0, 1.0, 4.0, 4.0], [1, 0.0, 0.0, 2.0, 5.0]]))
+    grad_cpu = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    grad = dev.to(to_layout(grad_cpu, layout))
+
+    def argmax_of(value):
+        return dev.to(to_layout(torch.full((2, 3, 2, 2), value, dtype=torch.int32), layout))
+
+    def align(argmax):
+        return dev.ops._roi_align_backward(grad, rois, argmax, 1.0, 2, 2, 2, 3, 6, 6, 2, False, "max", deterministic)
+
+    def pool(argmax):
+        return dev.ops._roi_pool_backward(grad, rois, argmax, 1.0, 2, 2, 2, 3, 6, 6, deterministic)
+
     for bad in (4, 5, 1 << 20, (1 << 31) - 1, -2, -(1 << 31)):  # sr=2: the grid has 4 samples (0..3)
-        argmax = torch.full((2, 3, 2, 2), bad, dtype=torch.int32)
-        gi = ops._roi_align_backward(grad, rois, argmax, 1.0, 2, 2, 2, 3, 6, 6, 2, False, "max", False)
+        gi = align(argmax_of(bad))
         assert gi.shape == (2, 3, 6, 6) and torch.count_nonzero(gi) == 0
         pool_bad = bad + 36 if 0 <= bad < 36 else bad  # a 6 x 6 plane has cells 0..35
-        argmax = torch.full((2, 3, 2, 2), pool_bad, dtype=torch.int32)
-        gi = ops._roi_pool_backward(grad, rois, argmax, 1.0, 2, 2, 2, 3, 6, 6, False)
-        assert torch.count_nonzero(gi) == 0
+        assert torch.count_nonzero(pool(argmax_of(pool_bad))) == 0
     # In-range indices still route the gradient (sample 0 / cell 7 of each bin).
-    argmax = torch.zeros((2, 3, 2, 2), dtype=torch.int32)
-    gi = ops._roi_align_backward(grad, rois, argmax, 1.0, 2, 2, 2, 3, 6, 6, 2, False, "max", False)
-    torch.testing.assert_close(gi.sum(), grad.sum())
-    gi = ops._roi_pool_backward(grad, rois, argmax + 7, 1.0, 2, 2, 2, 3, 6, 6, False)
-    torch.testing.assert_close(gi.view(2, 3, -1)[:, :, 7], grad.sum(dim=(2, 3)).index_select(0, torch.tensor([0, 1])))
+    torch.testing.assert_close(align(argmax_of(0)).sum().cpu(), grad_cpu.sum())
+    gi = pool(argmax_of(7)).cpu()
+    torch.testing.assert_close(gi.view(2, 3, -1)[:, :, 7], grad_cpu.sum(dim=(2, 3)))
 
 
 @pytest.mark.parametrize(
@@ -323,7 +336,7 @@ def test_non_finite_features_propagate_like_the_reference():
     xi = torch.full((1, 8, 8, 8), float("-inf"), dtype=torch.float64)
     r = torch.tensor([[0, 0.0, 0.0, 3.0, 3.0]], dtype=torch.float64)
     for t in (xi, xi.contiguous(memory_format=torch.channels_last)):
-        # Every sample is -inf (or NaN: 0 * -inf for a zero bilinear weight); the first one wins.
+        # Every sample is -inf or NaN (0 * -inf under a zero bilinear weight): the first NaN, else the first, wins.
         out, argmax = ops.roi_align(t, r, 1.0, 2, 2, 1, False, "max")
         assert (argmax >= 0).all() and not torch.isfinite(out).any()
 

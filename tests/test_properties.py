@@ -70,7 +70,7 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 LAYOUTS = ("contiguous", "channels_last", "sliced", "transposed")
 SCALES = (1.0, 2.0, 0.5, 0.3, 0.25, 1.0 / 16, 1.0 / 32)
 BOX_KINDS = ("inside", "partial", "outside", "negative", "inverted", "zero", "far", "enormous", "enormous_inverted")
-MAX_SAMPLES_PER_BIN = 1 << 24
+MAX_SAMPLES_PER_BIN = roiops._C.limits["max_samples_per_bin"]
 
 
 @st.composite

@@ -103,20 +103,21 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
         for (int ph = 0; ph < p.pooled_h; ++ph) {
           const CellRange rr = rows[k * p.pooled_h + ph];
           // Column maxima over the bin row, then per bin a short scan of its columns. Same result as
-          // scanning the bin row-major with "first cell counts, later ones win if strictly greater":
-          // NaN and -inf never win a column, ties go to the smallest (row, column).
+          // scanning the bin row-major by the max rule: the NaN of the smallest (row, column) if there
+          // is one, else the largest value, ties going to the smallest (row, column).
           if (rr.end > rr.begin && hi > lo) column_max(plane, W, rr, lo, hi - lo, top.data(), top_row.data());
           for (int pw = 0; pw < p.pooled_w; ++pw) {
             const CellRange cr = kcols[pw];
             acc_t best = 0;  // an empty bin gives 0, argmax -1
             int32_t best_i = -1;
             if (rr.end > rr.begin && cr.end > cr.begin) {
-              best = static_cast<acc_t>(plane[rr.begin * W + cr.begin]);
-              int32_t best_h = rr.begin, best_w = cr.begin;
-              for (int w = cr.begin; w < cr.end; ++w) {
+              best = top[cr.begin - lo];
+              int32_t best_h = top_row[cr.begin - lo], best_w = cr.begin;
+              for (int w = cr.begin + 1; w < cr.end; ++w) {  // (columns come in order: ties keep best_w)
                 const int32_t h = top_row[w - lo];
                 const acc_t v = top[w - lo];
-                if (h >= 0 && (v > best || (v == best && (h < best_h || (h == best_h && w < best_w))))) {
+                const bool nan_v = v != v, nan_best = best != best;
+                if (nan_v ? !nan_best || h < best_h : !nan_best && (v > best || (v == best && h < best_h))) {
                   best = v;
                   best_h = h;
                   best_w = w;

@@ -22,15 +22,16 @@ namespace cpu {
 
 constexpr int64_t kChannelBlock = 32;
 
-// out[c] = (sum over the bin's samples of the bilinear value at channel c) / count.
-// Samples outside the map (valid == false) contribute 0.
+// sum[c] += the bilinear value of each of the bin's samples at channel c, in order (sum[c] starts
+// from 0 when `first`: a bin may come in pieces). Samples outside the map (valid == false) add nothing.
 template <typename scalar_t, typename acc_t>
-ROIOPS_SIMD_CLONES void bin_average_nhwc(const scalar_t* __restrict image, int64_t channels,
-                                         const BilinearTaps<acc_t>* __restrict taps, int64_t samples, acc_t count,
-                                         acc_t* __restrict out) {
+ROIOPS_SIMD_CLONES void bin_sum_nhwc(const scalar_t* __restrict image, int64_t channels,
+                                     const BilinearTaps<acc_t>* __restrict taps, int64_t samples, bool first,
+                                     acc_t* __restrict sum) {
   for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, channels - c0);
-    acc_t acc[kChannelBlock] = {};
+    acc_t acc[kChannelBlock];
+    for (int64_t j = 0; j < kChannelBlock; ++j) acc[j] = first || j >= n ? acc_t(0) : sum[c0 + j];
     for (int64_t s = 0; s < samples; ++s) {
       const BilinearTaps<acc_t>& t = taps[s];
       if (!t.valid) continue;
@@ -50,27 +51,29 @@ ROIOPS_SIMD_CLONES void bin_average_nhwc(const scalar_t* __restrict image, int64
         }
       }
     }
-    for (int64_t j = 0; j < n; ++j) out[c0 + j] = acc[j] / count;
+    for (int64_t j = 0; j < n; ++j) sum[c0 + j] = acc[j];
   }
 }
 
-// out[c] / arg[c] = the largest bilinear sample of the bin at channel c and its index (first wins;
-// an outside sample is a 0 that can win; no sample at all gives 0 and -1).
+// top[c] / arg[c] = the maximum of the bin's samples at channel c by the max rule and its sample
+// index (ids[s] for the s-th of `samples`), carried over from the bin's earlier pieces unless
+// `first` (then arg[c] starts at -1: no sample yet). An outside sample is a 0 that can win.
 template <typename scalar_t, typename acc_t>
 ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t channels,
-                                     const BilinearTaps<acc_t>* __restrict taps, int64_t samples, acc_t* __restrict out,
-                                     int32_t* __restrict arg) {
+                                     const BilinearTaps<acc_t>* __restrict taps, const int32_t* __restrict ids,
+                                     int64_t samples, bool first, acc_t* __restrict top_io, int32_t* __restrict arg) {
   for (int64_t c0 = 0; c0 < channels; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, channels - c0);
     acc_t top[kChannelBlock];
     int32_t top_s[kChannelBlock];
     for (int64_t j = 0; j < kChannelBlock; ++j) {
-      top[j] = -std::numeric_limits<acc_t>::infinity();
-      top_s[j] = -1;
+      const bool fresh = first || j >= n;
+      top[j] = fresh ? -std::numeric_limits<acc_t>::infinity() : top_io[c0 + j];
+      top_s[j] = fresh ? -1 : arg[c0 + j];
     }
     for (int64_t s = 0; s < samples; ++s) {
       const BilinearTaps<acc_t>& t = taps[s];
-      const int32_t si = static_cast<int32_t>(s);
+      const int32_t si = ids[s];
       const scalar_t* p1 = image + t.o1 * channels + c0;
       const scalar_t* p2 = image + t.o2 * channels + c0;
       const scalar_t* p3 = image + t.o3 * channels + c0;
@@ -79,23 +82,20 @@ ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t c
         const acc_t v = t.valid ? t.w1 * static_cast<acc_t>(p1[j]) + t.w2 * static_cast<acc_t>(p2[j]) +
                                       t.w3 * static_cast<acc_t>(p3[j]) + t.w4 * static_cast<acc_t>(p4[j])
                                 : acc_t(0);
-        // A branch-free select (all ones where v wins) that the compiler vectorizes. The first sample
-        // always wins, so a bin of -inf samples gives -inf (not "no sample").
-        const bool win = v > top[j] || top_s[j] < 0;
-        const int32_t mask = -static_cast<int32_t>(win);
-        top[j] = win ? v : top[j];
+        const int32_t mask = -static_cast<int32_t>(max_rule_wins(v, top[j], top_s[j]));
+        top[j] = mask ? v : top[j];
         top_s[j] = (si & mask) | (top_s[j] & ~mask);
       }
     }
     for (int64_t j = 0; j < n; ++j) {
-      out[c0 + j] = top_s[j] >= 0 ? top[j] : acc_t(0);
+      top_io[c0 + j] = top[j];
       arg[c0 + j] = top_s[j];
     }
   }
 }
 
-// RoIPool: out[c] / arg[c] = the maximum of the bin's cells at channel c and its cell h * W + w
-// (first wins; an empty bin gives 0 and -1). Compared in acc_t (float for the half types, which
+// RoIPool: out[c] / arg[c] = the maximum of the bin's cells at channel c by the max rule and its
+// cell h * W + w (an empty bin gives 0 and -1). Compared in acc_t (float for the half types, which
 // converts exactly and vectorizes, where comparing half types directly does not).
 template <typename scalar_t, typename acc_t>
 ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t channels, int64_t width, CellRange rows,
@@ -114,9 +114,8 @@ ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t 
         const scalar_t* cell = image + static_cast<int64_t>(i) * channels + c0;
         for (int64_t j = 0; j < n; ++j) {
           const acc_t v = static_cast<acc_t>(cell[j]);
-          const bool win = v > top[j] || top_i[j] < 0;  // the first cell always counts (-inf too)
-          const int32_t mask = -static_cast<int32_t>(win);
-          top[j] = win ? v : top[j];
+          const int32_t mask = -static_cast<int32_t>(max_rule_wins(v, top[j], top_i[j]));
+          top[j] = mask ? v : top[j];
           top_i[j] = (i & mask) | (top_i[j] & ~mask);
         }
       }
@@ -128,9 +127,9 @@ ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t 
   }
 }
 
-// RoIPool on an NCHW plane, one row of bins: top[j] / top_row[j] = the largest value of column
-// first + j over rows [rows.begin, rows.end) and the first row holding it (-1 when no value beats
-// -inf: a column of -inf or NaN). Vectorized across the columns.
+// RoIPool on an NCHW plane, one row of bins: top[j] / top_row[j] = the maximum of column first + j
+// over rows [rows.begin, rows.end) by the max rule (its first NaN, else its largest value) and the
+// first row holding it. Vectorized across the columns.
 template <typename scalar_t, typename acc_t>
 ROIOPS_SIMD_CLONES void column_max(const scalar_t* __restrict plane, int64_t width, CellRange rows, int first,
                                    int64_t n, acc_t* __restrict top, int32_t* __restrict top_row) {
@@ -142,8 +141,8 @@ ROIOPS_SIMD_CLONES void column_max(const scalar_t* __restrict plane, int64_t wid
     const scalar_t* row = plane + static_cast<int64_t>(h) * width + first;
     for (int64_t j = 0; j < n; ++j) {
       const acc_t v = static_cast<acc_t>(row[j]);
-      const int32_t mask = -static_cast<int32_t>(v > top[j]);
-      top[j] = v > top[j] ? v : top[j];
+      const int32_t mask = -static_cast<int32_t>(max_rule_wins(v, top[j], top_row[j]));
+      top[j] = mask ? v : top[j];
       top_row[j] = (h & mask) | (top_row[j] & ~mask);
     }
   }

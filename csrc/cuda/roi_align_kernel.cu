@@ -1,10 +1,10 @@
 // RoIAlign on CUDA: forward and backward, avg and max modes, NCHW and channels-last layouts.
 //
 // Semantics are those of the CPU kernels (csrc/cpu/roi_align_kernel.cpp), written once in
-// csrc/roi_geometry.h: the same sample positions, taps, weights, sample order and max rule (the
-// first sample always counts, a later one wins only if strictly greater, so the first maximum wins
-// and a bin of -inf samples gives -inf), the same argmax encoding (sample index iy * grid_w + ix in the
-// bin's grid, -1 for a bin without samples), float accumulation for the half types. The extension
+// csrc/roi_geometry.h: the same sample positions, taps, weights, sample order and max rule
+// (max_rule_wins: the first NaN, else the first maximum; a bin of -inf samples gives -inf), the
+// same argmax encoding (sample index iy * grid_w + ix in the bin's grid, -1 for a bin without
+// samples), float accumulation for the half types. The extension
 // is compiled with --fmad=false, so each sample's arithmetic rounds as on the CPU.
 //
 // Work split: one thread per pooled output element (k, c, ph, pw) in both directions. Threads are
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreads)
             !t.valid ? acc_t(0)
                      : t.w1 * static_cast<acc_t>(plane[t.o1 * cs]) + t.w2 * static_cast<acc_t>(plane[t.o2 * cs]) +
                            t.w3 * static_cast<acc_t>(plane[t.o3 * cs]) + t.w4 * static_cast<acc_t>(plane[t.o4 * cs]);
-        if (v > top || top_s < 0) {  // the first sample always counts (-inf and NaN too)
+        if (max_rule_wins(v, top, top_s)) {
           top = v;
           top_s = s;
         }

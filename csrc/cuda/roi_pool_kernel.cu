@@ -2,8 +2,8 @@
 //
 // Semantics are those of the CPU kernels (csrc/cpu/roi_pool_kernel.cpp), written once in
 // csrc/roi_geometry.h: boxes rounded half away from zero, bins floor/ceil'ed and clipped to the map,
-// max over the bin's cells in row-major order where the first cell always counts and a later one
-// wins only if strictly greater (first maximum wins; a bin of -inf gives -inf), an empty bin gives
+// max over the bin's cells in row-major order by max_rule_wins (the first NaN, else the first
+// maximum; a bin of -inf gives -inf), an empty bin gives
 // 0 with argmax -1, argmax = h * W + w. The geometry is computed in the opmath type
 // (float for the half types), as on the CPU.
 //
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int w = cols.begin; w < cols.end; ++w) {
         const int32_t cell = h * W + w;
         const acc_t v = static_cast<acc_t>(plane[static_cast<int64_t>(cell) * cs]);
-        if (v > top || top_i < 0) {  // the first cell always counts (-inf and NaN too)
+        if (max_rule_wins(v, top, top_i)) {
           top = v;
           top_i = cell;
         }

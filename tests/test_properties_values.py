@@ -1,0 +1,152 @@
+"""Property-based (hypothesis) tests with hostile feature values and extreme accepted arguments, on
+every kernel path: CPU NCHW and channels-last (and the other layouts), emulated CUDA (32- and 64-bit
+index variants) and real CUDA when present (tests/devices.py), against the pure-PyTorch reference.
+
+Maps carry NaN, inf and -inf at random densities (none, a few, most, all); arguments reach sampling
+ratios whose bins are cut into pieces (257^2 > 2^16 samples), outputs of 64 bins per side, both
+values of aligned and both box formats. Properties: the outputs have NaN exactly where the
+reference has them and match it elsewhere (max modes: the first NaN of a bin wins); the input
+gradients match, so argmax reached the same sample (the first NaN, or the first maximum).
+The strategies are those of test_properties.py; example counts follow its profiles.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("hypothesis")
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import roiops  # noqa: E402
+from roiops.reference import roi_align_reference, roi_pool_reference  # noqa: E402
+
+from devices import ALL_DEVICES  # noqa: E402
+from test_properties import (  # noqa: E402
+    SCALES,
+    _as_list,
+    _grad_like,
+    _refused_adaptive,
+    _tolerance,
+    examples,
+    feature_maps,
+    one_box,
+)
+
+
+def _on(dev):
+    if dev.emulated:
+        dev.ops.set_launch_order("forward")
+    return dev
+
+
+@st.composite
+def hostile_maps(draw, distinct=False):
+    """A feature map (test_properties.feature_maps) with NaN / inf / -inf at a random density."""
+    x = draw(feature_maps(max_side=9, distinct=distinct))
+    density = draw(st.sampled_from((0.0, 0.03, 0.15, 0.6, 1.0)))
+    values = draw(st.sampled_from(((float("nan"),), (float("inf"), float("-inf")), (float("nan"), float("-inf")))))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    hit = torch.rand(x.shape, generator=g) < density
+    which = torch.randint(0, len(values), x.shape, generator=g)
+    for i, v in enumerate(values):
+        x[hit & (which == i)] = v  # (in place: keeps the layout)
+    return x
+
+
+@st.composite
+def hostile_align_cases(draw):
+    x = draw(hostile_maps())
+    n, _, h, w = x.shape
+    scale = draw(st.sampled_from(SCALES))
+    sampling_ratio = draw(st.sampled_from((-1, 0, 1, 2, 3, 257)))
+    if sampling_ratio == 257:  # 66049 samples per bin: pieces; kept small for the reference's sake
+        # (float32 sums of 66049 samples in another order than the reference's differ by ~1e-3.)
+        x = x[:, :2].to(torch.float64 if x.dtype == torch.float32 else x.dtype)
+        k, output_size = draw(st.integers(1, 2)), (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    else:
+        k = draw(st.integers(0, 5))
+        small = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+        output_size = draw(st.sampled_from((small, small, (1, 64), (64, 1), (64, 64))))
+    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
+    rois = torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+    aligned = draw(st.booleans())
+    pool_mode = draw(st.sampled_from(("avg", "max", "max")))
+    return x, rois, output_size, scale, sampling_ratio, aligned, pool_mode, draw(st.booleans())
+
+
+def _check(dev, op, ref_op, x, rois, boxes, seed):
+    """Output and input gradient of op on dev against ref_op's, NaN for NaN."""
+    xd = dev.to(x.detach()).requires_grad_(True)
+    with dev.python_layer():
+        b = [dev.to(t) for t in boxes] if isinstance(boxes, list) else dev.to(boxes)
+        out = op(xd, b)
+        grad_out = dev.to(_grad_like(out.cpu(), seed))
+        (gx,) = torch.autograd.grad(out, xd, grad_out, allow_unused=True)
+    gx = torch.zeros_like(x) if gx is None else gx.cpu()
+    rd = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+    xr = x.detach().to(rd).requires_grad_(True)
+    ref = ref_op(xr, rois.to(rd))
+    (gref,) = torch.autograd.grad(ref, xr, grad_out.cpu().to(rd), allow_unused=True)
+    gref = torch.zeros_like(xr) if gref is None else gref
+    out = out.detach().cpu().to(rd)
+    assert torch.equal(out.isnan(), ref.isnan()), "NaN positions differ"
+    return out, ref, gx.to(rd), gref
+
+
+@pytest.mark.parametrize("dev", ALL_DEVICES)
+@examples(30)
+@given(case=hostile_align_cases(), seed=st.integers(0, 2**16))
+def test_roi_align_with_hostile_values_matches_reference(dev, case, seed):
+    dev = _on(dev)
+    x, rois, output_size, scale, sr, aligned, mode, as_list = case
+    boxes = rois
+    if as_list:
+        rois, boxes = _as_list(rois, x.shape[0])
+
+    def op(inp, b):
+        return roiops.roi_align(inp, b, output_size, scale, sr, aligned, mode)
+
+    if _refused_adaptive(rois, output_size, scale, sr, aligned, x.dtype):
+        with pytest.raises(ValueError, match=r"sampling_ratio"), dev.python_layer():
+            op(dev.to(x), [dev.to(t) for t in boxes] if as_list else dev.to(boxes))
+        return
+    out, ref, gx, gref = _check(
+        dev, op, lambda xr, r: roi_align_reference(xr, r, output_size, scale, sr, aligned, mode), x, rois, boxes, seed
+    )
+    torch.testing.assert_close(out, ref, equal_nan=True, **_tolerance(x.dtype))
+    torch.testing.assert_close(gx, gref, equal_nan=True, **_tolerance(x.dtype))
+
+
+@st.composite
+def hostile_pool_cases(draw):
+    x = draw(hostile_maps(distinct=True))  # distinct finite values: no ties to route the gradient
+    n, _, h, w = x.shape
+    scale = draw(st.sampled_from(SCALES))
+    k = draw(st.integers(0, 5))
+    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
+    rois = torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+    small = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    output_size = draw(st.sampled_from((small, small, (1, 64), (64, 1), (64, 64))))
+    return x, rois, output_size, scale, draw(st.booleans())
+
+
+@pytest.mark.parametrize("dev", ALL_DEVICES)
+@examples(25)
+@given(case=hostile_pool_cases(), seed=st.integers(0, 2**16))
+def test_roi_pool_with_hostile_values_matches_reference(dev, case, seed):
+    dev = _on(dev)
+    x, rois, output_size, scale, as_list = case
+    boxes = rois
+    if as_list:
+        rois, boxes = _as_list(rois, x.shape[0])
+    out, ref, gx, gref = _check(
+        dev,
+        lambda inp, b: roiops.roi_pool(inp, b, output_size, scale),
+        lambda xr, r: roi_pool_reference(xr, r, output_size, scale),
+        x,
+        rois,
+        boxes,
+        seed,
+    )
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(gx, gref, equal_nan=True, **_tolerance(x.dtype))
