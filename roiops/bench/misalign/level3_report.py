@@ -269,6 +269,10 @@ def level3_findings(r3: dict) -> List[str]:
                     else f"NOT in the paper's regime: RoIAlign loses {drop:.1f} AP at stride {strides[-1]}, so the "
                     f"stride-{strides[-1]} features of this run have not learned to carry an object's shape "
                     "inside a cell, and the stride comparisons above test that, not the pooling."
+                    if drop > 0
+                    else f"NOT in the paper's regime: RoIAlign gains {-drop:.1f} AP at stride {strides[-1]}, so the "
+                    f"stride-{strides[0]} runs are the weaker ones (too few steps for the finer features, or "
+                    "noise between seeds), and the stride comparisons above test that, not the pooling."
                 )
             )
     return out
