@@ -189,10 +189,19 @@ def _grad_like(out, seed):
 
 
 def _refused_adaptive(rois, output_size, scale, sampling_ratio, aligned, dtype):
-    """True if the kernel must refuse adaptive sampling of some box (> 2^24 samples per bin).
-    The geometry is evaluated as the kernels do (in float32 for the half types)."""
+    """True if the kernel must refuse adaptive sampling of some box (> 2^24 samples per bin)."""
     if sampling_ratio > 0 or rois.shape[0] == 0:
         return False
+    return bool(
+        (_samples_per_bin(rois, output_size, scale, sampling_ratio, aligned, dtype) > MAX_SAMPLES_PER_BIN).any()
+    )
+
+
+def _samples_per_bin(rois, output_size, scale, sampling_ratio, aligned, dtype):
+    """Each box's samples per bin (float64, [K]), its grid evaluated as the kernels do (in float32 for
+    the half types)."""
+    if sampling_ratio > 0:
+        return torch.full((rois.shape[0],), float(sampling_ratio) ** 2, dtype=torch.float64)
     cd = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     r = rois.to(cd)
     off = 0.5 if aligned else 0.0
@@ -202,7 +211,7 @@ def _refused_adaptive(rois, output_size, scale, sampling_ratio, aligned, dtype):
         rw, rh = rw.clamp(min=1), rh.clamp(min=1)
     gh = torch.ceil(rh / output_size[0]).to(torch.float64).clamp(min=0, max=2.0**30)
     gw = torch.ceil(rw / output_size[1]).to(torch.float64).clamp(min=0, max=2.0**30)
-    return bool(((gh * gw) > MAX_SAMPLES_PER_BIN).any())
+    return gh * gw
 
 
 def _run_with_grad(fn, x, boxes, seed):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("hypothesis")
-from hypothesis import given  # noqa: E402
+from hypothesis import assume, given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import roiops  # noqa: E402
@@ -26,11 +26,24 @@ from test_properties import (  # noqa: E402
     _as_list,
     _grad_like,
     _refused_adaptive,
+    _samples_per_bin,
     _tolerance,
     examples,
     feature_maps,
     one_box,
 )
+
+# Samples x channels the reference may hold for one case (~300 MB of its float64 intermediates).
+REFERENCE_SAMPLE_BUDGET = 2**21
+
+
+def _gradient_tolerance(dtype, output_size):
+    """A cell's gradient sums the contributions of up to 64 x 64 bins; the kernels and the reference add
+    them in different orders, which in float32 moves the sum by ~1e-5 relative (seen: 2.4e-4 on 22.6)."""
+    tol = _tolerance(dtype)
+    if dtype == torch.float32 and output_size[0] * output_size[1] > 64:
+        tol = dict(rtol=1e-4, atol=1e-4)
+    return tol
 
 
 def _on(dev):
@@ -110,11 +123,15 @@ def test_roi_align_with_hostile_values_matches_reference(dev, case, seed):
         with pytest.raises(ValueError, match=r"sampling_ratio"), dev.python_layer():
             op(dev.to(x), [dev.to(t) for t in boxes] if as_list else dev.to(boxes))
         return
+    # The reference holds every sample of every bin and channel at once: an accepted adaptive grid of a
+    # huge box at a 64-bin output would take tens of GB there (the kernels take it in bounded memory).
+    per_bin = _samples_per_bin(rois, output_size, scale, sr, aligned, x.dtype)
+    assume(float(per_bin.sum()) * output_size[0] * output_size[1] * x.shape[1] <= REFERENCE_SAMPLE_BUDGET)
     out, ref, gx, gref = _check(
         dev, op, lambda xr, r: roi_align_reference(xr, r, output_size, scale, sr, aligned, mode), x, rois, boxes, seed
     )
     torch.testing.assert_close(out, ref, equal_nan=True, **_tolerance(x.dtype))
-    torch.testing.assert_close(gx, gref, equal_nan=True, **_tolerance(x.dtype))
+    torch.testing.assert_close(gx, gref, equal_nan=True, **_gradient_tolerance(x.dtype, output_size))
 
 
 @st.composite
@@ -149,4 +166,4 @@ def test_roi_pool_with_hostile_values_matches_reference(dev, case, seed):
         seed,
     )
     torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=0)
-    torch.testing.assert_close(gx, gref, equal_nan=True, **_tolerance(x.dtype))
+    torch.testing.assert_close(gx, gref, equal_nan=True, **_gradient_tolerance(x.dtype, output_size))
