@@ -16,14 +16,14 @@ import torch
 from .data import L3Data
 from .level3_learned import Config, PoolOp, Scorer, detect, fixed_test_proposals, make_datasets, train
 
-# A worker's datasets, scorer and test proposals, set once by _start_worker (or by the serial path).
+# A worker's datasets, scorer and test proposals (built once, in the parent), set by _start_worker.
 _STATE: Optional[Tuple[L3Data, L3Data, Scorer, list, Config]] = None
 
 
-def _start_worker(train_set: L3Data, test_set: L3Data, cfg: Config, threads: int) -> None:
+def _start_worker(state: Tuple[L3Data, L3Data, Scorer, list, Config], threads: int) -> None:
     global _STATE
     torch.set_num_threads(threads)
-    _STATE = (train_set, test_set, Scorer(test_set, cfg), fixed_test_proposals(test_set, cfg.jitter), cfg)
+    _STATE = state
 
 
 def _one_run(op: PoolOp, stride: int, seed: int):
@@ -47,6 +47,8 @@ def run_level3(
     global _STATE
     t0 = time.perf_counter()
     train_set, test_set = make_datasets(cfg)
+    scorer = Scorer(test_set, cfg)
+    state = (train_set, test_set, scorer, fixed_test_proposals(test_set, cfg.jitter), cfg)
     jobs = [(op, stride, seed) for stride in strides for seed in range(seeds) for op in ops]
     results = {}
 
@@ -60,19 +62,17 @@ def run_level3(
         )
 
     if workers <= 1:
-        _start_worker(train_set, test_set, cfg, torch.get_num_threads())
+        _start_worker(state, torch.get_num_threads())
         for i, job in enumerate(jobs):
             record(i, *_one_run(*job))
-        scorer = _STATE[2]
     else:
         # spawn, not fork: a forked child of a process that has run OpenMP regions can hang in its own.
         context = multiprocessing.get_context("spawn")
-        args = (train_set, test_set, cfg, torch.get_num_threads())
+        args = (state, torch.get_num_threads())
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=args) as pool:
             futures = {pool.submit(_one_run, *job): i for i, job in enumerate(jobs)}
             for done in as_completed(futures):
                 record(futures[done], *done.result())
-        scorer = Scorer(test_set, cfg)
     _STATE = None
     runs, boot = [], {}
     for i, (op, stride, seed) in enumerate(jobs):
