@@ -140,6 +140,21 @@ def test_opcheck(layout):
     torch.library.opcheck(torch.ops.roiops.roi_pool.default, (x, rois, 0.5, 3, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dense_bins_in_channel_blocks_vs_reference(dtype, layout, restore_threads):
+    """Bins that cover the map densely take the channel-block kernel (an NCHW input transposed block by
+    block): 70 channels are two full blocks of 32 and a partial one of 6, on 1 and 2 threads."""
+    x = make_input((2, 70, 12, 14), dtype, layout=layout, seed=31, distinct=True)
+    rois = make_rois(64, 2, 12, 14, 1.0, "mixed", dtype, seed=32)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        if dtype == torch.bfloat16:  # (its gradient sums up to 64 contributions: the reference's bfloat16 sums drift)
+            torch.testing.assert_close(roiops.roi_pool(x, rois, 3), roi_pool_reference(x, rois, 3), rtol=0, atol=0)
+        else:
+            _check_vs_reference(x, rois, 3, 1.0)
+
+
 @pytest.mark.parametrize("special", ["ties", "inf_nan"])
 def test_sparse_nchw_path_matches_channels_last_on_ties_inf_nan(special):
     """Few small boxes on a large map take the NCHW column-max kernel; a channels-last input takes

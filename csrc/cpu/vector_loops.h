@@ -109,8 +109,8 @@ ROIOPS_SIMD_CLONES void bin_max_nhwc(const scalar_t* __restrict image, int64_t c
 }
 
 // RoIPool: out[c] / arg[c] = the maximum of the bin's cells at channel c by the max rule and its
-// cell h * W + w (an empty bin gives 0 and -1). Compared in acc_t (float for the half types, which
-// converts exactly and vectorizes, where comparing half types directly does not).
+// cell h * W + w (an empty bin gives 0 and -1). Compared in acc_t (float for the half types, which converts exactly and
+// vectorizes, where comparing half types directly does not).
 template <typename scalar_t, typename acc_t>
 ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t channels, int64_t width, CellRange rows,
                                       CellRange cols, acc_t* __restrict out, int32_t* __restrict arg) {
@@ -126,11 +126,18 @@ ROIOPS_SIMD_CLONES void cell_max_nhwc(const scalar_t* __restrict image, int64_t 
       for (int w = cols.begin; w < cols.end; ++w) {
         const int32_t i = static_cast<int32_t>(h * width + w);
         const scalar_t* cell = image + static_cast<int64_t>(i) * channels + c0;
-        for (int64_t j = 0; j < n; ++j) {
-          const acc_t v = static_cast<acc_t>(cell[j]);
-          const int32_t mask = -static_cast<int32_t>(max_rule_wins(v, top[j], top_i[j]));
-          top[j] = mask ? v : top[j];
-          top_i[j] = (i & mask) | (top_i[j] & ~mask);
+        const auto fold = [&](int64_t len) {
+          for (int64_t j = 0; j < len; ++j) {
+            const acc_t v = static_cast<acc_t>(cell[j]);
+            const int32_t mask = -static_cast<int32_t>(max_rule_wins(v, top[j], top_i[j]));
+            top[j] = mask ? v : top[j];
+            top_i[j] = (i & mask) | (top_i[j] & ~mask);
+          }
+        };
+        if (n == kChannelBlock) {  // a fixed trip count: the half types' conversions vectorize only so
+          fold(kChannelBlock);
+        } else {
+          fold(n);
         }
       }
     }
