@@ -98,6 +98,27 @@ def test_half_dtypes_vs_float32_reference(dtype, sr, aligned, mode):
     _check_vs_reference(x, rois, (3, 3), 0.5, sr, aligned, mode, ref_dtype=torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("sr", [2, 40], ids=["one_round", "rounds"])
+def test_half_backward_is_the_float32_backward_rounded_once(dtype, layout, mode, sr, restore_threads):
+    """A half-type backward accumulates in float32 and rounds once: bit for bit the float32 backward of
+    the same values, rounded. An NCHW one converts channel by channel while the whole scatter fits in
+    one round of taps (sr 2), and from a full float32 buffer when it takes several (sr 40: 2^17 taps)."""
+    x = make_input((2, 20, 9, 11), dtype, layout=layout, seed=41)
+    rois = make_rois(8, 2, 9, 11, 0.5, "mixed", dtype, seed=42)
+    out, argmax = torch.ops.roiops.roi_align(x.float(), rois.float(), 0.5, 7, 7, sr, True, mode)
+    grad = to_layout(torch.randn(out.shape, generator=torch.Generator().manual_seed(43)).to(dtype), layout)
+    args = (0.5, 7, 7, 2, 20, 9, 11, sr, True, mode, False)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        half = torch.ops.roiops._roi_align_backward(grad, rois, argmax, *args)
+        full = torch.ops.roiops._roi_align_backward(grad.float(), rois.float(), argmax, *args)
+        assert half.dtype == dtype
+        torch.testing.assert_close(half, full.to(dtype), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])

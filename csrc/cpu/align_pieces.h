@@ -208,6 +208,24 @@ struct PieceView {
   bool first, last;
 };
 
+// Samples of all RoIs of a call (the sum of their bins' grids).
+template <typename acc_t, typename scalar_t>
+int64_t total_samples(const scalar_t* roi_data, int64_t K, const AlignParams& p) {
+  int64_t total = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
+    total += static_cast<int64_t>(g.grid_h) * g.grid_w * p.pooled_h * p.pooled_w;
+  }
+  return total;
+}
+
+// Whether for_each_channel_piece_with visits everything in one round: a round ends only when its
+// taps would exceed kSharedTaps.
+template <typename acc_t, typename scalar_t>
+bool in_one_round(const scalar_t* roi_data, int64_t K, const AlignParams& p) {
+  return total_samples<acc_t>(roi_data, K, p) <= kSharedTaps;
+}
+
 // The NCHW kernels work channel by channel rather than RoI by RoI: going RoI by RoI would jump to
 // another plane for every (RoI, channel) and miss the cache each time, whereas one channel's plane
 // stays in cache while every RoI of a round is pooled from (or scattered into) it. The taps of a
@@ -215,9 +233,12 @@ struct PieceView {
 // kTapsPerChunk taps of one RoI per task); then each thread takes a disjoint range of channels and
 // calls visit(c, PieceView) for every piece of every bin that has samples, in order, so the pieces
 // of a bin are visited one after the other. No races, and the visiting order within a channel does
-// not depend on the thread count.
-template <typename acc_t, typename scalar_t, typename F>
-void for_each_channel_piece(const scalar_t* roi_data, int64_t K, const AlignParams& p, const F& visit) {
+// not depend on the thread count. Each thread makes its state once per round (make()) and calls
+// start(state, c) before channel c's first visit (in the first round: so for every channel, also in
+// a call without samples) and finish(state, c) after its last (in the last round).
+template <typename acc_t, typename scalar_t, typename Make, typename Start, typename F, typename Finish>
+void for_each_channel_piece_with(const scalar_t* roi_data, int64_t K, const AlignParams& p, const Make& make,
+                                 const Start& start, const F& visit, const Finish& finish) {
   struct TapPiece {
     BinPiece piece;
     int64_t offset;  // of its taps in the round's buffer
@@ -253,6 +274,17 @@ void for_each_channel_piece(const scalar_t* roi_data, int64_t K, const AlignPara
     }
   };
   next_roi(0);
+  if (k >= K) {  // no samples at all: every channel is still started and finished
+    parallel_for_ranges(p.channels, int64_t(1) << 12, [&](int64_t c0, int64_t c1) {
+      auto state = make();
+      for (int64_t c = c0; c < c1; ++c) {
+        start(state, c);
+        finish(state, c);
+      }
+    });
+    return;
+  }
+  bool first_round = true;
   std::vector<TapPiece> pieces;
   std::vector<VisitPiece> visits;
   std::vector<Run> runs;
@@ -294,20 +326,35 @@ void for_each_channel_piece(const scalar_t* roi_data, int64_t K, const AlignPara
         write_piece_taps(g, samples, tp.piece, p, taps.data() + tp.offset, ids.data() + tp.offset, plane_taps<acc_t>);
       }
     });
+    const bool last_round = k >= K;
     parallel_for_ranges(p.channels, total * 4, [&](int64_t c0, int64_t c1) {
+      auto state = make();
       for (int64_t c = c0; c < c1; ++c) {
+        if (first_round) start(state, c);
         for (const Run& run : runs) {
           const AlignGeometry<acc_t>* g = &geometry[run.roi];
           for (size_t i = run.begin; i < run.end; ++i) {
             const VisitPiece& vp = visits[i];
-            visit(c, PieceView<acc_t>{run.roi, vp.ph, vp.pw, g, taps.data() + vp.offset, ids.data() + vp.offset,
-                                      vp.size_flags & (kFirst - 1), (vp.size_flags & kFirst) != 0,
-                                      (vp.size_flags & kLast) != 0});
+            visit(state, c,
+                  PieceView<acc_t>{run.roi, vp.ph, vp.pw, g, taps.data() + vp.offset, ids.data() + vp.offset,
+                                   vp.size_flags & (kFirst - 1), (vp.size_flags & kFirst) != 0,
+                                   (vp.size_flags & kLast) != 0});
           }
         }
+        if (last_round) finish(state, c);
       }
     });
+    first_round = false;
   }
+}
+
+// for_each_channel_piece_with without per-thread state or channel hooks.
+template <typename acc_t, typename scalar_t, typename F>
+void for_each_channel_piece(const scalar_t* roi_data, int64_t K, const AlignParams& p, const F& visit) {
+  const auto none = [](char&, int64_t) {};
+  for_each_channel_piece_with<acc_t>(
+      roi_data, K, p, [] { return char(0); }, none, [&](char&, int64_t c, const PieceView<acc_t>& v) { visit(c, v); },
+      none);
 }
 
 }  // namespace align

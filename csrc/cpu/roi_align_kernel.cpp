@@ -24,6 +24,7 @@
 #include "../roi_geometry.h"
 #include "../strides.h"
 #include "align_pieces.h"
+#include "output_parts.h"
 #include "parallel.h"
 #include "vector_loops.h"
 
@@ -178,46 +179,65 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   });
 }
 
-template <typename scalar_t>
+// NCHW: the gradient is written channel by channel (output_parts.h): a thread zeroes the planes of a
+// channel, scatters every RoI into them and, for the half types, converts them from a float scratch.
+// part_t is the gradient's type: scalar_t, or float for a half type whose scatter takes more than one
+// round (a channel's float planes would not last from round to round; the caller converts at the end).
+template <typename scalar_t, typename part_t>
 void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
                    const AlignParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
-  acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
-  const int64_t C = p.channels, HW = p.height * p.width;
+  part_t* gi_data = grad_in.mutable_data_ptr<part_t>();
+  const int64_t N = grad_in.size(0), C = p.channels, HW = p.height * p.width;
   const Strides4 grad_at = strides_of(grad);
   const Strides4 arg_at = strides_of(argmax);
-  for_each_channel_piece<acc_t>(rois.const_data_ptr<scalar_t>(), rois.size(0), p,
-                                [&](int64_t c, const PieceView<acc_t>& v) {
-                                  acc_t* plane = gi_data + (v.g->batch * C + c) * HW;
-                                  const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(v.k, c, v.ph, v.pw)]);
-                                  if (!p.max_mode) {
-                                    const acc_t gs = gv / v.g->count;
-                                    for (int64_t s = 0; s < v.n; ++s) {
-                                      const PlaneTaps<acc_t>& ts = v.taps[s];
-                                      if (ts.o1 < 0) continue;
-                                      plane[ts.o1] += ts.w1 * gs;
-                                      plane[ts.o2] += ts.w2 * gs;
-                                      plane[ts.o3] += ts.w3 * gs;
-                                      plane[ts.o4] += ts.w4 * gs;
-                                    }
-                                  } else {
-                                    const int32_t s = arg_data[arg_at.at(v.k, c, v.ph, v.pw)];
-                                    // argmax comes from the caller: an index outside the bin's grid is ignored.
-                                    const PlaneTaps<acc_t>* ts = find_sample(v.taps, v.ids, v.n, s);
-                                    if (ts == nullptr || ts->o1 < 0) return;
-                                    plane[ts->o1] += ts->w1 * gv;
-                                    plane[ts->o2] += ts->w2 * gv;
-                                    plane[ts->o3] += ts->w3 * gv;
-                                    plane[ts->o4] += ts->w4 * gv;
-                                  }
-                                });
+  struct Planes {
+    std::vector<PartAccumulator<part_t>> images;
+    std::vector<acc_t*> at;
+  };
+  for_each_channel_piece_with<acc_t>(
+      rois.const_data_ptr<scalar_t>(), rois.size(0), p,
+      [&] { return Planes{std::vector<PartAccumulator<part_t>>(N), std::vector<acc_t*>(N)}; },
+      [&](Planes& s, int64_t c) {
+        for (int64_t b = 0; b < N; ++b) s.at[b] = s.images[b].start(gi_data + (b * C + c) * HW, HW);
+      },
+      [&](Planes& s, int64_t c, const PieceView<acc_t>& v) {
+        acc_t* plane = s.at[v.g->batch];
+        if constexpr (std::is_same_v<part_t, acc_t>) {  // (rounds after the first start nothing: no s.at)
+          plane = gi_data + (v.g->batch * C + c) * HW;
+        }
+        const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(v.k, c, v.ph, v.pw)]);
+        if (!p.max_mode) {
+          const acc_t gs = gv / v.g->count;
+          for (int64_t s = 0; s < v.n; ++s) {
+            const PlaneTaps<acc_t>& ts = v.taps[s];
+            if (ts.o1 < 0) continue;
+            plane[ts.o1] += ts.w1 * gs;
+            plane[ts.o2] += ts.w2 * gs;
+            plane[ts.o3] += ts.w3 * gs;
+            plane[ts.o4] += ts.w4 * gs;
+          }
+        } else {
+          const int32_t s = arg_data[arg_at.at(v.k, c, v.ph, v.pw)];
+          // argmax comes from the caller: an index outside the bin's grid is ignored.
+          const PlaneTaps<acc_t>* ts = find_sample(v.taps, v.ids, v.n, s);
+          if (ts == nullptr || ts->o1 < 0) return;
+          plane[ts->o1] += ts->w1 * gv;
+          plane[ts->o2] += ts->w2 * gv;
+          plane[ts->o3] += ts->w3 * gv;
+          plane[ts->o4] += ts->w4 * gv;
+        }
+      },
+      [&](Planes& s, int64_t) {
+        for (auto& image : s.images) image.finish();
+      });
 }
 
 // The channels-last backward: each sample's four taps are channel vectors of the thread's channel
-// range. grad_in (here and in backward_nchw) is an opmath-typed buffer (float for the half types,
-// so that many small contributions are not rounded away).
+// range. grad_in is an opmath-typed buffer (float for the half types, so that many small
+// contributions are not rounded away).
 template <typename scalar_t>
 void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
                    const AlignParams& p) {
@@ -335,25 +355,29 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                     channels, height, width);
   if (p.max_mode) check_argmax(argmax, grad, "_roi_align_backward");
   const auto layout = use_channels_last(grad) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const auto acc_dtype = at::toOpMathType(grad.scalar_type());
-  const auto acc_options = grad.options().dtype(acc_dtype);
+  const auto acc_options = grad.options().dtype(at::toOpMathType(grad.scalar_type()));
   if (grad.numel() == 0 || batch_size * channels * height * width == 0) {
     return at::empty({batch_size, channels, height, width}, grad.options(), layout).zero_();
   }
   const at::Tensor r = rois.contiguous();
   at::Tensor grad_in;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     // No transpose here: the planar scatter keeps each RoI's window of one channel in L1, so NCHW
     // gradients stay NCHW and channels-last ones are scattered as channel vectors.
     // (at::zeros ignores a memory format passed in its options: allocate with the layout, then zero.)
-    grad_in = at::empty({batch_size, channels, height, width}, acc_options, layout).zero_();
     if (layout == at::MemoryFormat::ChannelsLast) {
+      grad_in = at::empty({batch_size, channels, height, width}, acc_options, layout).zero_();
       backward_nhwc<scalar_t>(grad, r, argmax, grad_in, p);
+    } else if (std::is_same_v<scalar_t, acc_t> || in_one_round<acc_t>(r.const_data_ptr<scalar_t>(), r.size(0), p)) {
+      grad_in = at::empty({batch_size, channels, height, width}, grad.options());  // each plane zeroed in turn
+      backward_nchw<scalar_t, scalar_t>(grad, r, argmax, grad_in, p);
     } else {
-      backward_nchw<scalar_t>(grad, r, argmax, grad_in, p);
+      grad_in = at::empty({batch_size, channels, height, width}, acc_options);
+      backward_nchw<scalar_t, acc_t>(grad, r, argmax, grad_in, p);
     }
   });
-  return acc_dtype == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+  return grad_in.scalar_type() == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
 }
 
 }  // namespace
