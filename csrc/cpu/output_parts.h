@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -32,6 +33,18 @@ inline void prefault(void* data, size_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+// Zeroes a fresh buffer of n elements in parallel, each thread mapping the pages of its 4 MiB chunks
+// in one system call (for outputs that cannot be written part by part).
+template <typename T>
+void zero_fresh(T* data, int64_t n) {
+  constexpr int64_t kChunk = (int64_t(4) << 20) / sizeof(T);
+  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t first, int64_t last) {
+    const int64_t lo = first * kChunk, hi = std::min(n, last * kChunk);
+    prefault(data + lo, (hi - lo) * sizeof(T));
+    std::fill(data + lo, data + hi, T(0));
+  });
 }
 
 // start(out, n) gives a zeroed buffer that stands for out[0, n) (out itself for float and double, a

@@ -365,9 +365,9 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
     using acc_t = at::opmath_type<scalar_t>;
     // No transpose here: the planar scatter keeps each RoI's window of one channel in L1, so NCHW
     // gradients stay NCHW and channels-last ones are scattered as channel vectors.
-    // (at::zeros ignores a memory format passed in its options: allocate with the layout, then zero.)
     if (layout == at::MemoryFormat::ChannelsLast) {
-      grad_in = at::empty({batch_size, channels, height, width}, acc_options, layout).zero_();
+      grad_in = at::empty({batch_size, channels, height, width}, acc_options, layout);
+      zero_fresh(grad_in.mutable_data_ptr<acc_t>(), grad_in.numel());
       backward_nhwc<scalar_t>(grad, r, argmax, grad_in, p);
     } else if (std::is_same_v<scalar_t, acc_t> || in_one_round<acc_t>(r.const_data_ptr<scalar_t>(), r.size(0), p)) {
       grad_in = at::empty({batch_size, channels, height, width}, grad.options());  // each plane zeroed in turn
