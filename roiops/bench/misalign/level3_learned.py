@@ -67,6 +67,9 @@ class Config:
     diameter: Tuple[float, float] = (12.0, 150.0)
     steps: int = 300  # at the finest stride (16)
     steps_coarse: Optional[int] = None  # at every coarser stride (32); None: the same as ``steps``
+    # the ops trained at every coarser stride (names in OPS); None: all. The paper compares only RoIPool and
+    # RoIAlign at C5; RoIWarp tells how much of the gap is the box rounding.
+    coarse_ops: Optional[Tuple[str, ...]] = None
     images_per_step: int = 4
     rois_per_image: int = 32
     random_boxes_per_image: int = 6
@@ -88,6 +91,9 @@ class Config:
 
     def steps_at(self, stride: int) -> int:
         return self.steps if stride <= 16 or self.steps_coarse is None else self.steps_coarse
+
+    def trains(self, op: "PoolOp", stride: int) -> bool:
+        return stride <= 16 or self.coarse_ops is None or op.name in self.coarse_ops
 
 
 # ----------------------------------------------------------------------------------------- model

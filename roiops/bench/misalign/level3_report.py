@@ -75,7 +75,14 @@ def level3_section(r3: dict) -> List[str]:
     L += [f"### Table 2c: the ops at stride {strides[0]}, beside the paper's (mask AP, COCO, ResNet-50-C4)", ""]
     L += table_2c(summ, strides[0]) + [""]
     if len(strides) > 1:
-        L += [f"The same ops at stride {strides[-1]}:", ""] + table_2c(summ, strides[-1]) + [""]
+        coarse = r3.get("ops_at", {}).get(str(strides[-1]))
+        fine = r3.get("ops_at", {}).get(str(strides[0]))
+        which = (
+            "The same ops"
+            if coarse == fine
+            else f"{', '.join(coarse[:-1])} and {coarse[-1]} (the ops the comparison across strides needs)"
+        )
+        L += [f"{which} at stride {strides[-1]}:", ""] + table_2c(summ, strides[-1]) + [""]
     L += ["### Table 2d: RoIPool and RoIAlign by stride, beside the paper's (C4 = stride 16, C5 = stride 32)", ""]
     L += table_2d(summ) + [""]
     L += ["### Every op minus RoIPool", ""] + gap_table(summ) + [""]

@@ -49,7 +49,7 @@ def run_level3(
     train_set, test_set = make_datasets(cfg)
     scorer = Scorer(test_set, cfg)
     state = (train_set, test_set, scorer, fixed_test_proposals(test_set, cfg.jitter), cfg)
-    jobs = [(op, stride, seed) for stride in strides for seed in range(seeds) for op in ops]
+    jobs = [(op, stride, seed) for stride in strides for seed in range(seeds) for op in ops if cfg.trains(op, stride)]
     results = {}
 
     def record(index, values, seconds):
@@ -88,6 +88,7 @@ def run_level3(
             train_images=len(train_set.images), train_objects=sum(len(b) for b in train_set.boxes), **scorer.describe()
         ),
         ops=[asdict(o) for o in ops],
+        ops_at={str(s): [o.name for o in ops if cfg.trains(o, s)] for s in strides},
         strides=list(strides),
         steps={str(s): cfg.steps_at(s) for s in strides},
         seeds=seeds,

@@ -49,9 +49,9 @@ def _entry(per_seed: List[float], resampled: np.ndarray) -> dict:
 def summarize(res: dict) -> dict:
     """Rows per (stride, op) with every metric and its gap to RoIPool, and the size map."""
     boot, seeds = res["bootstrap"], list(range(res["seeds"]))
-    ops = [o["name"] for o in res["ops"]]
     rows = []
     for stride in res["strides"]:
+        ops = [o["name"] for o in res["ops"] if (stride, o["name"], 0) in boot]  # the ops trained at this stride
         for op in ops:
             row = dict(stride=stride, op=op)
             for m in METRICS:
@@ -64,14 +64,14 @@ def summarize(res: dict) -> dict:
     contrasts = []
     for stride in res["strides"]:
         for a, b in CONTRASTS:
-            if a in ops and b in ops:
+            if (stride, a, 0) in boot and (stride, b, 0) in boot:
                 row = dict(stride=stride, op=a, minus=b)
                 for m in METRICS:
                     diffs = [boot[(stride, a, s)][m][0] - boot[(stride, b, s)][m][0] for s in seeds]
                     row[m] = _entry(diffs, _seed_mean(boot, stride, a, m, seeds, minus=b))
                 contrasts.append(row)
     out = dict(rows=rows, contrasts=contrasts)
-    if BASELINE in ops and REFERENCE in ops:
+    if all((stride, op, 0) in boot for stride in res["strides"] for op in (BASELINE, REFERENCE)):
         out["size_map"] = size_map(res, seeds)
         strides = sorted(res["strides"])
         if len(strides) > 1:  # the stride trend of the gap over all objects
