@@ -23,7 +23,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 import roiops  # noqa: E402
 from roiops.bench import misalign as m  # noqa: E402
-from roiops.bench.misalign import coco, level3_report, level3_runs, stats, summary  # noqa: E402
+from roiops.bench.misalign import coco, level3_report, level3_runs, plots, stats, summary  # noqa: E402
 from roiops.bench.misalign import data as bdata  # noqa: E402
 from roiops.bench.misalign import level3_learned as l3  # noqa: E402
 from roiops.models import round_boxes_to_grid  # noqa: E402
@@ -274,7 +274,7 @@ def test_worker_processes_give_the_numbers_of_a_serial_run():
             np.testing.assert_array_equal(v, pooled["bootstrap"][key][metric])
 
 
-def test_coarse_ops_train_only_at_the_finest_stride_and_the_report_says_so():
+def test_coarse_ops_train_only_at_the_finest_stride_and_the_report_says_so(tmp_path):
     ops = [op for op in l3.OPS if op.name in (l3.BASELINE, "RoIWarp", "RoIAlign max", l3.REFERENCE)]
     cfg = dataclasses.replace(TINY, coarse_ops=(l3.BASELINE, l3.REFERENCE))
     r3 = level3_runs.run_level3([16, 32], ops, 1, cfg, log=lambda _: None)
@@ -287,6 +287,8 @@ def test_coarse_ops_train_only_at_the_finest_stride_and_the_report_says_so():
     assert [r["op"] for r in r3["summary"]["rows"] if r["stride"] == 32] == [l3.BASELINE, l3.REFERENCE]
     assert {c["stride"] for c in r3["summary"]["contrasts"]} == {16}  # RoIWarp and max only at 16
     assert r3["summary"]["size_map"] and r3["summary"]["trend"]
+    plots.plot_level3(r3["summary"], str(tmp_path / "l3.png"))  # (no bar where an op did not train)
+    assert (tmp_path / "l3.png").stat().st_size > 0
     text = "\n".join(level3_report.level3_section(r3))
     assert "RoIPool and RoIAlign avg (the ops the comparison across strides needs) at stride 32:" in text
     assert "| 32 | RoIPool |" in text and "| 32 | RoIWarp |" not in text

@@ -254,15 +254,18 @@ def _run(args) -> int:
         seconds=time.perf_counter() - t_start,
         levels=sorted(levels),
     )
+
+    def save():
+        blob = json.dumps(_jsonable(results), indent=1, allow_nan=False)
+        for path in [os.path.join(args.out, "results.json")] + ([args.json] if args.json else []):
+            with open(path, "w") as f:
+                f.write(blob)
+
+    save()  # first: a run of many minutes is not lost to a failure in the plots (--from-json re-renders it)
     if not args.no_plots:
         render(results, args.out, True)  # plots (the report is rewritten below with the final time)
     results["meta"]["seconds"] = time.perf_counter() - t_start
     report = write_report(results, args.out)
-    blob = json.dumps(_jsonable(results), indent=1, allow_nan=False)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        f.write(blob)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(blob)
+    save()
     print(f"\nreport: {report}  ({results['meta']['seconds']:.0f} s)")
     return 0

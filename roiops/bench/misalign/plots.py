@@ -117,8 +117,9 @@ def plot_level3(summary, path, dataset=""):
     width = 0.8 / len(ops)
     for ax, m in zip(axes, ("AP", "AP50", "AP75", "mIoU")):
         for k, op in enumerate(ops):
-            es = [next(r[m] for r in rows if r["op"] == op and r["stride"] == s) for s in strides]
-            xs = [n + (k - (len(ops) - 1) / 2) * width for n in range(len(strides))]
+            at = [(n, r[m]) for n, s in enumerate(strides) for r in rows if r["op"] == op and r["stride"] == s]
+            xs = [n + (k - (len(ops) - 1) / 2) * width for n, _ in at]  # (an op not trained at a stride: no bar)
+            es = [e for _, e in at]
             ax.bar(xs, [e["mean"] for e in es], width, yerr=_interval_bars(es), capsize=2, label=op)
         ax.set_xticks(range(len(strides)))
         ax.set_xticklabels([f"stride {s}" for s in strides])
