@@ -119,6 +119,45 @@ def test_half_backward_is_the_float32_backward_rounded_once(dtype, layout, mode,
         torch.testing.assert_close(half, full.to(dtype), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("rois", [3, 60], ids=["sparse_planes", "dense_packed"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_nchw_forward_planes_and_channel_blocks_vs_reference(rois, mode, dtype, restore_threads):
+    """An NCHW forward pools few samples plane by plane and many (an eighth of the map's cells or more)
+    from channel blocks packed channels-last (70 channels: blocks of 32, 32 and 6); same values either way."""
+    x = make_input((2, 70, 24, 30), dtype, seed=61)
+    boxes = make_rois(rois, 2, 24, 30, 1.0, "mixed", dtype, seed=62)
+    ref_dtype = torch.float32 if dtype == torch.bfloat16 else None
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        _check_vs_reference(x, boxes, (3, 4), 1.0, 2, True, mode, ref_dtype=ref_dtype)
+        out = roiops.roi_align(x, boxes, (3, 4), 1.0, 2, True, mode)
+        torch.testing.assert_close(
+            out, roiops.roi_align(to_layout(x, "channels_last"), boxes, (3, 4), 1.0, 2, True, mode), rtol=0, atol=0
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_backward_is_the_same_in_both_layouts_for_any_thread_count(dtype, mode, restore_threads):
+    """The NCHW backward writes the gradient channel by channel, the channels-last one band of rows by
+    band (a 13-row map: bands of 3-7 rows, so taps fall on both sides of band edges). Both add each
+    cell's contributions in (RoI, bin, sample, tap) order: the same bits, whatever the thread count."""
+    x = make_input((2, 20, 13, 11), dtype, seed=51)
+    rois = make_rois(40, 2, 13, 11, 1.0, "mixed", dtype, seed=52)
+    grad = torch.randn(40, 20, 3, 4, generator=torch.Generator().manual_seed(53)).to(dtype)
+    args = (1.0, 3, 4, 2, 20, 13, 11, 2, True, mode, False)
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        for layout in ("contiguous", "channels_last"):
+            out, argmax = torch.ops.roiops.roi_align(to_layout(x, layout), rois, 1.0, 3, 4, 2, True, mode)
+            results.append(torch.ops.roiops._roi_align_backward(to_layout(grad, layout), rois, argmax, *args))
+    assert results[1].is_contiguous(memory_format=torch.channels_last)
+    for r in results[1:]:
+        torch.testing.assert_close(r, results[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])

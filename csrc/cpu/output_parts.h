@@ -35,16 +35,17 @@ inline void prefault(void* data, size_t bytes) {
 #endif
 }
 
-// Zeroes a fresh buffer of n elements in parallel, each thread mapping the pages of its 4 MiB chunks
-// in one system call (for outputs that cannot be written part by part).
-template <typename T>
-void zero_fresh(T* data, int64_t n) {
-  constexpr int64_t kChunk = (int64_t(4) << 20) / sizeof(T);
-  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t first, int64_t last) {
-    const int64_t lo = first * kChunk, hi = std::min(n, last * kChunk);
-    prefault(data + lo, (hi - lo) * sizeof(T));
-    std::fill(data + lo, data + hi, T(0));
-  });
+// Bytes of an output that one band of rows spans at most: a few bands (one per thread) stay in cache
+// while contributions are scattered into them.
+constexpr int64_t kBandBytes = int64_t(8) << 20;
+
+// Rows per band of a channels-last output of N images of H rows, each row_bytes long (in the type
+// accumulated): bands of about kBandBytes, but at least 4 per thread (small maps, many threads).
+inline int64_t rows_per_band(int64_t N, int64_t H, int64_t row_bytes) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t rows_for_threads = (N * H + 4 * threads - 1) / (4 * threads);
+  const int64_t rows_for_bytes = kBandBytes / std::max<int64_t>(1, row_bytes);
+  return std::clamp<int64_t>(std::min(rows_for_threads, rows_for_bytes), 1, std::max<int64_t>(H, 1));
 }
 
 // start(out, n) gives a zeroed buffer that stands for out[0, n) (out itself for float and double, a

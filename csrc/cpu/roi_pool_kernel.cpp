@@ -15,6 +15,7 @@
 #include "../roi_checks.h"
 #include "../roi_geometry.h"
 #include "../strides.h"
+#include "channel_blocks.h"
 #include "output_parts.h"
 #include "parallel.h"
 #include "vector_loops.h"
@@ -142,12 +143,9 @@ void forward_nchw(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
 
 // NHWC (or an NCHW input dense enough to be worth transposing): the maximum taken over contiguous
 // channel vectors (SIMD). A channels-last map that the RoIs read sparsely is pooled RoI by RoI
-// (handed out dynamically), all channels at once. Otherwise one block of kChannelBlock channels at a
-// time: the block is packed into a scratch (cell after cell, its channels contiguous; an NCHW input
-// is transposed there), then every RoI is pooled from it. The scratch (14 MB for the FPN P2 map in
-// float32) stays in the last-level cache while the RoIs, which overlap, read it again and again,
-// where RoI by RoI over all channels every RoI's region came from memory anew; reading a block
-// straight from a channels-last map, 128 of every 1024 bytes, was slower than either.
+// (handed out dynamically), all channels at once; otherwise block by block (channel_blocks.h). RoI
+// by RoI over all channels, every RoI's region came from memory anew; reading a block straight from
+// a channels-last map, 128 of every 1024 bytes, was slower than either.
 template <typename scalar_t>
 void forward_nhwc(const at::Tensor& input, const RoiBins& bins, at::Tensor& output, at::Tensor& argmax,
                   const PoolParams& p) {
@@ -185,19 +183,7 @@ void forward_nhwc(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
 
   for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, C - c0);
-    parallel_for_ranges(N * H, W * n, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {  // map row r: image r / H, row r % H
-        scalar_t* dst = block + r * W * n;
-        if (nhwc_input) {
-          const scalar_t* src = in_data + r * W * C + c0;
-          for (int64_t w = 0; w < W; ++w) std::copy(src + w * C, src + w * C + n, dst + w * n);
-        } else {
-          const scalar_t* src = in_data + ((r / H * C + c0) * H + r % H) * W;
-          for (int64_t w = 0; w < W; ++w)
-            for (int64_t j = 0; j < n; ++j) dst[w * n + j] = src[j * HW + w];
-        }
-      }
-    });
+    pack_channel_block(in_data, nhwc_input, N, C, H, W, c0, n, block);
     parallel_for_each_dynamic(K, n * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
       const scalar_t* image = block + bins.batch[k] * HW * n;
       acc_t top[kChannelBlock];
@@ -255,10 +241,6 @@ void backward_nchw(const at::Tensor& grad, const std::vector<int64_t>& batch, co
       });
 }
 
-// Bytes of grad_in that a channels-last band spans at most: a few such bands (one per thread) stay
-// in cache while contributions are scattered into them.
-constexpr int64_t kBandBytes = int64_t(8) << 20;
-
 // Channels-last: the map is cut into bands of whole rows (all channels: contiguous), handed out to
 // threads one at a time; each band visits, in (RoI, bin) order, the bins whose argmax falls in its
 // rows, and adds the channels that do.
@@ -273,10 +255,7 @@ void backward_nhwc(const at::Tensor& grad, const std::vector<int64_t>& batch, co
   const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
   const Strides4 grad_at = strides_of(grad);
   const Strides4 arg_at = strides_of(argmax);
-  // Bands of about kBandBytes, but at least 4 per thread (small maps, many threads).
-  const int64_t rows_for_threads = (N * H + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads());
-  const int64_t rows_for_bytes = kBandBytes / std::max<int64_t>(1, W * C * sizeof(acc_t));
-  const int64_t band_rows = std::clamp<int64_t>(std::min(rows_for_threads, rows_for_bytes), 1, H);
+  const int64_t band_rows = rows_per_band(N, H, W * C * sizeof(acc_t));
   const int64_t bands = (H + band_rows - 1) / band_rows;
 
   // The rows [first, last] that each bin's argmax values fall in (first > last: none). Usually the
