@@ -292,3 +292,17 @@ def test_coarse_ops_train_only_at_the_finest_stride_and_the_report_says_so(tmp_p
     text = "\n".join(level3_report.level3_section(r3))
     assert "RoIPool and RoIAlign avg (the ops the comparison across strides needs) at stride 32:" in text
     assert "| 32 | RoIPool |" in text and "| 32 | RoIWarp |" not in text
+
+
+@pytest.mark.parametrize(
+    "small, large, verdict",
+    [((5, 6), (1, 2), "held"), ((1, 2), (5, 6), "NOT held"), ((3, 5), (4, 6), "undecided (the intervals overlap)")],
+)
+def test_small_objects_finding_is_decided_only_by_separate_intervals(small, large, verdict):
+    def gap(lo, hi):
+        return dict(mean=(lo + hi) / 2, boot_lo=lo, boot_hi=hi)
+
+    bins = [dict(median_px=12.0, gap_mIoU_s16=gap(*small)), dict(median_px=160.0, gap_mIoU_s16=gap(*large))]
+    r3 = dict(strides=[16], summary=dict(rows=[], contrasts=[], size_map=dict(bins=bins, strides=[16])))
+    (text,) = level3_report.level3_findings(r3)
+    assert text.startswith(f"Stride 16, small objects gain most (the paper's expectation): {verdict};")

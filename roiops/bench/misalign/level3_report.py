@@ -227,9 +227,16 @@ def level3_findings(r3: dict) -> List[str]:
         for s in strides:
             e0, e1 = summ["size_map"]["bins"][0], summ["size_map"]["bins"][-1]
             small, large = e0[f"gap_mIoU_s{s}"], e1[f"gap_mIoU_s{s}"]
+            # (held or not only where the bootstrap intervals do not overlap)
+            verdict = (
+                "held"
+                if small["boot_lo"] > large["boot_hi"]
+                else "NOT held"
+                if large["boot_lo"] > small["boot_hi"]
+                else "undecided (the intervals overlap)"
+            )
             out.append(
-                f"Stride {s}, small objects gain most (the paper's expectation): "
-                f"{'held' if small['mean'] > large['mean'] else 'NOT held'}; Δ mask IoU "
+                f"Stride {s}, small objects gain most (the paper's expectation): {verdict}; Δ mask IoU "
                 f"{fmt_entry(small, True)} for objects of {e0['median_px'] / s:.1f} cells, "
                 f"{fmt_entry(large, True)} for objects of {e1['median_px'] / s:.1f} cells."
             )
