@@ -119,6 +119,48 @@ def test_half_backward_is_the_float32_backward_rounded_once(dtype, layout, mode,
         torch.testing.assert_close(half, full.to(dtype), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        # a box 7.6e7 cells tall: float rounding puts samples rows past start + bins x bin size
+        dict(box=[0, 0.0, -75709057.31938897, 1.0, 8.617400137725447], size=(14, 1), sr=-1, aligned=False, g=1.0, h=40),
+        # a zero-height box at y = -1: its taps on row 1 have weight 0, and 0 x inf is NaN there (8 rows: on 2
+        # threads, bands of 1 row)
+        dict(box=[0, 0.5, -0.5, 2.5, -0.5], size=(2, 2), sr=2, aligned=True, g=float("inf"), h=8),
+    ],
+    ids=["huge_box", "zero_weight_tap"],
+)
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_channels_last_backward_bands_get_every_tap(case, mode, restore_threads):
+    """The channels-last backward visits, per band of rows, the RoIs whose taps touch it: each RoI's
+    rows come from its taps, not from its box (which missed rows in both cases). Every layout and
+    thread count must give the NCHW gradient, NaN where it has NaN, and that is the reference's (the
+    reference is checked on the small case only: the huge box's adaptive grid takes it minutes)."""
+    x = torch.zeros(1, 3, case["h"], 4)
+    x[:, :, case["h"] * 3 // 10, :] = 5.0
+    rois = torch.tensor([case["box"]])
+    args = (case["size"], 1.0, case["sr"], case["aligned"], mode)
+
+    def grad_of(layout):
+        xi = to_layout(x, layout).detach().requires_grad_(True)
+        out = roiops.roi_align(xi, rois, *args)
+        out.backward(to_layout(torch.full(out.shape, case["g"]), layout))
+        return xi.grad
+
+    torch.set_num_threads(1)
+    expected = grad_of("contiguous")
+    assert torch.count_nonzero(expected) > 0
+    if case["g"] != 1.0:
+        x_ref = x.clone().requires_grad_(True)
+        ref = roi_align_reference(x_ref, rois, *args)
+        ref.backward(torch.full(ref.shape, case["g"]))
+        torch.testing.assert_close(expected, x_ref.grad, rtol=0, atol=0, equal_nan=True)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for layout in ("contiguous", "channels_last"):
+            torch.testing.assert_close(grad_of(layout), expected, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("rois", [3, 60], ids=["sparse_planes", "dense_packed"])
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])

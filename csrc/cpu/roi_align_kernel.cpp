@@ -15,12 +15,10 @@
 
 #include <algorithm>
 #include <bit>
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "../roi_checks.h"
@@ -270,22 +268,8 @@ void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
       });
 }
 
-// The map rows [lo, hi] that the taps of an RoI's samples can touch (every sample lies between the
-// RoI's first and last bin edge; a tap is at most a row beyond it, clamped to the map).
-template <typename acc_t>
-std::pair<int64_t, int64_t> touched_rows(const AlignGeometry<acc_t>& g, const AlignParams& p) {
-  const acc_t a = g.start_h, b = g.start_h + g.bin_h * p.pooled_h;
-  const acc_t lo = std::floor(std::min(a, b)) - 1, hi = std::ceil(std::max(a, b)) + 1;
-  const int64_t last = p.height - 1;
-  if (!(lo <= hi)) return {0, last};  // (not finite: every row)
-  const auto row = [&](acc_t y) {
-    return y <= 0 ? int64_t(0) : y >= static_cast<acc_t>(last) ? last : std::min(static_cast<int64_t>(y), last);
-  };
-  return {row(lo), row(hi)};
-}
-
 // Channels-last: the gradient is cut into bands of whole rows (all channels: contiguous), each
-// written once (output_parts.h) by the thread that takes it: zeroed, every RoI that can touch it
+// written once (output_parts.h) by the thread that takes it: zeroed, every RoI that touches it
 // scattered into it in RoI order (its taps recomputed per band; a tap outside the band is skipped),
 // and for the half types converted from a float scratch. Each sample's taps are channel vectors.
 // Contributions to a cell come in the order of a serial loop over RoIs, bins and samples, whatever
@@ -305,13 +289,30 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int64_t bands = (H + band_rows - 1) / band_rows;
 
   std::vector<AlignGeometry<acc_t>> geometry(K);
-  std::vector<std::vector<int64_t>> band_rois(N * bands);  // the RoIs that can touch each band, in order
+  for (int64_t k = 0; k < K; ++k) geometry[k] = roi_geometry<acc_t>(roi_data + k * 5, p);
+  // The first and last map row that each RoI's taps touch, read from the taps themselves (a bound from
+  // the box alone misses rows: float rounding of huge boxes, the zero-weight tap of a sample at -1).
+  std::vector<int64_t> first_row(K, 1), last_row(K, 0);  // (first > last: no tap)
+  parallel_for_each_dynamic(K, p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
+    if (static_cast<int64_t>(geometry[k].grid_h) * geometry[k].grid_w == 0) return;
+    RoiSamples<acc_t> rs;
+    PieceChunk<BilinearTaps<acc_t>> chunk;
+    int64_t lo = H, hi = -1;
+    for_each_piece_chunk(geometry[k], p, rs, chunk, [&] {
+      for (const BilinearTaps<acc_t>& t : chunk.taps) {
+        if (!t.valid) continue;
+        lo = std::min(lo, t.o1 / W);  // (y_low, x_low)
+        hi = std::max(hi, t.o3 / W);  // (y_high, x_low)
+      }
+    });
+    first_row[k] = lo;
+    last_row[k] = hi;
+  });
+  std::vector<std::vector<int64_t>> band_rois(N * bands);  // the RoIs that touch each band, in order
   for (int64_t k = 0; k < K; ++k) {
-    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
-    geometry[k] = g;
-    if (static_cast<int64_t>(g.grid_h) * g.grid_w == 0) continue;
-    const auto [lo, hi] = touched_rows(g, p);
-    for (int64_t j = lo / band_rows; j <= hi / band_rows; ++j) band_rois[g.batch * bands + j].push_back(k);
+    for (int64_t j = first_row[k] / band_rows; first_row[k] <= last_row[k] && j <= last_row[k] / band_rows; ++j) {
+      band_rois[geometry[k].batch * bands + j].push_back(k);
+    }
   }
   struct Scratch {
     PartAccumulator<scalar_t> part;
