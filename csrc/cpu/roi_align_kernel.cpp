@@ -114,15 +114,9 @@ bool prefer_packed(const scalar_t* roi_data, int64_t K, int64_t batch, const Ali
 template <typename scalar_t>
 void forward_nchw_packed(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
                          const AlignParams& p) {
-  const at::Tensor in = input.contiguous();
-  const int64_t N = input.size(0), C = p.channels;
-  const at::Tensor scratch = at::empty({N * p.height * p.width * std::min(C, kChannelBlock)}, in.options());
-  scalar_t* block = scratch.mutable_data_ptr<scalar_t>();
-  for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
-    const int64_t n = std::min(kChannelBlock, C - c0);
-    pack_channel_block(in.const_data_ptr<scalar_t>(), false, N, C, p.height, p.width, c0, n, block);
-    forward_nhwc_channels(static_cast<const scalar_t*>(block), n, c0, rois, output, argmax, p);
-  }
+  for_each_channel_block<scalar_t>(input.contiguous(), false, [&](const scalar_t* block, int64_t c0, int64_t n) {
+    forward_nhwc_channels(block, n, c0, rois, output, argmax, p);
+  });
 }
 
 // win ? a : b through the bits. (GCC compiles a ternary on floats to a branch, which real data

@@ -75,7 +75,7 @@ bool prefer_nhwc(int64_t cells_per_channel, int64_t batch, const PoolParams& p) 
   return p.channels >= 8 && cells_per_channel * 4 >= batch * p.height * p.width;
 }
 
-// Whether a channels-last map is worth packing block by block (forward_nhwc): when its RoIs read each
+// Whether a channels-last map is worth packing block by block (channel_blocks.h): when its RoIs read each
 // map cell 6 times or more. (Measured on FPN P2 maps, 2 threads: at 13 reads per cell packing is
 // 1.4x faster, at 6.5 even, at 3.3 and below reading the map directly is 1.5-1.9x faster.)
 bool pack_blocks(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
@@ -147,7 +147,7 @@ void forward_nchw(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
 // by RoI over all channels, every RoI's region came from memory anew; reading a block straight from
 // a channels-last map, 128 of every 1024 bytes, was slower than either.
 template <typename scalar_t>
-void forward_nhwc(const at::Tensor& input, const RoiBins& bins, at::Tensor& output, at::Tensor& argmax,
+void forward_nhwc(const at::Tensor& input, const RoiBins& bins, bool packed, at::Tensor& output, at::Tensor& argmax,
                   const PoolParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool nhwc_input = use_channels_last(input);
@@ -155,10 +155,10 @@ void forward_nhwc(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
-  const int64_t N = input.size(0), C = p.channels, H = p.height, W = p.width, HW = H * W, K = output.size(0);
+  const int64_t C = p.channels, W = p.width, HW = p.height * p.width, K = output.size(0);
   const Strides4 out_at = strides_of(output);
   const Strides4 arg_at = strides_of(argmax);
-  if (nhwc_input && !pack_blocks(bins.cells(p), N, p)) {
+  if (!packed) {  // (a channels-last input: the caller packs every NCHW one)
     parallel_for_each_dynamic(K, C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
       const scalar_t* image = in_data + bins.batch[k] * HW * C;
       std::vector<acc_t> top(C);
@@ -178,12 +178,7 @@ void forward_nhwc(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
     });
     return;
   }
-  const at::Tensor scratch = at::empty({N * HW * std::min(C, kChannelBlock)}, in.options());
-  scalar_t* block = scratch.mutable_data_ptr<scalar_t>();
-
-  for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
-    const int64_t n = std::min(kChannelBlock, C - c0);
-    pack_channel_block(in_data, nhwc_input, N, C, H, W, c0, n, block);
+  for_each_channel_block<scalar_t>(in, nhwc_input, [&](const scalar_t* block, int64_t c0, int64_t n) {
     parallel_for_each_dynamic(K, n * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
       const scalar_t* image = block + bins.batch[k] * HW * n;
       acc_t top[kChannelBlock];
@@ -201,7 +196,7 @@ void forward_nhwc(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
         }
       }
     });
-  }
+  });
 }
 
 // The backward writes every part of grad_in exactly once (output_parts.h): a thread zeroes a part
@@ -326,8 +321,11 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   if (output.numel() == 0) return {output, argmax};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu", [&] {
     const RoiBins bins = all_bin_ranges<scalar_t>(rois.contiguous(), p);
-    if (use_channels_last(input) || prefer_nhwc(bins.cells(p), input.size(0), p)) {
-      forward_nhwc<scalar_t>(input, bins, output, argmax, p);
+    const int64_t cells = bins.cells(p);
+    if (use_channels_last(input)) {
+      forward_nhwc<scalar_t>(input, bins, pack_blocks(cells, input.size(0), p), output, argmax, p);
+    } else if (prefer_nhwc(cells, input.size(0), p)) {
+      forward_nhwc<scalar_t>(input, bins, /*packed=*/true, output, argmax, p);
     } else {
       forward_nchw<scalar_t>(input, bins, output, argmax, p);
     }
