@@ -147,13 +147,19 @@ def one_box(draw, n, h, w, scale):
 
 
 @st.composite
+def rois_on(draw, x, scale, k):
+    """k boxes (one_box) on the map x at `scale`: a [k, 5] tensor of x's dtype."""
+    n, _, h, w = x.shape
+    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
+    return torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+
+
+@st.composite
 def align_cases(draw):
     x = draw(feature_maps())
-    n, _, h, w = x.shape
     scale = draw(st.sampled_from(SCALES))
     k = draw(st.integers(0, 6))
-    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
-    rois = torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+    rois = draw(rois_on(x, scale, k))
     output_size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
     sampling_ratio = draw(st.sampled_from((-1, 0, 1, 2, 3, 5)))
     aligned = draw(st.booleans())
@@ -269,11 +275,9 @@ def pool_cases(draw):
     # cells are distinct in float32/float64 (bfloat16 rounds a ramp into ties; its gradient is only
     # compared loosely).
     x = draw(feature_maps(distinct=True))
-    n, _, h, w = x.shape
     scale = draw(st.sampled_from(SCALES))
     k = draw(st.integers(0, 6))
-    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
-    rois = torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+    rois = draw(rois_on(x, scale, k))
     output_size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
     return x, rois, output_size, scale, draw(st.booleans())
 
@@ -456,11 +460,9 @@ def invalid_cases(draw, corruptions=CORRUPTIONS):
     op = draw(st.sampled_from(("roi_align", "roi_pool")))
     what = draw(st.sampled_from([c for c in corruptions if op == "roi_align" or c not in ALIGN_ONLY]))
     x = draw(feature_maps(max_side=6))
-    n, _, h, w = x.shape
     scale = draw(st.sampled_from(SCALES))
     k = draw(st.integers(1, 4))
-    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
-    rois = torch.tensor(boxes, dtype=torch.float64).to(x.dtype)
+    rois = draw(rois_on(x, scale, k))
     if op == "roi_align":
         # Positive sampling: enormous boxes must not be refused for their (valid) size here.
         args = dict(

@@ -30,7 +30,7 @@ from test_properties import (  # noqa: E402
     _tolerance,
     examples,
     feature_maps,
-    one_box,
+    rois_on,
 )
 
 # Samples x channels the reference may hold for one case (~300 MB of its float64 intermediates).
@@ -69,7 +69,6 @@ def hostile_maps(draw, distinct=False):
 @st.composite
 def hostile_align_cases(draw):
     x = draw(hostile_maps())
-    n, _, h, w = x.shape
     scale = draw(st.sampled_from(SCALES))
     sampling_ratio = draw(st.sampled_from((-1, 0, 1, 2, 3, 257)))
     if sampling_ratio == 257:  # 66049 samples per bin: pieces; kept small for the reference's sake
@@ -80,8 +79,7 @@ def hostile_align_cases(draw):
         k = draw(st.integers(0, 5))
         small = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
         output_size = draw(st.sampled_from((small, small, (1, 64), (64, 1), (64, 64))))
-    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
-    rois = torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+    rois = draw(rois_on(x, scale, k))
     aligned = draw(st.booleans())
     pool_mode = draw(st.sampled_from(("avg", "max", "max")))
     return x, rois, output_size, scale, sampling_ratio, aligned, pool_mode, draw(st.booleans())
@@ -137,11 +135,9 @@ def test_roi_align_with_hostile_values_matches_reference(dev, case, seed):
 @st.composite
 def hostile_pool_cases(draw):
     x = draw(hostile_maps(distinct=True))  # distinct finite values: no ties to route the gradient
-    n, _, h, w = x.shape
     scale = draw(st.sampled_from(SCALES))
     k = draw(st.integers(0, 5))
-    boxes = [draw(one_box(n, h, w, scale)) for _ in range(k)]
-    rois = torch.tensor(boxes, dtype=torch.float64).reshape(k, 5).to(x.dtype)
+    rois = draw(rois_on(x, scale, k))
     small = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     output_size = draw(st.sampled_from((small, small, (1, 64), (64, 1), (64, 64))))
     return x, rois, output_size, scale, draw(st.booleans())
