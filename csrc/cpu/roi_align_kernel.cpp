@@ -101,12 +101,14 @@ void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   forward_nhwc_channels(in.const_data_ptr<scalar_t>(), p.channels, 0, rois, output, argmax, p);
 }
 
-// Whether an NCHW forward is worth packing: when its samples number at least an eighth of the map's
-// cells. (Measured on FPN P2 maps, 2 threads: packing costs ~11 ms, then pools 2-2.5x faster; from
-// 23K samples on a 109K-cell map it wins, 1.2x at 23K to 2.1x at 78K, and loses below 8K.)
+// Whether an NCHW forward is worth packing: when it has kMinPackedChannels or more and its samples
+// number at least an eighth of the map's cells. (Measured on FPN P2 maps, 2 threads: packing costs
+// ~11 ms, then pools 2-2.5x faster; from 23K samples on a 109K-cell map it wins, 1.2x at 23K to 2.1x
+// at 78K, and loses below 8K.)
 template <typename acc_t, typename scalar_t>
 bool prefer_packed(const scalar_t* roi_data, int64_t K, int64_t batch, const AlignParams& p) {
-  return align::total_samples<acc_t>(roi_data, K, p) * 8 >= batch * p.height * p.width;
+  return p.channels >= kMinPackedChannels &&
+         align::total_samples<acc_t>(roi_data, K, p) * 8 >= batch * p.height * p.width;
 }
 
 // An NCHW input, block by block (channel_blocks.h): each block transposed into a scratch and pooled

@@ -72,14 +72,15 @@ RoiBins all_bin_ranges(const at::Tensor& rois, const PoolParams& p) {
 // NHWC blocks beats the NCHW column maxima, transposition included.
 bool prefer_nhwc(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
   // (Measured on FPN P2 maps, 2 threads: 2.4-2.7x faster from 1.2 to 13 cells read per map cell.)
-  return p.channels >= 8 && cells_per_channel * 4 >= batch * p.height * p.width;
+  return p.channels >= kMinPackedChannels && cells_per_channel * 4 >= batch * p.height * p.width;
 }
 
 // Whether a channels-last map is worth packing block by block (channel_blocks.h): when its RoIs read each
 // map cell 6 times or more. (Measured on FPN P2 maps, 2 threads: at 13 reads per cell packing is
 // 1.4x faster, at 6.5 even, at 3.3 and below reading the map directly is 1.5-1.9x faster.)
 bool pack_blocks(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
-  return cells_per_channel >= 6 * batch * p.height * p.width;
+  // (A map of one block or less is packed already: packing would copy it as it is.)
+  return p.channels > kChannelBlock && cells_per_channel >= 6 * batch * p.height * p.width;
 }
 
 // NCHW, channel by channel: every RoI's bins are pooled from one channel's plane while it is in
