@@ -1,8 +1,10 @@
-"""Builds roiops and its compiled extension roiops._C.
+"""Builds roiops: the op library roiops/libroiops_ops (LibTorch stable ABI: one build loads in every torch from
+TORCH_TARGET below on, and needs no Python) and the small pybind11 module roiops._C (build
+information and limits).
 
 CPU kernels always; CUDA kernels when FORCE_CUDA=1, or when a GPU and a CUDA toolkit are both
-visible. Build without isolation (pip install --no-build-isolation .) so the extension compiles
-against the torch that is installed.
+visible. `pip install .` works with pip's defaults (pyproject.toml declares torch as a build
+requirement); `pip install --no-build-isolation -e .` builds against the torch already installed.
 """
 
 import glob
@@ -25,6 +27,7 @@ def _default_cuda_home():
 _default_cuda_home()
 
 import torch  # noqa: E402  (CUDA_HOME must be settled before cpp_extension reads it)
+from pybind11.setup_helpers import Pybind11Extension  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
@@ -52,47 +55,60 @@ def _cuda_include_dirs():
     return dirs
 
 
-def extensions():
+def _sources(pattern):
+    return sorted(glob.glob(os.path.join("csrc", pattern), recursive=True))
+
+
+def op_library():
+    """The op library: every .cpp under csrc/common and csrc/ops (and .cu with CUDA), found by glob,
+    so that a new op is a new folder under csrc/ops."""
     with_cuda = _want_cuda()
-    sources = sorted(
-        glob.glob(os.path.join("csrc", "*.cpp"))
-        + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
-        + glob.glob(os.path.join("csrc", "quantized", "*.cpp"))
-    )
+    sources = _sources("common/**/*.cpp") + _sources("ops/**/*.cpp")
+    sources = [s for s in sources if not s.endswith("emulation.cpp")]  # (the emulated CUDA test build only)
     # -g0 drops the debug info that Python's default CFLAGS ask for (an 11 MB library otherwise).
-    # -fopenmp: at::parallel_for is an inline template that only runs in parallel when the including
-    # file is compiled with OpenMP (ATen's backend here); the loader then shares torch's libgomp.
+    # -fopenmp: the vector loops use OpenMP SIMD pragmas; threads come from torch's pool
+    # (torch::stable::parallel_for).
     # -ffp-contract=off: no fused multiply-adds in the CPU kernels either. On hosts whose baseline has
     # FMA (aarch64, or x86 with -march=native) GCC would fuse a*b+c, and results would then differ in
     # the last bit from the CUDA kernels (built with --fmad=false): exact argmax and value equality
     # between CPU and CUDA rely on both rounding every product and sum.
-    cxx_flags = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", f"-DROIOPS_VERSION_STRING={VERSION}"]
+    # (The oldest torch it loads in, TORCH_TARGET_VERSION, is set in csrc/common/tensor.h.)
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-fvisibility=hidden"]
     if os.environ.get("ROIOPS_SANITIZE"):
         cxx_flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     link_flags = ["-fopenmp"] + (["-fsanitize=address,undefined"] if os.environ.get("ROIOPS_SANITIZE") else [])
+    # py_limited_api: links no libtorch_python, so that a C++ program can load the library.
+    common = dict(extra_link_args=link_flags, py_limited_api=True)
     if not with_cuda:
-        return [CppExtension("roiops._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)]
+        return CppExtension("roiops.libroiops_ops", sources, extra_compile_args={"cxx": cxx_flags}, **common), False
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # torch's architecture probe fails without a visible GPU; build for Ampere and Hopper, plus PTX
         # of the newest, which the driver compiles for GPUs newer than the list (sm_100, sm_120, ...)
         # instead of failing with "no kernel image is available".
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
-    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    sources += _sources("ops/**/*.cu")
     # --fmad=false: no fused multiply-adds, so the kernels round every sample position, weight and
     # sum exactly as the CPU kernels do (x86-64 code without FMA); the ops are memory-bound, so this
     # costs next to nothing and CUDA results then match the CPU ones (argmax included).
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]
-    return [
-        CUDAExtension(
-            "roiops._C",
-            sources,
-            include_dirs=_cuda_include_dirs(),
-            define_macros=[("ROIOPS_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=link_flags,
-        )
-    ]
+    ext = CUDAExtension(
+        "roiops.libroiops_ops",
+        sources,
+        include_dirs=_cuda_include_dirs(),
+        define_macros=[("ROIOPS_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        **common,
+    )
+    return ext, True
 
+
+def python_module(with_cuda):
+    """roiops._C: version, whether CUDA kernels were compiled, and the limits; no torch headers."""
+    macros = [("ROIOPS_VERSION_STRING", VERSION)] + ([("ROIOPS_WITH_CUDA", None)] if with_cuda else [])
+    return Pybind11Extension("roiops._C", ["csrc/python_module.cpp"], define_macros=macros, extra_compile_args=["-g0"])
+
+
+_ops_ext, _with_cuda = op_library()
 
 setup(
     name="roiops",
@@ -107,7 +123,7 @@ setup(
         "export": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["roiops-bench=roiops.bench.cli:main"]},
-    ext_modules=extensions(),
+    ext_modules=[_ops_ext, python_module(_with_cuda)],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,
 )

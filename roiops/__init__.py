@@ -4,11 +4,10 @@ import roiops
 pooled = roiops.roi_align(features, boxes, output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
 """
 
-import torch  # noqa: F401  (libtorch must be loaded before the extension)
-
-from . import _C, _onnx, compat, models
+from . import _library, _onnx
+from ._library import _C
 from ._ops import deterministic_backward, set_deterministic_backward, set_device_box_checks
-from ._validation import BoxesShapeError
+from ._validation import BoxesShapeError, KernelValueError
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
@@ -18,18 +17,22 @@ _onnx.register()
 
 
 def __getattr__(name: str):
-    # MultiScaleRoIAlign subclasses torchvision's when torchvision is installed; importing
-    # torchvision takes ~1 s, so it happens on first use of the pooler, not on `import roiops`.
+    # What the ops do not need loads on first use: MultiScaleRoIAlign (it subclasses torchvision's
+    # pooler, and importing torchvision takes ~1 s), the adapters and the models.
     if name == "MultiScaleRoIAlign":
         from .poolers import MultiScaleRoIAlign
 
         return MultiScaleRoIAlign
+    if name in ("compat", "models"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'roiops' has no attribute {name!r}")
 
 
 def build_info() -> dict:
     """How the compiled extension was built: version, whether CUDA kernels are in it, its ops."""
-    return {"version": _C.__version__, "with_cuda": bool(_C.with_cuda), "ops": list(_C.ops)}
+    return {"version": _C.__version__, "with_cuda": bool(_C.with_cuda), "ops": _library.registered_ops()}
 
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "RoIPool",
     "MultiScaleRoIAlign",
     "BoxesShapeError",
+    "KernelValueError",
     "paste_masks",
     "compat",
     "models",

@@ -1,162 +1,176 @@
-"""Binds the compiled operators to PyTorch: loads roiops._C (which registers the schemas and the
-CPU/CUDA kernels), and adds what the dispatcher needs from Python: fake (meta) kernels for
-torch.compile / FakeTensor tracing, and autograd formulas."""
+"""Binds the compiled ops (roiops._library loads them) to PyTorch from one spec per op (SPECS): fake
+kernels for torch.compile / FakeTensor tracing, autograd, autocast, the quantized CPU kernel and a
+clear error for double backward. A new op is one OpSpec here, its folder under csrc/ops and a row in
+the tests' op table.
+
+Every op follows one calling convention (its schema in csrc/ops/<name>/schema.cpp; a test checks
+that the schemas agree with the specs):
+
+    <name>(input, rois, spatial_scale, pooled_height, pooled_width, *extra) -> (output, argmax)
+    _<name>_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
+                     batch_size, channels, height, width, *extra, deterministic) -> grad_input
+"""
 
 import contextlib
 import math
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
 
 import torch
 
-from . import _C  # noqa: F401  (loading the library registers torch.ops.roiops.*)
+from ._library import NAMESPACE, _C
 from ._validation import POOL_MODES
 
 ops = torch.ops.roiops
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    # Mirrors roiops::use_channels_last (csrc/roi_checks.cpp): the kernels keep a channels-last
-    # input channels-last, and everything else comes out NCHW-contiguous.
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _empty_like_pooled(like, rois, pooled_height, pooled_width, dtype):
-    return torch.empty(
-        (rois.shape[0], like.shape[1], pooled_height, pooled_width),
-        dtype=dtype,
-        device=like.device,
-        memory_format=_memory_format(like),
-    )
-
-
-def _grad_input_like(grad, batch_size, channels, height, width):
-    return torch.empty(
-        (batch_size, channels, height, width), dtype=grad.dtype, device=grad.device, memory_format=_memory_format(grad)
-    )
-
-
-# ---- fake kernels -----------------------------------------------------------------------------
-# They mirror the shape, dtype and limit rules of csrc/roi_checks.cpp (the values of boxes are not
-# known while tracing; the compiled checks see them at run time).
-
 _LIMITS = _C.limits
+COMMON_PARAMS = ("spatial_scale", "pooled_height", "pooled_width")
+INPUT_SIZES = ("batch_size", "channels", "height", "width")
 
 
-def _check_forward(op, input, rois, spatial_scale, pooled_height, pooled_width):
-    torch._check_value(input.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W], but got {input.dim()}-D")
-    torch._check_type(
-        input.is_floating_point(), lambda: f"{op}: input must be a floating-point tensor, but got {input.dtype}"
-    )
-    _check_common(op, rois, input, spatial_scale, pooled_height, pooled_width)
+def _no_extra_checks(op: str, args: dict) -> None:
+    pass
 
 
-def _check_backward(op, grad, rois, spatial_scale, pooled_height, pooled_width, channels):
-    _check_common(op, rois, grad, spatial_scale, pooled_height, pooled_width)
-    expected = (rois.shape[0], channels, pooled_height, pooled_width)
-    torch._check_value(
-        tuple(grad.shape) == expected, lambda: f"{op}: grad must have shape {expected}, but got {tuple(grad.shape)}"
-    )
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    # The parameters after the common ones, in schema order.
+    extra_params: Tuple[str, ...] = ()
+    # Columns of a row of rois: (batch index, x1, y1, x2, y2).
+    box_width: int = 5
+    # Whether argmax has the output's shape for these arguments (otherwise it is empty, int32).
+    argmax_shaped: Callable[[dict], bool] = lambda args: True
+    # Checks of the extra parameters (the fake kernels'; the compiled builder checks the same).
+    check_extra: Callable[[str, dict], None] = _no_extra_checks
+    # Whether a per-tensor-affine quantized CPU input is taken (dequantize -> op -> quantize).
+    quantized: bool = True
+
+    @property
+    def backward_name(self) -> str:
+        return f"_{self.name}_backward"
+
+    @property
+    def forward_args(self) -> Tuple[str, ...]:
+        return ("input", "rois", *COMMON_PARAMS, *self.extra_params)
+
+    @property
+    def backward_args(self) -> Tuple[str, ...]:
+        return ("grad", "rois", "argmax", *COMMON_PARAMS, *INPUT_SIZES, *self.extra_params, "deterministic")
 
 
-def _check_common(op, rois, like, spatial_scale, pooled_height, pooled_width):
-    torch._check_value(
-        rois.dim() == 2 and rois.shape[1] == 5,
-        lambda: f"{op}: boxes must have shape [K, 5] (batch index, x1, y1, x2, y2), but got {tuple(rois.shape)}",
-    )
-    torch._check_type(
-        rois.dtype == like.dtype,
-        lambda: f"{op}: boxes must have the dtype of input ({like.dtype}), but got {rois.dtype}",
-    )
-    limit = _LIMITS["max_pooled_size"]
-    torch._check_value(
-        0 < pooled_height <= limit and 0 < pooled_width <= limit,
-        lambda: f"{op}: output_size must be positive (and at most {limit}), but got ({pooled_height}, {pooled_width})",
-    )
-    torch._check_value(
-        math.isfinite(spatial_scale) and spatial_scale > 0,
-        lambda: f"{op}: spatial_scale must be a positive finite number, but got {spatial_scale}",
-    )
-
-
-def _check_align_args(op, sampling_ratio, pool_mode):
+def _check_align_extra(op: str, args: dict) -> None:
+    pool_mode = args["pool_mode"]
     torch._check_value(
         pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
     )
-    limit = _LIMITS["max_samples_per_bin"]
+    sampling_ratio, limit = args["sampling_ratio"], _LIMITS["max_samples_per_bin"]
     torch._check_value(
         sampling_ratio <= 0 or sampling_ratio * sampling_ratio <= limit,
         lambda: f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio**2} samples per bin (limit {limit})",
     )
 
 
-@torch.library.register_fake("roiops::roi_align")
-def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode):
-    _check_forward("roi_align", input, rois, spatial_scale, pooled_height, pooled_width)
-    _check_align_args("roi_align", sampling_ratio, pool_mode)
-    output = _empty_like_pooled(input, rois, pooled_height, pooled_width, input.dtype)
-    if pool_mode == "max":
-        argmax = _empty_like_pooled(input, rois, pooled_height, pooled_width, torch.int32)
-    else:
-        argmax = input.new_empty((0,), dtype=torch.int32)
-    return output, argmax
+SPECS: Dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec(
+            "roi_align",
+            extra_params=("sampling_ratio", "aligned", "pool_mode"),
+            argmax_shaped=lambda args: args["pool_mode"] == "max",
+            check_extra=_check_align_extra,
+        ),
+        OpSpec("roi_pool"),
+    )
+}
 
 
-@torch.library.register_fake("roiops::_roi_align_backward")
-def _roi_align_backward_fake(
-    grad,
-    rois,
-    argmax,
-    spatial_scale,
-    pooled_height,
-    pooled_width,
-    batch_size,
-    channels,
-    height,
-    width,
-    sampling_ratio,
-    aligned,
-    pool_mode,
-    deterministic,
-):
-    _check_backward("_roi_align_backward", grad, rois, spatial_scale, pooled_height, pooled_width, channels)
-    _check_align_args("_roi_align_backward", sampling_ratio, pool_mode)
-    return _grad_input_like(grad, batch_size, channels, height, width)
+# ---- fake kernels -----------------------------------------------------------------------------
+# The shape, dtype and limit rules of the compiled builder (csrc/common/checks.cpp); the values of
+# boxes are not known while tracing (the compiled checks see them at run time).
 
 
-@torch.library.register_fake("roiops::roi_pool")
-def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
-    _check_forward("roi_pool", input, rois, spatial_scale, pooled_height, pooled_width)
-    output = _empty_like_pooled(input, rois, pooled_height, pooled_width, input.dtype)
-    argmax = _empty_like_pooled(input, rois, pooled_height, pooled_width, torch.int32)
-    return output, argmax
+def memory_format(t: torch.Tensor) -> torch.memory_format:
+    # Mirrors roiops::use_channels_last (csrc/common/tensor.cpp): the kernels keep a channels-last
+    # map channels-last, and everything else comes out NCHW-contiguous.
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-@torch.library.register_fake("roiops::_roi_pool_backward")
-def _roi_pool_backward_fake(
-    grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, deterministic
-):
-    _check_backward("_roi_pool_backward", grad, rois, spatial_scale, pooled_height, pooled_width, channels)
-    return _grad_input_like(grad, batch_size, channels, height, width)
+def _check_common(spec: OpSpec, op: str, rois, like, args: dict) -> None:
+    width = spec.box_width
+    torch._check_value(
+        rois.dim() == 2 and rois.shape[1] == width,
+        lambda: f"{op}: boxes must have shape [K, {width}] (batch index, x1, y1, x2, y2), but got {tuple(rois.shape)}",
+    )
+    torch._check_type(
+        rois.dtype == like.dtype,
+        lambda: f"{op}: boxes must have the dtype of input ({like.dtype}), but got {rois.dtype}",
+    )
+    ph, pw, limit = args["pooled_height"], args["pooled_width"], _LIMITS["max_pooled_size"]
+    torch._check_value(
+        0 < ph <= limit and 0 < pw <= limit,
+        lambda: f"{op}: output_size must be positive (and at most {limit}), but got ({ph}, {pw})",
+    )
+    scale = args["spatial_scale"]
+    torch._check_value(
+        math.isfinite(scale) and scale > 0,
+        lambda: f"{op}: spatial_scale must be a positive finite number, but got {scale}",
+    )
+    spec.check_extra(op, args)
+
+
+def _register_fakes(spec: OpSpec) -> None:
+    def forward_fake(*values):
+        args = dict(zip(spec.forward_args, values))
+        input, rois = args["input"], args["rois"]
+        torch._check_value(input.dim() == 4, lambda: f"{spec.name}: input must be 4-D [N, C, H, W], but got {input.dim()}-D")
+        torch._check_type(
+            input.is_floating_point(),
+            lambda: f"{spec.name}: input must be a floating-point tensor, but got {input.dtype}",
+        )
+        _check_common(spec, spec.name, rois, input, args)
+        shape = (rois.shape[0], input.shape[1], args["pooled_height"], args["pooled_width"])
+        fmt = memory_format(input)
+        output = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=fmt)
+        if spec.argmax_shaped(args):
+            argmax = torch.empty(shape, dtype=torch.int32, device=input.device, memory_format=fmt)
+        else:
+            argmax = input.new_empty((0,), dtype=torch.int32)
+        return output, argmax
+
+    def backward_fake(*values):
+        args = dict(zip(spec.backward_args, values))
+        grad, rois = args["grad"], args["rois"]
+        op = spec.backward_name
+        _check_common(spec, op, rois, grad, args)
+        expected = (rois.shape[0], args["channels"], args["pooled_height"], args["pooled_width"])
+        torch._check_value(
+            tuple(grad.shape) == expected, lambda: f"{op}: grad must have shape {expected}, but got {tuple(grad.shape)}"
+        )
+        sizes = tuple(args[name] for name in INPUT_SIZES)
+        return torch.empty(sizes, dtype=grad.dtype, device=grad.device, memory_format=memory_format(grad))
+
+    torch.library.register_fake(f"{NAMESPACE}::{spec.name}", forward_fake)
+    torch.library.register_fake(f"{NAMESPACE}::{spec.backward_name}", backward_fake)
 
 
 # ---- autograd ----------------------------------------------------------------------------------
 # Gradients flow to `input` only; boxes get none (like torchvision), even if they require grad.
 
-
-# None: follow torch.are_deterministic_algorithms_enabled(); True/False: force the choice.
-_deterministic_backward = None
+_settings = threading.local()  # per thread: one thread's choice never changes another's backward
 
 
 def set_deterministic_backward(mode):
-    """Chooses the backward kernels: True selects the bitwise-reproducible path (on CUDA: no
-    floating-point atomics), False the fastest, None (default) follows
+    """Chooses the backward kernels of the calling thread: True selects the bitwise-reproducible path
+    (on CUDA: no floating-point atomics), False the fastest, None (default) follows
     ``torch.use_deterministic_algorithms``. The CPU backward is always deterministic. Returns the
     previous setting. Under torch.compile the setting is read when the graph is traced."""
-    global _deterministic_backward
     if mode is not None and not isinstance(mode, bool):
         raise TypeError(f"set_deterministic_backward: mode must be True, False or None, but got {mode!r}")
-    previous, _deterministic_backward = _deterministic_backward, mode
+    previous = getattr(_settings, "deterministic", None)
+    _settings.deterministic = mode
     return previous
 
 
@@ -182,79 +196,95 @@ def set_device_box_checks(enabled: bool) -> bool:
 
 
 def _deterministic() -> bool:
-    if _deterministic_backward is not None:
-        return _deterministic_backward
-    return torch.are_deterministic_algorithms_enabled()
+    mode = getattr(_settings, "deterministic", None)
+    return torch.are_deterministic_algorithms_enabled() if mode is None else mode
 
 
-def _no_zeros_for_argmax(ctx):
-    # argmax (int32) never receives a gradient; by default autograd would still allocate and fill an
-    # output-sized tensor of zeros for it before each backward (~25 MB for 512 RoIs of 7x7x256).
-    ctx.set_materialize_grads(False)
+def _register_autograd(spec: OpSpec) -> None:
+    n_inputs = len(spec.forward_args)
+    backward_op = getattr(ops, spec.backward_name)
 
+    def setup_context(ctx, inputs, output):
+        # argmax (int32) never receives a gradient; by default autograd would still allocate and fill
+        # an output-sized tensor of zeros for it before each backward.
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(inputs[1], output[1])
+        ctx.input_shape = tuple(inputs[0].shape)
+        ctx.params = inputs[2:]
 
-def _roi_align_setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode = inputs
-    _no_zeros_for_argmax(ctx)
-    ctx.save_for_backward(rois, output[1])
-    ctx.input_shape = tuple(input.shape)
-    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode)
+    def backward(ctx, grad_output, _grad_argmax):
+        if grad_output is None:  # (not materialized: the output took no part in what is differentiated)
+            return (None,) * n_inputs
+        rois, argmax = ctx.saved_tensors
+        common, extra = ctx.params[: len(COMMON_PARAMS)], ctx.params[len(COMMON_PARAMS) :]
+        grad_input = backward_op(grad_output, rois, argmax, *common, *ctx.input_shape, *extra, _deterministic())
+        return (grad_input,) + (None,) * (n_inputs - 1)
 
+    def no_double_backward(ctx, *grads):
+        raise NotImplementedError(
+            f"{spec.name}: double backward (a gradient of the gradient, e.g. create_graph=True followed by "
+            f"another backward) is not supported"
+        )
 
-def _roi_align_backward(ctx, grad_output, _grad_argmax):
-    if grad_output is None:  # (not materialized: the output took no part in what is differentiated)
-        return None, None, None, None, None, None, None, None
-    rois, argmax = ctx.saved_tensors
-    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode = ctx.params
-    batch_size, channels, height, width = ctx.input_shape
-    grad_input = ops._roi_align_backward(
-        grad_output,
-        rois,
-        argmax,
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        batch_size,
-        channels,
-        height,
-        width,
-        sampling_ratio,
-        aligned,
-        pool_mode,
-        _deterministic(),
+    torch.library.register_autograd(f"{NAMESPACE}::{spec.name}", backward, setup_context=setup_context)
+    torch.library.register_autograd(
+        f"{NAMESPACE}::{spec.backward_name}", no_double_backward, setup_context=lambda ctx, inputs, output: None
     )
-    return grad_input, None, None, None, None, None, None, None
 
 
-def _roi_pool_setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_height, pooled_width = inputs
-    _no_zeros_for_argmax(ctx)
-    ctx.save_for_backward(rois, output[1])
-    ctx.input_shape = tuple(input.shape)
-    ctx.params = (spatial_scale, pooled_height, pooled_width)
+# ---- autocast and quantized input ------------------------------------------------------------------
+# Autocast, the same as torchvision's roi ops: inside an autocast region a float16 or bfloat16 tensor
+# argument is cast to float32, the op runs in float32 with autocast off (so autograd records the
+# float32 op and its float32 backward), and a floating output is cast back to the dtype of the
+# first argument; argmax (int32) is returned as it is. float32 stays float32 and float64 is never
+# narrowed. Why float32 rather than the autocast dtype: box geometry loses visible accuracy in half
+# precision (bfloat16 holds coordinates above 256 px only to the nearest even pixel), and the ops are
+# memory-bound, so float32 costs little.
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+_library_impls = torch.library.Library(NAMESPACE, "IMPL")
 
 
-def _roi_pool_backward(ctx, grad_output, _grad_argmax):
-    if grad_output is None:
-        return None, None, None, None, None
-    rois, argmax = ctx.saved_tensors
-    spatial_scale, pooled_height, pooled_width = ctx.params
-    batch_size, channels, height, width = ctx.input_shape
-    grad_input = ops._roi_pool_backward(
-        grad_output,
-        rois,
-        argmax,
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        batch_size,
-        channels,
-        height,
-        width,
-        _deterministic(),
-    )
-    return grad_input, None, None, None, None
+def _autocast_kernel(op, device_type: str):
+    def kernel(*args):
+        dtype = args[0].dtype
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF_TYPES else a for a in args)
+        with torch.autocast(device_type, enabled=False):
+            result = op(*args)
+        if isinstance(result, torch.Tensor):
+            return result.to(dtype)
+        return tuple(r.to(dtype) if r.is_floating_point() else r for r in result)
+
+    return kernel
 
 
-torch.library.register_autograd("roiops::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)
-torch.library.register_autograd("roiops::roi_pool", _roi_pool_backward, setup_context=_roi_pool_setup_context)
+def _quantized_kernel(spec: OpSpec, op):
+    # quantize(op(dequantize(input))) with the input's scale, zero point and dtype: within one
+    # quantization step of pooling in the quantized domain. Boxes may be float or quantized (as
+    # torchvision wants them); argmax is returned as the float kernel gives it.
+    def kernel(input, rois, *params):
+        if input.qscheme() != torch.per_tensor_affine:
+            scheme = str(input.qscheme()).replace("torch.", "")
+            raise TypeError(f"{spec.name}: a quantized input must be per-tensor affine (torch.per_tensor_affine), but got {scheme}")
+        float_rois = rois.dequantize() if rois.is_quantized else rois.float()
+        output, argmax = op(input.dequantize(), float_rois, *params)
+        return torch.quantize_per_tensor(output, input.q_scale(), input.q_zero_point(), input.dtype), argmax
+
+    return kernel
+
+
+def _register_dispatch_kernels(spec: OpSpec) -> None:
+    # AutocastCUDA only where the CUDA kernels are compiled in.
+    autocast = (("AutocastCPU", "cpu"), ("AutocastCUDA", "cuda")) if _C.with_cuda else (("AutocastCPU", "cpu"),)
+    for name in (spec.name, spec.backward_name):
+        op = getattr(ops, name).default
+        for key, device_type in autocast:
+            _library_impls.impl(name, _autocast_kernel(op, device_type), key)
+    if spec.quantized:
+        _library_impls.impl(spec.name, _quantized_kernel(spec, getattr(ops, spec.name).default), "QuantizedCPU")
+
+
+for _spec in SPECS.values():
+    _register_fakes(_spec)
+    _register_autograd(_spec)
+    _register_dispatch_kernels(_spec)

@@ -8,7 +8,8 @@ Two kinds of code live here:
 - ``boxes_to_rois``, written in the TorchScript subset, since scripted code converts boxes too.
 
 Checks that need tensor values (finite coordinates, batch indices in range) run in the compiled
-kernels, so that torch.compile and torch.export trace these functions without breaks.
+kernels, so that torch.compile and torch.export trace these functions without breaks; their errors
+reach eager callers as KernelValueError (see call_kernel).
 """
 
 import math
@@ -18,15 +19,35 @@ from typing import List, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _C
+from ._library import _C
 
 BoxesArg = Union[Tensor, List[Tensor]]
 
 POOL_MODES = ("avg", "max")
-# The limits of the compiled checks (csrc/roi_limits.h), checked here too so that modules refuse
+# The limits of the compiled checks (csrc/common/limits.h), checked here too so that modules refuse
 # them when constructed.
 MAX_POOLED_SIZE = _C.limits["max_pooled_size"]
 MAX_SAMPLING_RATIO = math.isqrt(_C.limits["max_samples_per_bin"])
+
+
+class KernelValueError(ValueError, RuntimeError):
+    """A bad value that only the compiled kernels can see (a box coordinate that is not finite, a batch
+    index out of range, an adaptive sampling grid over the limit, a spatial_scale out of the compute
+    type's range). The kernels raise RuntimeError, the one exception the LibTorch stable ABI carries;
+    roiops' functions re-raise it in eager calls as this class, which is also the ValueError earlier
+    releases raised. Direct op calls and compiled graphs raise the RuntimeError, with the same message.
+    Catch RuntimeError (or this class) to handle both."""
+
+
+def call_kernel(op: str, fn, *args):
+    """fn(*args), with the kernel's own value errors (messages that start with the op's name) raised as
+    KernelValueError. Eager only (TorchScript has no try/except)."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        if str(e).startswith(f"{op}: "):
+            raise KernelValueError(str(e)) from None
+        raise
 
 
 class BoxesShapeError(ValueError, AssertionError):

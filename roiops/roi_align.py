@@ -54,6 +54,9 @@ def roi_align(
         sampling_ratio = v.check_sampling_ratio(op, sampling_ratio)
         aligned = v.check_aligned(op, aligned)
         pool_mode = v.check_pool_mode(op, pool_mode)
+        rois = v.boxes_to_rois(boxes, input)
+        args = (input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned, pool_mode)
+        return v.call_kernel(op, torch.ops.roiops.roi_align, *args)[0]
     rois = v.boxes_to_rois(boxes, input)
     size = _pair(output_size)
     output, _ = torch.ops.roiops.roi_align(

@@ -33,6 +33,9 @@ def roi_pool(input: Tensor, boxes: BoxesArg, output_size: BroadcastingList2[int]
         v.check_boxes(op, boxes, input)
         output_size = v.output_size_pair(op, output_size)
         spatial_scale = v.check_spatial_scale(op, spatial_scale)
+        rois = v.boxes_to_rois(boxes, input)
+        args = (input, rois, spatial_scale, output_size[0], output_size[1])
+        return v.call_kernel(op, torch.ops.roiops.roi_pool, *args)[0]
     rois = v.boxes_to_rois(boxes, input)
     size = _pair(output_size)
     output, _ = torch.ops.roiops.roi_pool(input, rois, spatial_scale, size[0], size[1])

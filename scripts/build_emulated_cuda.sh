@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the emulated CUDA test libraries: the CUDA sources of csrc/cuda/ (kernels and host wrappers,
-# unchanged) compiled as C++ by the host compiler against csrc/cuda/emulation.h, so that they run on
-# the CPU. tests/test_cuda.py loads them with torch.ops.load_library and compares them with the CPU
+# Builds the emulated CUDA test libraries: the CUDA sources of csrc/ops/*/cuda.cu (kernels and host
+# wrappers, unchanged) compiled as C++ by the host compiler against csrc/common/cuda/emulation.h, so
+# that they run on the CPU. tests/test_cuda.py loads them with torch.ops.load_library and compares them with the CPU
 # kernels; no GPU and no CUDA toolkit are needed.
 #
 #   libroiops_emu.so    ops under torch.ops.roiops_emu, built as the real library is
@@ -46,18 +46,27 @@ EXTRA=(${ROIOPS_EMU_CXXFLAGS:-})
 mkdir -p "$OUT/obj"
 cd "$ROOT"
 
-# One line per object: <object> <source> <flags...>. roi_checks.cpp registers nothing, so both
-# libraries share its object.
+# Every source of the op library but the CPU kernels (the emulated kernels take the CPU key of their
+# own namespace), found as setup.py finds them: a new op's folder needs no edit here.
+sources() {
+    find csrc/common csrc/ops \( -name '*.cpp' -o -name '*.cu' \) ! -name cpu.cpp | sort
+}
+
+# One line per object: <object> <source> <flags...>. Sources that register nothing (no
+# STABLE_TORCH_LIBRARY) are compiled once and shared by the libraries.
 plan() {
-    echo "$OUT/obj/roi_checks.o csrc/roi_checks.cpp"
-    local variant ns defines
-    for variant in "${VARIANTS[@]}"; do
-        ns="roiops_$variant"
-        defines="-DROIOPS_OP_NAMESPACE=$ns"
-        [[ $variant == emu64 ]] && defines+=" -DROIOPS_MAX_INT32_WORK=0 -DROIOPS_MAX_BLOCKS=3"
-        for src in csrc/roi_align.cpp csrc/roi_pool.cpp csrc/settings.cpp csrc/cuda/emulation.cpp \
-                   csrc/cuda/roi_align_kernel.cu csrc/cuda/roi_pool_kernel.cu; do
-            echo "$OUT/obj/$variant.$(basename "${src%.*}").o $src $defines"
+    local variant ns defines src name
+    for src in $(sources); do
+        name="$(echo "${src#csrc/}" | tr '/' '_')"
+        if ! grep -q STABLE_TORCH_LIBRARY "$src"; then
+            echo "$OUT/obj/shared.${name%.*}.o $src"
+            continue
+        fi
+        for variant in "${VARIANTS[@]}"; do
+            ns="roiops_$variant"
+            defines="-DROIOPS_OP_NAMESPACE=$ns"
+            [[ $variant == emu64 ]] && defines+=" -DROIOPS_MAX_INT32_WORK=0 -DROIOPS_MAX_BLOCKS=3"
+            echo "$OUT/obj/$variant.${name%.*}.o $src $defines"
         done
     done
 }
@@ -92,7 +101,7 @@ echo "== building the emulated CUDA libraries in $OUT ($JOBS jobs)"
 plan | xargs -P "$JOBS" -L 1 bash -c \
     'read -ra CXXFLAGS <<< "$CXXFLAGS_STR"; read -ra EXTRA <<< "$EXTRA_STR"; compile "$@"' _
 for variant in "${VARIANTS[@]}"; do
-    objs=("$OUT/obj/roi_checks.o" "$OUT"/obj/"$variant".*.o)
+    objs=("$OUT"/obj/shared.*.o "$OUT"/obj/"$variant".*.o)
     "$CXX" -shared "${EXTRA[@]}" "${objs[@]}" -o "$OUT/libroiops_$variant.so" -L"$TORCH_LIB" -lc10 -ltorch_cpu \
         -ltorch -Wl,-rpath,"$TORCH_LIB"
 done

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 import roiops
+from roiops._ops import SPECS
 
-OPS = ["roi_align", "_roi_align_backward", "roi_pool", "_roi_pool_backward"]
+# Every op of the spec table, forward and backward; the settings ops besides.
+OPS = sorted(name for spec in SPECS.values() for name in (spec.name, spec.backward_name))
+SETTINGS_OPS = ["set_device_box_checks"]
 
 
 def has_kernel(op, key):
@@ -19,7 +22,7 @@ def has_kernel(op, key):
 def test_build_info_reports_cuda():
     info = roiops.build_info()
     assert isinstance(info["with_cuda"], bool)
-    assert sorted(info["ops"]) == sorted(OPS)
+    assert sorted(info["ops"]) == sorted(OPS + SETTINGS_OPS)
 
 
 def test_build_with_cuda_when_asked():

@@ -6,26 +6,26 @@
 // the forward that built the graph.
 #pragma once
 
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/full.h>
-
 #include <cmath>
 #include <cstdint>
 #include <optional>
 
-#include "../roi_checks.h"
-#include "../roi_geometry.h"
+#include "../checks.h"
+#include "../geometry.h"
 #include "cuda_common.cuh"
 
 namespace roiops {
 namespace cuda {
 
 // Whether kernels may use a box whose values were possibly not checked: its batch index is an
-// integer in [0, batch_size) (a NaN, fractional or out-of-range index would read out of bounds).
-template <typename acc_t>
-__device__ __forceinline__ bool box_usable(acc_t batch_index, int64_t batch_size) {
-  return batch_index >= acc_t(0) && batch_index < static_cast<acc_t>(batch_size) && batch_index == floor(batch_index);
+// integer in [0, batch_size) (a NaN, fractional or out-of-range index would read out of bounds) and
+// its coordinates are finite (a NaN box gives NaN, as the docs promise, not what its rounding gives).
+template <int kWidth, typename acc_t>
+__device__ __forceinline__ bool box_usable(const acc_t (&box)[kWidth], int64_t batch_size) {
+  bool finite = true;
+  for (int j = 1; j < kWidth; ++j) finite = finite && std::isfinite(box[j]);
+  const acc_t b = box[0];
+  return finite && b >= acc_t(0) && b < static_cast<acc_t>(batch_size) && b == floor(b);
 }
 
 // first_bad[0 / 1 / 2]: the lowest index of a box that is not finite / has a bad batch index / is
@@ -33,18 +33,16 @@ __device__ __forceinline__ bool box_usable(acc_t batch_index, int64_t batch_size
 template <typename scalar_t, typename Limit>
 __global__ void __launch_bounds__(kThreads)
     find_bad_boxes_kernel(int64_t K, const scalar_t* rois, int64_t batch_size, Limit limit, long long* first_bad) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
        k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    acc_t roi[5];
+    acc_t roi[kBoxWidth];
+    load_box<kBoxWidth>(rois, k, roi);
     bool finite = true;
-    for (int j = 0; j < 5; ++j) {
-      roi[j] = static_cast<acc_t>(rois[k * 5 + j]);
-      finite = finite && std::isfinite(roi[j]);
-    }
+    for (int j = 0; j < kBoxWidth; ++j) finite = finite && std::isfinite(roi[j]);
     if (!finite) {
       atomicMin(first_bad, static_cast<long long>(k));
-    } else if (!box_usable(roi[0], batch_size)) {
+    } else if (!box_usable(roi, batch_size)) {
       atomicMin(first_bad + 1, static_cast<long long>(k));
     } else if (limit(roi)) {
       atomicMin(first_bad + 2, static_cast<long long>(k));
@@ -65,29 +63,26 @@ struct NoLimit {
 // caller's own message), or nothing. Skipped (returns nothing) when the checks are off or the
 // stream is capturing a CUDA graph.
 template <typename scalar_t, typename Limit>
-std::optional<int64_t> check_boxes_on_device(const at::Tensor& rois, int64_t batch_size, const Limit& limit,
+std::optional<int64_t> check_boxes_on_device(const Tensor& rois, int64_t batch_size, const Limit& limit,
                                              const char* op_name, cudaStream_t stream) {
   if (!device_box_checks() || stream_is_capturing(stream)) return std::nullopt;
   const int64_t K = rois.size(0);
-  at::Tensor first_bad = at::full({3}, K, rois.options().dtype(at::kLong));
+  Tensor first_bad = fill(empty_1d(3, ScalarType::Long, rois), static_cast<double>(K));
   ROIOPS_LAUNCH(num_blocks(K), kThreads, stream, find_bad_boxes_kernel<scalar_t, Limit>)(
       K, rois.const_data_ptr<scalar_t>(), batch_size, limit,
       reinterpret_cast<long long*>(first_bad.mutable_data_ptr<int64_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const at::Tensor host = to_host(first_bad);  // the one sync
+  ROIOPS_KERNEL_LAUNCH_CHECK();
+  const Tensor host = to_host(first_bad);  // the one sync
   const int64_t* bad = host.const_data_ptr<int64_t>();
   // As the CPU check reports them: the first box with either fault, non-finite first. (An error may
   // sync again, to read the box.)
   if (bad[0] < K && bad[0] <= bad[1]) {
-    const at::Tensor row = to_host(rois[bad[0]].to(at::kDouble));
-    const double* r = row.const_data_ptr<double>();
+    const std::vector<double> r = row_on_host(rois, bad[0]);
     int j = 0;
-    while (j < 4 && std::isfinite(r[j])) ++j;
+    while (j < kBoxWidth - 1 && std::isfinite(r[j])) ++j;
     fail_nonfinite_box(op_name, bad[0], r[j], j);
   }
-  if (bad[1] < K) {
-    fail_batch_index(op_name, bad[1], to_host(rois[bad[1]][0].to(at::kDouble)).item<double>(), batch_size);
-  }
+  if (bad[1] < K) fail_batch_index(op_name, bad[1], row_on_host(rois, bad[1])[0], batch_size);
   if (bad[2] < K) return bad[2];
   return std::nullopt;
 }

@@ -4,9 +4,7 @@
 // contiguous (the layout the channels-last SIMD loops read), and pool every RoI from it.
 #pragma once
 
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+#include "../tensor.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -46,9 +44,9 @@ void pack_channel_block(const scalar_t* in, bool nhwc, int64_t N, int64_t C, int
 // Calls pool(block, c0, n) for the blocks [c0, c0 + n) of kChannelBlock channels of `in` ([N, C, H, W],
 // contiguous in its layout: channels-last when nhwc), each packed in turn into one scratch as [N, H, W, n].
 template <typename scalar_t, typename F>
-void for_each_channel_block(const at::Tensor& in, bool nhwc, const F& pool) {
+void for_each_channel_block(const Tensor& in, bool nhwc, const F& pool) {
   const int64_t N = in.size(0), C = in.size(1), H = in.size(2), W = in.size(3);
-  const at::Tensor scratch = at::empty({N * H * W * std::min(C, kChannelBlock)}, in.options());
+  const Tensor scratch = empty_1d(N * H * W * std::min(C, kChannelBlock), in.scalar_type(), in);
   scalar_t* block = scratch.mutable_data_ptr<scalar_t>();
   for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
     const int64_t n = std::min(kChannelBlock, C - c0);

@@ -1,4 +1,4 @@
-// The limits on the ops' arguments, each defined once. roi_checks.cpp and the kernels enforce them;
+// The limits on the ops' arguments, each defined once. checks.cpp and the kernels enforce them;
 // roiops._C.limits hands them to the Python layer and the fake kernels. They bound the work and
 // memory of one call and keep per-plane and per-bin indices within 32 bits (docs/semantics.md, Limits).
 #pragma once
@@ -11,5 +11,7 @@ namespace roiops {
 constexpr int64_t kMaxPooledSize = int64_t(1) << 20;
 // Samples per RoIAlign bin: a sampling_ratio above 4096, or an adaptive grid that large, is refused.
 constexpr int64_t kMaxSamplesPerBin = int64_t(1) << 24;
+// Cells per feature map plane (H * W), so that a plane offset fits an int32.
+constexpr int64_t kMaxPlaneCells = (int64_t(1) << 31) - 1;
 
 }  // namespace roiops

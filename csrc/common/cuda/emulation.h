@@ -1,4 +1,4 @@
-// Emulated CUDA: lets the CUDA sources of csrc/cuda/ compile as plain C++ with the host compiler and
+// Emulated CUDA: lets the CUDA sources of csrc/ops/*/cuda.cu compile as plain C++ with the host compiler and
 // run on the CPU, so that CI (which has no GPU) executes the real kernels and host wrappers.
 // Built only into a test library (scripts/build_emulated_cuda.sh defines ROIOPS_EMULATE_CUDA); the
 // real extension never includes this file.
@@ -11,10 +11,6 @@
 // instruction. Tensors are CPU tensors; streams and device guards are stand-ins that check this.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/core/Device.h>
-#include <c10/util/Exception.h>
-
 #include <math.h>  // ldexpf, ldexp: the CUDA math functions the kernels call
 
 #include <cmath>
@@ -25,6 +21,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "../tensor.h"
 
 // ---- keywords and built-in types -----------------------------------------------------------------
 
@@ -65,12 +63,18 @@ inline float flush_subnormal(float v) { return std::fpclassify(v) == FP_SUBNORMA
 }  // namespace emu
 }  // namespace roiops
 
-inline void gpuAtomicAddNoReturn(float* address, float val) {
+inline float atomicAdd(float* address, float val) {
   using roiops::emu::flush_subnormal;
-  *address = flush_subnormal(flush_subnormal(*address) + flush_subnormal(val));
+  const float old = *address;
+  *address = flush_subnormal(flush_subnormal(old) + flush_subnormal(val));
+  return old;
 }
 
-inline void gpuAtomicAddNoReturn(double* address, double val) { *address += val; }
+inline double atomicAdd(double* address, double val) {
+  const double old = *address;
+  *address = old + val;
+  return old;
+}
 
 inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long val) {
   const unsigned long long old = *address;
@@ -81,6 +85,12 @@ inline unsigned long long atomicAdd(unsigned long long* address, unsigned long l
 inline long long atomicMin(long long* address, long long val) {
   const long long old = *address;
   *address = val < old ? val : old;
+  return old;
+}
+
+inline int atomicMax(int* address, int val) {
+  const int old = *address;
+  *address = val > old ? val : old;
   return old;
 }
 
@@ -164,7 +174,7 @@ class Launch {
 
 template <typename... Params>
 Launch<Params...> make_launch(dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(Params...)) {
-  TORCH_CHECK(stream == nullptr, "emulated CUDA: only the default (null) stream exists");
+  check(stream == nullptr, "emulated CUDA: only the default (null) stream exists");
   return Launch<Params...>(grid, block, kernel);
 }
 
@@ -173,10 +183,10 @@ void count_host_sync();
 // Whether the stream counts as capturing a CUDA graph (set by tests: set_capturing).
 bool capturing();
 
-// Stands in for c10::cuda::CUDAGuard: in emulation every tensor lives on the CPU.
+// Stands in for the device guard: in emulation every tensor lives on the CPU.
 struct DeviceGuard {
-  explicit DeviceGuard(c10::Device device) {
-    TORCH_CHECK(device.is_cpu(), "emulated CUDA runs on CPU tensors, but got a tensor on ", device);
+  explicit DeviceGuard(const Tensor& t) {
+    check(t.is_cpu(), "emulated CUDA runs on CPU tensors, but got a tensor on ", format_device(t));
   }
 };
 
@@ -186,6 +196,6 @@ struct DeviceGuard {
 // kernel<<<grid, block, 0, stream>>>(args...) becomes ROIOPS_LAUNCH(grid, block, stream, kernel)(args...).
 #define ROIOPS_LAUNCH(grid, block, stream, ...) ::roiops::emu::make_launch(grid, block, stream, __VA_ARGS__)
 // Launch errors are thrown by the launcher itself.
-#define C10_CUDA_KERNEL_LAUNCH_CHECK() \
-  do {                                 \
+#define ROIOPS_KERNEL_LAUNCH_CHECK() \
+  do {                               \
   } while (0)

@@ -1,10 +1,12 @@
 // Work distribution for the CPU kernels.
 #pragma once
 
-#include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+
+#include "../tensor.h"
 
 namespace roiops {
 namespace cpu {
@@ -24,8 +26,8 @@ void parallel_for_each_dynamic(int64_t n, int64_t work_per_item, const F& body) 
     return;
   }
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+  const int64_t workers = std::min<int64_t>(n, static_cast<int64_t>(torch::stable::get_num_threads()));
+  torch::stable::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(i);
   });
 }
@@ -39,7 +41,7 @@ void parallel_for_ranges(int64_t n, int64_t work_per_item, const F& body) {
     body(0, n);
     return;
   }
-  at::parallel_for(0, n, 1, body);
+  torch::stable::parallel_for(0, n, 1, body);
 }
 
 // parallel_for_each_dynamic with per-worker state: make() is called once by each worker and its
@@ -54,8 +56,8 @@ void parallel_for_each_dynamic_with(int64_t n, int64_t work_per_item, const Make
     return;
   }
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+  const int64_t workers = std::min<int64_t>(n, static_cast<int64_t>(torch::stable::get_num_threads()));
+  torch::stable::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     auto state = make();
     for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(state, i);
   });

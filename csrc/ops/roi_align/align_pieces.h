@@ -5,16 +5,17 @@
 // running sum or maximum from one piece to the next.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include "../../common/tensor.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "../roi_geometry.h"
-#include "../roi_limits.h"
-#include "parallel.h"
+#include "../../common/geometry.h"
+#include "../../common/limits.h"
+#include "params.h"
+#include "../../common/cpu/parallel.h"
 
 namespace roiops {
 namespace cpu {
@@ -25,26 +26,25 @@ constexpr int64_t kTapsPerChunk = int64_t(1) << 16;
 // The most taps held at once by the NCHW kernels, shared by all threads (~3-6 MB: stays in L3).
 constexpr int64_t kSharedTaps = int64_t(1) << 17;
 
-struct AlignParams {
-  double spatial_scale;
-  int pooled_h, pooled_w, sampling_ratio;
-  bool aligned, max_mode;
-  int64_t height, width, channels;
-};
-
+// The geometry of one RoI (its box passed check_sample_limits).
 template <typename acc_t, typename scalar_t>
 AlignGeometry<acc_t> roi_geometry(const scalar_t* roi_row, const AlignParams& p) {
-  acc_t roi[5];
-  for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(roi_row[j]);
-  AlignGeometry<acc_t> g = align_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h, p.pooled_w,
-                                                 p.sampling_ratio, p.aligned);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin,
-                    "roi_align: ", p.sampling_ratio > 0 ? "sampling_ratio " : "adaptive sampling (sampling_ratio <= 0)",
-                    p.sampling_ratio > 0 ? std::to_string(p.sampling_ratio) : std::string(), " of box ", roi_row[1],
-                    ", ", roi_row[2], ", ", roi_row[3], ", ", roi_row[4], " would take ",
-                    static_cast<int64_t>(g.grid_h) * g.grid_w, " samples per bin (limit ", kMaxSamplesPerBin,
-                    "); pass ", p.sampling_ratio > 0 ? "a smaller" : "a positive", " sampling_ratio");
-  return g;
+  acc_t box[kBoxWidth];
+  load_box<kBoxWidth>(roi_row, 0, box);
+  return box_geometry(box, p);
+}
+
+// Refuses the first box whose bins would take more than kMaxSamplesPerBin samples. Run before any
+// parallel region, so that the error reaches the caller as it is written.
+template <typename acc_t, typename scalar_t>
+void check_sample_limits(const scalar_t* roi_data, int64_t K, const AlignParams& p) {
+  for (int64_t k = 0; k < K; ++k) {
+    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * kBoxWidth, p);
+    if (within_sample_limit(g)) continue;
+    double values[kBoxWidth];
+    load_box<kBoxWidth>(roi_data, k, values);
+    fail_samples_per_bin(values, static_cast<int64_t>(g.grid_h) * g.grid_w, p);
+  }
 }
 
 // The samples each bin of one RoI visits (roi_geometry.h: those that can touch the map, and one
@@ -213,7 +213,7 @@ template <typename acc_t, typename scalar_t>
 int64_t total_samples(const scalar_t* roi_data, int64_t K, const AlignParams& p) {
   int64_t total = 0;
   for (int64_t k = 0; k < K; ++k) {
-    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
+    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * kBoxWidth, p);
     total += static_cast<int64_t>(g.grid_h) * g.grid_w * p.pooled_h * p.pooled_w;
   }
   return total;
@@ -259,7 +259,7 @@ void for_each_channel_piece_with(const scalar_t* roi_data, int64_t K, const Alig
   };
   const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
   std::vector<AlignGeometry<acc_t>> geometry(K);
-  for (int64_t k = 0; k < K; ++k) geometry[k] = roi_geometry<acc_t>(roi_data + k * 5, p);
+  for (int64_t k = 0; k < K; ++k) geometry[k] = roi_geometry<acc_t>(roi_data + k * kBoxWidth, p);
   auto has_samples = [&](int64_t k) { return static_cast<int64_t>(geometry[k].grid_h) * geometry[k].grid_w > 0; };
 
   RoiSamples<acc_t> rs;

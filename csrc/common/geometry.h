@@ -1,5 +1,5 @@
 // Where RoIAlign samples and which cells RoIPool covers: the operator semantics, written once and
-// shared by the CPU and CUDA kernels (host/device inline functions, no ATen).
+// shared by the CPU and CUDA kernels (host/device inline functions, no tensor types).
 #pragma once
 
 #include <cmath>
@@ -13,6 +13,15 @@
 #endif
 
 namespace roiops {
+
+// Boxes are rows of kBoxWidth values: (batch index, x1, y1, x2, y2).
+constexpr int kBoxWidth = 5;
+
+// Row k of a row-major [K, kWidth] box tensor, in the type the kernels compute in.
+template <int kWidth, typename acc_t, typename scalar_t>
+ROIOPS_HOST_DEVICE void load_box(const scalar_t* rois, int64_t k, acc_t (&box)[kWidth]) {
+  for (int j = 0; j < kWidth; ++j) box[j] = static_cast<acc_t>(rois[k * kWidth + j]);
+}
 
 // Box coordinates are clamped to this many feature cells before they become integers, so that an
 // enormous (but finite) box cannot overflow an int; every such box already covers the whole map.

@@ -1,10 +1,9 @@
-// Schema of roi_align and its backward. Kernels register per device (cpu/, cuda/); autograd, fake
-// kernels and argument defaults live in roiops/_ops.py.
-#include <torch/library.h>
+// Schema of roi_align and its backward. Kernels register per device (cpu.cpp, cuda.cu beside this file);
+// autograd, fake kernels and argument defaults come from the op's spec in roiops/_specs.py.
+#include "../../common/library.h"
+#include "../../common/tensor.h"
 
-#include "library.h"
-
-TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
   // Returns (output, argmax). argmax holds, in "max" mode, the index of the winning sample within its
   // bin's sampling grid (-1 where the bin has no sample); in "avg" mode it is an empty int32 tensor.
   m.def(

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "../roi_geometry.h"
+#include "../geometry.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ROIOPS_NO_CLONES)
 #define ROIOPS_SIMD_CLONES __attribute__((target_clones("avx2", "default")))

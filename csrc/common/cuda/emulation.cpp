@@ -2,15 +2,13 @@
 // emulated CUDA test library (scripts/build_emulated_cuda.sh), never into roiops._C.
 #include "emulation.h"
 
-#include <ATen/ops/full.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <limits>
 #include <mutex>
 #include <random>
 
 #include "../library.h"
+#include "../tensor.h"
 
 namespace roiops {
 namespace emu {
@@ -45,7 +43,7 @@ void check_launch(dim3 grid, dim3 block) {
   const bool ok = grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= kMaxGridX && grid.y <= kMaxGridYZ &&
                   grid.z <= kMaxGridYZ && block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= kMaxBlockXY &&
                   block.y <= kMaxBlockXY && block.z <= kMaxBlockZ && threads <= kMaxThreadsPerBlock;
-  TORCH_CHECK(ok, "emulated CUDA error: invalid configuration argument (grid ", grid.x, " x ", grid.y, " x ", grid.z,
+  check(ok, "emulated CUDA error: invalid configuration argument (grid ", grid.x, " x ", grid.y, " x ", grid.z,
               ", block ", block.x, " x ", block.y, " x ", block.z, ")");
   const std::lock_guard<std::mutex> lock(state_mutex);
   ++launch_count;
@@ -74,7 +72,7 @@ Schedule::Schedule(int64_t n) : n_(n), reversed_(false) {
 
 namespace {
 
-void set_launch_order(const std::string& order, int64_t seed) {
+void set_launch_order(std::string order, int64_t seed) {
   if (order == "forward") {
     set_order(Order::kForward, 0);
   } else if (order == "reversed") {
@@ -82,8 +80,7 @@ void set_launch_order(const std::string& order, int64_t seed) {
   } else if (order == "shuffled") {
     set_order(Order::kShuffled, static_cast<uint64_t>(seed));
   } else {
-    TORCH_CHECK_VALUE(false, "set_launch_order: order must be 'forward', 'reversed' or 'shuffled', but got '", order,
-                      "'");
+    fail("set_launch_order: order must be 'forward', 'reversed' or 'shuffled', but got '", order, "'");
   }
 }
 
@@ -116,34 +113,43 @@ __global__ void trace_kernel(int64_t* trace, int64_t capacity, int64_t* next) {
 
 // Launches trace_kernel on a grid x block configuration (3 numbers each) and returns the trace (the
 // first 2^20 entries) and the number of threads that ran.
-std::tuple<at::Tensor, int64_t> trace_launch(at::IntArrayRef grid, at::IntArrayRef block) {
-  TORCH_CHECK_VALUE(grid.size() == 3 && block.size() == 3, "trace_launch: grid and block must have 3 dimensions");
+std::tuple<Tensor, int64_t> trace_launch(std::vector<int64_t> grid, std::vector<int64_t> block) {
+  check(grid.size() == 3 && block.size() == 3, "trace_launch: grid and block must have 3 dimensions");
   for (const int64_t v : {grid[0], grid[1], grid[2], block[0], block[1], block[2]}) {
-    TORCH_CHECK_VALUE(v >= 0 && v <= std::numeric_limits<unsigned int>::max(),
-                      "trace_launch: dimensions must fit an unsigned int, but got ", v);
+    check(v >= 0 && v <= std::numeric_limits<unsigned int>::max(),
+          "trace_launch: dimensions must fit an unsigned int, but got ", v);
   }
   constexpr int64_t kCapacity = int64_t(1) << 20;
-  at::Tensor trace = at::full({kCapacity}, -1, at::kLong);
+  Tensor trace = torch::stable::full({kCapacity}, -1.0, ScalarType::Long);
   int64_t next = 0;
   const auto u = [](int64_t v) { return static_cast<unsigned int>(v); };
   ROIOPS_LAUNCH(dim3(u(grid[0]), u(grid[1]), u(grid[2])), dim3(u(block[0]), u(block[1]), u(block[2])), nullptr,
                 trace_kernel)(trace.mutable_data_ptr<int64_t>(), kCapacity, &next);
-  return {trace.narrow(0, 0, std::min(next, kCapacity)).clone(), next};
+  return {torch::stable::clone(torch::stable::narrow(trace, 0, 0, std::min(next, kCapacity))), next};
 }
 
 }  // namespace
 }  // namespace emu
 }  // namespace roiops
 
-TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
   // The order in which later launches run their (block, thread) pairs; seed picks the shuffle.
-  m.def("set_launch_order(str order, int seed=0) -> ()", &roiops::emu::set_launch_order);
+  m.def("set_launch_order(str order, int seed=0) -> ()");
   // Number of kernel launches so far (a test can check that a call really ran emulated kernels).
-  m.def("launch_count() -> int", &roiops::emu::launches);
+  m.def("launch_count() -> int");
   // Device-to-host copies made by the CUDA path so far.
-  m.def("host_sync_count() -> int", &roiops::emu::host_sync_count);
+  m.def("host_sync_count() -> int");
   // Makes the stream count as capturing a CUDA graph (or not); returns the previous state.
-  m.def("set_capturing(bool capturing) -> bool", &roiops::emu::set_capturing);
+  m.def("set_capturing(bool capturing) -> bool");
   // Tests of the launcher itself (see trace_launch).
-  m.def("trace_launch(int[] grid, int[] block) -> (Tensor, int)", &roiops::emu::trace_launch);
+  m.def("trace_launch(int[] grid, int[] block) -> (Tensor, int)");
+}
+
+// (No tensor arguments to dispatch on: one kernel for every backend.)
+STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CompositeExplicitAutograd, m) {
+  m.impl("set_launch_order", TORCH_BOX(&roiops::emu::set_launch_order));
+  m.impl("launch_count", TORCH_BOX(&roiops::emu::launches));
+  m.impl("host_sync_count", TORCH_BOX(&roiops::emu::host_sync_count));
+  m.impl("set_capturing", TORCH_BOX(&roiops::emu::set_capturing));
+  m.impl("trace_launch", TORCH_BOX(&roiops::emu::trace_launch));
 }

@@ -1,8 +1,9 @@
-// The roiops._C Python module: loading it registers the operators (the TORCH_LIBRARY blocks in this
-// library run at load time); the module itself only reports how the library was built.
+// The roiops._C Python module: how the op library was built and the argument limits, for the Python
+// layer. It includes no torch header: the operators live in the op library (csrc/ops/), which
+// roiops loads with torch.ops.load_library and which a C++ program can load without Python.
 #include <pybind11/pybind11.h>
 
-#include "roi_limits.h"
+#include "common/limits.h"
 
 // setup.py passes the version bare (-DROIOPS_VERSION_STRING=1.2.3): quoting survives no build tool.
 #define ROIOPS_STRINGIFY_(x) #x
@@ -14,19 +15,14 @@
 #endif
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "roiops compiled operators (RoIAlign, RoIPool) and build information";
+  m.doc() = "how the roiops op library was built, and its argument limits";
   m.attr("__version__") = ROIOPS_VERSION;
 #ifdef ROIOPS_WITH_CUDA
   m.attr("with_cuda") = true;
 #else
   m.attr("with_cuda") = false;
 #endif
-  pybind11::list ops;
-  for (const char* name : {"roi_align", "_roi_align_backward", "roi_pool", "_roi_pool_backward"}) {
-    ops.append(name);
-  }
-  m.attr("ops") = ops;
-  // The argument limits (roi_limits.h), for the Python layer's checks and the fake kernels.
+  // The argument limits (common/limits.h), for the Python layer's checks and the fake kernels.
   pybind11::dict limits;
   limits["max_pooled_size"] = roiops::kMaxPooledSize;
   limits["max_samples_per_bin"] = roiops::kMaxSamplesPerBin;

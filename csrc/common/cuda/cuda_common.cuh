@@ -39,41 +39,28 @@
 // -inf bits) and the conversion applies IEEE rules: NaN if any NaN or both infinities, else +/-inf.
 #pragma once
 
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/abs.h>
-#include <ATen/ops/amax.h>
-#include <ATen/ops/clamp.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/frexp.h>
-#include <ATen/ops/isfinite.h>
-#include <ATen/ops/rsub.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/zeros.h>
-#include <c10/util/Exception.h>
-
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <array>
 #include <type_traits>
 
 #include "../library.h"
-#include "../strides.h"
+#include "../tensor.h"
 
 // The CUDA runtime, or its stand-in for running these sources on the CPU (see emulation.h).
 #ifdef ROIOPS_EMULATE_CUDA
 #include "emulation.h"
 #define ROIOPS_CUDA_DISPATCH_KEY CPU
 #else
-#include <ATen/cuda/Atomic.cuh>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/macros.h>
 #define ROIOPS_CUDA_DISPATCH_KEY CUDA
 // kernel<<<grid, block, 0, stream>>>(args...) is written ROIOPS_LAUNCH(grid, block, stream, kernel)(args...).
 #define ROIOPS_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
+#define ROIOPS_KERNEL_LAUNCH_CHECK() STD_CUDA_KERNEL_LAUNCH_CHECK()
 #endif
 
 namespace roiops {
@@ -81,23 +68,37 @@ namespace cuda {
 
 #ifdef ROIOPS_EMULATE_CUDA
 using DeviceGuard = emu::DeviceGuard;
-inline cudaStream_t current_stream() { return nullptr; }
+inline cudaStream_t current_stream(const Tensor&) { return nullptr; }
 inline bool stream_is_capturing(cudaStream_t) { return emu::capturing(); }
 // Every device-to-host copy of the CUDA path goes through here, so that tests can count them.
-inline at::Tensor to_host(const at::Tensor& t) {
+inline Tensor to_host(const Tensor& t) {
   emu::count_host_sync();
-  return t.clone();
+  return torch::stable::clone(t);
 }
 #else
-using DeviceGuard = c10::cuda::CUDAGuard;
-inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+// Makes t's device current for the scope (the kernels launch on the current device's stream).
+struct DeviceGuard {
+  explicit DeviceGuard(const Tensor& t) : guard(t.get_device_index()) {}
+  torch::stable::accelerator::DeviceGuard guard;
+};
+inline cudaStream_t current_stream(const Tensor& t) {
+  return static_cast<cudaStream_t>(
+      torch::stable::accelerator::getCurrentStream(t.get_device_index()).nativeHandle());
+}
 inline bool stream_is_capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  STD_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   return status != cudaStreamCaptureStatusNone;
 }
-inline at::Tensor to_host(const at::Tensor& t) { return t.to(at::kCPU); }
+inline Tensor to_host(const Tensor& t) { return torch::stable::to(t, torch::stable::Device(torch::headeronly::DeviceType::CPU)); }
 #endif
+
+// Row k of a 2-D tensor on the device, as doubles on the host (for error messages: an error may sync).
+inline std::vector<double> row_on_host(const Tensor& t, int64_t k) {
+  const Tensor row = to_host(to_dtype(make_contiguous(torch::stable::select(t, 0, k)), ScalarType::Double));
+  const double* values = row.const_data_ptr<double>();
+  return std::vector<double>(values, values + row.numel());
+}
 
 constexpr int kThreads = 256;
 // Grid-stride loops cover any size with at most this many blocks, so an int32 loop index stays
@@ -168,7 +169,7 @@ struct AtomicAdder {
   acc_t* data;
   // The adder a thread uses for the cells of channel c (all channels alike here).
   __device__ __forceinline__ AtomicAdder channel(int64_t) const { return *this; }
-  __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const { gpuAtomicAddNoReturn(data + offset, v); }
+  __device__ __forceinline__ void operator()(int64_t offset, acc_t v) const { atomicAdd(data + offset, v); }
 };
 
 // Non-finite contributions, 3 bits per cell, packed 10 cells to an int32 word.
@@ -225,7 +226,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     fixed_point_to_float_kernel(int64_t n, const unsigned long long* acc, const int* flags, const int* exponents,
                                 ChannelOf channel_of, scalar_t* out) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     // One rounding of the exact sum to acc_t, then an exact scaling (unless the result is subnormal).
@@ -243,29 +244,60 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// E_c of the channel exponents: the largest frexp exponent of a finite, non-zero grad[:, c] (that of
+// max |grad[:, c]|, since the exponent grows with the magnitude); INT_MIN where there is none.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    max_exponent_kernel(int64_t n, const scalar_t* grad, ChannelOf channel_of, int* max_exponent) {
+  using acc_t = opmath_t<scalar_t>;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const acc_t v = static_cast<acc_t>(grad[i]);
+    if (v == acc_t(0) || !std::isfinite(v)) continue;
+    int e = 0;
+    frexp(v, &e);
+    atomicMax(max_exponent + channel_of(i), e);
+  }
+}
+
+// e_c = 62 - L - E_c (E_c = 0 for a channel without finite non-zero entries), clamped so that ldexp
+// stays in range for the smallest subnormal maxima. (A template, as every kernel in a header: one
+// definition per program.)
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) channel_exponents_kernel(int64_t channels, int L, int* exponents) {
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < channels;
+       c += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const int E = exponents[c] == std::numeric_limits<int>::min() ? 0 : exponents[c];
+    const int e = 62 - L - E;
+    exponents[c] = e < -1100 ? -1100 : (e > 1200 ? 1200 : e);
+  }
+}
+
 // Buffers of one deterministic backward call, all on the device (no host sync).
 struct FixedPointBuffers {
-  at::Tensor acc;        // int64, one per grad_input element (physical order)
-  at::Tensor flags;      // int32, one bit triple per grad_input element
-  at::Tensor exponents;  // int32 e_c, one per channel
+  Tensor acc;        // int64, one per grad_input element (physical order)
+  Tensor flags;      // int32, one bit triple per grad_input element
+  Tensor exponents;  // int32 e_c, one per channel
 
-  // grad: [K, C, PH, PW] (numel > 0); numel: of grad_input.
-  FixedPointBuffers(const at::Tensor& grad, int64_t numel) {
+  // grad: [K, C, PH, PW] (numel > 0) of type scalar_t; numel: of grad_input.
+  template <typename scalar_t>
+  void start(const Tensor& grad_any_layout, bool nhwc, int64_t numel, cudaStream_t stream) {
+    const Tensor grad = make_contiguous(grad_any_layout, nhwc);  // (a copy only if it is not dense)
     // M_c = max |grad[:, c]| over finite entries; each cell of channel c sums at most
     // n = K * PH * PW contributions of magnitude <= M_c < 2^E_c, so |sum| < 2^(E_c + L) with
     // 2^L >= n, and e_c = 62 - E_c - L keeps every partial sum below 2^62.
-    const at::Tensor finite = at::isfinite(grad);
-    const at::Tensor magnitude = at::abs(at::where(finite, grad, at::Scalar(0)));
-    const at::Tensor max_c = at::amax(magnitude, {0, 2, 3}).to(at::toOpMathType(grad.scalar_type()));
-    const int64_t n = grad.numel() / grad.size(1);
+    const int64_t C = grad.size(1), n = grad.numel() / C;
     int L = 0;
     while ((int64_t(1) << L) < n) ++L;
-    // M_c = m * 2^E with m in [0.5, 1) (E = 0 for M_c = 0); the clamp only matters for all-zero
-    // channels and keeps ldexp in range for the smallest subnormal maxima (E down to -1073).
-    const at::Tensor E = std::get<1>(at::frexp(max_c));
-    exponents = at::clamp(at::rsub(E, 62 - L), -1100, 1200).to(at::kInt);  // 62 - L - E
-    acc = at::zeros({numel}, grad.options().dtype(at::kLong));
-    flags = at::zeros({(numel + kCellsPerFlagWord - 1) / kCellsPerFlagWord}, grad.options().dtype(at::kInt));
+    exponents = fill(empty_1d(C, ScalarType::Int, grad), static_cast<double>(std::numeric_limits<int>::min()));
+    const ChannelOf channel_of{C, grad.size(2) * grad.size(3), nhwc};
+    ROIOPS_LAUNCH(num_blocks(grad.numel()), kThreads, stream, max_exponent_kernel<scalar_t>)(
+        grad.numel(), grad.const_data_ptr<scalar_t>(), channel_of, exponents.mutable_data_ptr<int>());
+    ROIOPS_KERNEL_LAUNCH_CHECK();
+    ROIOPS_LAUNCH(num_blocks(C), kThreads, stream, channel_exponents_kernel<scalar_t>)(C, L, exponents.mutable_data_ptr<int>());
+    ROIOPS_KERNEL_LAUNCH_CHECK();
+    acc = zeros_1d(numel, ScalarType::Long, grad);
+    flags = zeros_1d((numel + kCellsPerFlagWord - 1) / kCellsPerFlagWord, ScalarType::Int, grad);
   }
 
   template <typename acc_t>
@@ -276,13 +308,13 @@ struct FixedPointBuffers {
 
   // Writes the sums into grad_in (dense, same physical order as the buffer).
   template <typename scalar_t>
-  void finish(at::Tensor& grad_in, bool nhwc, cudaStream_t stream) {
+  void finish(Tensor& grad_in, bool nhwc, cudaStream_t stream) {
     const int64_t n = grad_in.numel();
     const ChannelOf channel_of{grad_in.size(1), grad_in.size(2) * grad_in.size(3), nhwc};
     ROIOPS_LAUNCH(num_blocks(n), kThreads, stream, fixed_point_to_float_kernel<scalar_t>)(
         n, reinterpret_cast<const unsigned long long*>(acc.const_data_ptr<int64_t>()), flags.const_data_ptr<int>(),
         exponents.const_data_ptr<int>(), channel_of, grad_in.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ROIOPS_KERNEL_LAUNCH_CHECK();
   }
 };
 
@@ -290,16 +322,17 @@ struct FixedPointBuffers {
 // atomics into an accumulation buffer) or, if deterministic, the fixed-point one; the result has
 // grad's dtype and the given layout.
 template <typename scalar_t, typename Launch>
-at::Tensor scatter_grad_input(const at::Tensor& grad, const std::array<int64_t, 4>& sizes, at::MemoryFormat layout,
-                              bool nhwc, bool deterministic, cudaStream_t stream, const Launch& launch) {
-  using acc_t = at::opmath_type<scalar_t>;
+Tensor scatter_grad_input(const Tensor& grad, const std::array<int64_t, 4>& sizes, bool nhwc, bool deterministic,
+                          cudaStream_t stream, const Launch& launch) {
+  using acc_t = opmath_t<scalar_t>;
   if (!deterministic) {
-    at::Tensor grad_in = at::empty(sizes, grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value), layout).zero_();
+    Tensor grad_in = zero(empty_4d(sizes, scalar_type_of<acc_t>(), grad, nhwc));
     launch(AtomicAdder<acc_t>{grad_in.mutable_data_ptr<acc_t>()});
-    return std::is_same<acc_t, scalar_t>::value ? grad_in : grad_in.to(grad.scalar_type());
+    return to_dtype(grad_in, grad.scalar_type());
   }
-  at::Tensor result = at::empty(sizes, grad.options(), layout);  // (allocating checks the sizes)
-  FixedPointBuffers buffers(grad, result.numel());
+  Tensor result = empty_4d(sizes, grad.scalar_type(), grad, nhwc);  // (allocating checks the sizes)
+  FixedPointBuffers buffers;
+  buffers.start<scalar_t>(grad, nhwc, result.numel(), stream);
   launch(buffers.adder<acc_t>());
   buffers.finish<scalar_t>(result, nhwc, stream);
   return result;

@@ -7,13 +7,10 @@
 // Each RoI's sample taps (4 offsets + 4 weights per sample) are computed once per chunk of bins and
 // reused for every channel; a bin too large for a chunk is taken in pieces (align_pieces.h), its
 // running sum or maximum carried from one piece to the next, so results do not depend on the cut.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
+#include "../../common/tensor.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <limits>
@@ -21,23 +18,25 @@
 #include <type_traits>
 #include <vector>
 
-#include "../roi_checks.h"
-#include "../roi_geometry.h"
-#include "../strides.h"
+#include "../../common/checks.h"
+#include "../../common/library.h"
+#include "../../common/geometry.h"
 #include "align_pieces.h"
-#include "channel_blocks.h"
-#include "output_parts.h"
-#include "parallel.h"
-#include "vector_loops.h"
+#include "params.h"
+#include "../../common/cpu/channel_blocks.h"
+#include "../../common/cpu/output_parts.h"
+#include "../../common/cpu/parallel.h"
+#include "../../common/cpu/vector_loops.h"
 
 namespace roiops {
 namespace cpu {
 namespace {
 
-using align::AlignParams;
 using align::BinPiece;
 using align::find_sample;
+using align::in_one_round;
 using align::for_each_channel_piece;
+using align::for_each_channel_piece_with;
 using align::for_each_piece_chunk;
 using align::PieceChunk;
 using align::PieceView;
@@ -49,9 +48,9 @@ using align::RoiSamples;
 // channels [c0, c0 + channels): RoIs handed out to threads one at a time; the four taps of a sample
 // are contiguous channel vectors (SIMD loops in vector_loops.h). Output may have any layout.
 template <typename scalar_t>
-void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, const at::Tensor& rois,
-                           at::Tensor& output, at::Tensor& argmax, const AlignParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, const Tensor& rois,
+                           Tensor& output, Tensor& argmax, const AlignParams& p) {
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = p.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
@@ -60,7 +59,7 @@ void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, co
   const Strides4 arg_at = strides_of(argmax);
 
   parallel_for_each_dynamic(rois.size(0), C * p.pooled_h * p.pooled_w * 4, [&](int64_t k) {
-    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * 5, p);
+    const AlignGeometry<acc_t> g = roi_geometry<acc_t>(roi_data + k * kBoxWidth, p);
     const scalar_t* image = map + g.batch * C * HW;
     RoiSamples<acc_t> rs;
     PieceChunk<BilinearTaps<acc_t>> chunk;
@@ -95,9 +94,9 @@ void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, co
 
 // The channels-last forward: all channels at once.
 template <typename scalar_t>
-void forward_nhwc(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+void forward_nhwc(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax,
                   const AlignParams& p) {
-  const at::Tensor in = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor in = make_contiguous(input, /*channels_last=*/true);
   forward_nhwc_channels(in.const_data_ptr<scalar_t>(), p.channels, 0, rois, output, argmax, p);
 }
 
@@ -114,9 +113,9 @@ bool prefer_packed(const scalar_t* roi_data, int64_t K, int64_t batch, const Ali
 // An NCHW input, block by block (channel_blocks.h): each block transposed into a scratch and pooled
 // by the channels-last loops.
 template <typename scalar_t>
-void forward_nchw_packed(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+void forward_nchw_packed(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax,
                          const AlignParams& p) {
-  for_each_channel_block<scalar_t>(input.contiguous(), false, [&](const scalar_t* block, int64_t c0, int64_t n) {
+  for_each_channel_block<scalar_t>(make_contiguous(input), false, [&](const scalar_t* block, int64_t c0, int64_t n) {
     forward_nhwc_channels(block, n, c0, rois, output, argmax, p);
   });
 }
@@ -132,10 +131,10 @@ T select_bits(bool win, T a, T b) {
 
 // The NCHW forward (see for_each_channel_piece).
 template <typename scalar_t>
-void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& output, at::Tensor& argmax,
+void forward_nchw(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax,
                   const AlignParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor in = input.contiguous();
+  using acc_t = opmath_t<scalar_t>;
+  const Tensor in = make_contiguous(input);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = p.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
@@ -143,8 +142,8 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
   const Strides4 out_at = strides_of(output);
   const Strides4 arg_at = strides_of(argmax);
   // Bins without samples (zero-size boxes with adaptive sampling) get no piece: they are 0 (argmax -1).
-  output.zero_();
-  if (p.max_mode) argmax.fill_(-1);
+  zero(output);
+  if (p.max_mode) fill(argmax, -1);
   // Per channel, the running sum or maximum (and its sample index) of a bin cut into pieces.
   std::vector<acc_t> open_value(C);
   std::vector<int32_t> open_arg(p.max_mode ? C : 0);
@@ -213,9 +212,9 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& rois, at::Tensor& o
 // part_t is the gradient's type: scalar_t, or float for a half type whose scatter takes more than one
 // round (a channel's float planes would not last from round to round; the caller converts at the end).
 template <typename scalar_t, typename part_t>
-void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
+void backward_nchw(const Tensor& grad, const Tensor& rois, const Tensor& argmax, Tensor& grad_in,
                    const AlignParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
   part_t* gi_data = grad_in.mutable_data_ptr<part_t>();
@@ -271,9 +270,9 @@ void backward_nchw(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
 // Contributions to a cell come in the order of a serial loop over RoIs, bins and samples, whatever
 // the thread count.
 template <typename scalar_t>
-void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, at::Tensor& grad_in,
+void backward_nhwc(const Tensor& grad, const Tensor& rois, const Tensor& argmax, Tensor& grad_in,
                    const AlignParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   const int32_t* arg_data = p.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
@@ -285,7 +284,7 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
   const int64_t bands = (H + band_rows - 1) / band_rows;
 
   std::vector<AlignGeometry<acc_t>> geometry(K);
-  for (int64_t k = 0; k < K; ++k) geometry[k] = roi_geometry<acc_t>(roi_data + k * 5, p);
+  for (int64_t k = 0; k < K; ++k) geometry[k] = roi_geometry<acc_t>(roi_data + k * kBoxWidth, p);
   // The first and last map row that each RoI's taps touch, read from the taps themselves (a bound from
   // the box alone misses rows: float rounding of huge boxes, the zero-weight tap of a sample at -1).
   std::vector<int64_t> first_row(K, 1), last_row(K, 0);  // (first > last: no tap)
@@ -372,40 +371,23 @@ void backward_nhwc(const at::Tensor& grad, const at::Tensor& rois, const at::Ten
       });
 }
 
-AlignParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                        bool aligned, const std::string& pool_mode, int64_t channels, int64_t height, int64_t width) {
-  check_sampling_ratio(sampling_ratio, "roi_align");
-  check_spatial_scale(spatial_scale, "roi_align");
-  return AlignParams{spatial_scale,
-                     static_cast<int>(pooled_height),
-                     static_cast<int>(pooled_width),
-                     static_cast<int>(sampling_ratio),
-                     aligned,
-                     is_max_mode(pool_mode),
-                     height,
-                     width,
-                     channels};
-}
-
-std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
-                                                         double spatial_scale, int64_t pooled_height,
-                                                         int64_t pooled_width, int64_t sampling_ratio, bool aligned,
-                                                         std::string pool_mode) {
-  check_forward_args(input, rois, pooled_height, pooled_width, "roi_align");
-  const AlignParams p = make_params(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode,
-                                    input.size(1), input.size(2), input.size(3));
-  const auto layout = use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const int64_t K = rois.size(0);
-  at::Tensor output = at::empty({K, p.channels, pooled_height, pooled_width}, input.options(), layout);
-  at::Tensor argmax =
-      p.max_mode ? at::empty({K, p.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout)
-                 : at::empty({0}, input.options().dtype(at::kInt));
+std::tuple<Tensor, Tensor> roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                 int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                                 bool aligned, std::string pool_mode) {
+  const AlignParams p =
+      align_params(forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_align", true),
+                   sampling_ratio, aligned, pool_mode, "roi_align");
+  const std::array<int64_t, 4> sizes{p.num_rois, p.channels, pooled_height, pooled_width};
+  Tensor output = empty_4d(sizes, input.scalar_type(), input, p.nhwc);
+  Tensor argmax = p.max_mode ? empty_4d(sizes, ScalarType::Int, input, p.nhwc) : empty_1d(0, ScalarType::Int, input);
   if (output.numel() == 0) return {output, argmax};
-  const at::Tensor r = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
-    if (use_channels_last(input)) {
+  const Tensor r = make_contiguous(rois);
+  dispatch_floating(input.scalar_type(), "roi_align", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    align::check_sample_limits<opmath_t<scalar_t>>(r.const_data_ptr<scalar_t>(), p.num_rois, p);
+    if (p.nhwc) {
       forward_nhwc<scalar_t>(input, r, output, argmax, p);
-    } else if (prefer_packed<at::opmath_type<scalar_t>>(r.const_data_ptr<scalar_t>(), r.size(0), input.size(0), p)) {
+    } else if (prefer_packed<opmath_t<scalar_t>>(r.const_data_ptr<scalar_t>(), r.size(0), input.size(0), p)) {
       forward_nchw_packed<scalar_t>(input, r, output, argmax, p);
     } else {
       forward_nchw<scalar_t>(input, r, output, argmax, p);
@@ -414,45 +396,48 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward_cpu(const at::Tensor& input
   return {output, argmax};
 }
 
-at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
-                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
-                                  int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
-                                  std::string pool_mode, bool /*deterministic: the CPU backward always is*/) {
-  check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
-                      "_roi_align_backward");
-  const AlignParams p = make_params(spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, pool_mode,
-                                    channels, height, width);
-  if (p.max_mode) check_argmax(argmax, grad, "_roi_align_backward");
-  const auto layout = use_channels_last(grad) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const auto acc_options = grad.options().dtype(at::toOpMathType(grad.scalar_type()));
-  if (grad.numel() == 0 || batch_size * channels * height * width == 0) {
-    return at::empty({batch_size, channels, height, width}, grad.options(), layout).zero_();
+Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                              int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
+                              int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                              std::string pool_mode, bool /*deterministic: the CPU backward always is*/) {
+  const char* op = "_roi_align_backward";
+  const AlignParams p = align_params(backward_call(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size,
+                                                   channels, height, width, op, true),
+                                     sampling_ratio, aligned, pool_mode, op);
+  if (p.max_mode) check_argmax(argmax, grad, op);
+  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
+  const ScalarType dtype = grad.scalar_type();
+  // (Tested size by size: a product of four sizes could overflow.)
+  if (grad.numel() == 0 || batch_size == 0 || channels == 0 || height == 0 || width == 0) {
+    return zero(empty_4d(sizes, dtype, grad, p.nhwc));
   }
-  const at::Tensor r = rois.contiguous();
-  at::Tensor grad_in;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  const Tensor r = make_contiguous(rois);
+  Tensor grad_in;
+  dispatch_floating(dtype, op, [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    using acc_t = opmath_t<scalar_t>;
+    align::check_sample_limits<acc_t>(r.const_data_ptr<scalar_t>(), p.num_rois, p);
     // No transpose here: the planar scatter keeps each RoI's window of one channel in L1, so NCHW
     // gradients stay NCHW and channels-last ones are scattered as channel vectors.
-    if (layout == at::MemoryFormat::ChannelsLast) {
-      grad_in = at::empty({batch_size, channels, height, width}, grad.options(), layout);  // written band by band
+    if (p.nhwc) {
+      grad_in = empty_4d(sizes, dtype, grad, true);  // written band by band
       backward_nhwc<scalar_t>(grad, r, argmax, grad_in, p);
     } else if (std::is_same_v<scalar_t, acc_t> || in_one_round<acc_t>(r.const_data_ptr<scalar_t>(), r.size(0), p)) {
-      grad_in = at::empty({batch_size, channels, height, width}, grad.options());  // each plane zeroed in turn
+      grad_in = empty_4d(sizes, dtype, grad, false);  // each plane zeroed in turn
       backward_nchw<scalar_t, scalar_t>(grad, r, argmax, grad_in, p);
     } else {
-      grad_in = at::empty({batch_size, channels, height, width}, acc_options);
+      grad_in = empty_4d(sizes, opmath_type(dtype), grad, false);
       backward_nchw<scalar_t, acc_t>(grad, r, argmax, grad_in, p);
     }
   });
-  return grad_in.scalar_type() == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+  return to_dtype(grad_in, dtype);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(roiops, CPU, m) {
-  m.impl("roi_align", TORCH_FN(roi_align_forward_cpu));
-  m.impl("_roi_align_backward", TORCH_FN(roi_align_backward_cpu));
+STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CPU, m) {
+  m.impl("roi_align", TORCH_BOX(&roi_align_forward_cpu));
+  m.impl("_roi_align_backward", TORCH_BOX(&roi_align_backward_cpu));
 }
 
 }  // namespace cpu

@@ -1,34 +1,26 @@
 // RoIPool on the CPU: forward and backward, NCHW and channels-last layouts.
 // Forward: RoIs handed out dynamically, as in RoIAlign. Backward: disjoint parts of the gradient
 // (channels, or bands of rows) per thread, each written once (race-free, thread-count independent).
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
+#include "../../common/tensor.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
 
-#include "../roi_checks.h"
-#include "../roi_geometry.h"
-#include "../strides.h"
-#include "channel_blocks.h"
-#include "output_parts.h"
-#include "parallel.h"
-#include "vector_loops.h"
+#include "../../common/checks.h"
+#include "../../common/library.h"
+#include "params.h"
+#include "../../common/geometry.h"
+#include "../../common/cpu/channel_blocks.h"
+#include "../../common/cpu/output_parts.h"
+#include "../../common/cpu/parallel.h"
+#include "../../common/cpu/vector_loops.h"
 
 namespace roiops {
 namespace cpu {
 namespace {
-
-struct PoolParams {
-  double spatial_scale;
-  int pooled_h, pooled_w;
-  int64_t channels, height, width;
-};
 
 // The cell ranges of every RoI's bin rows and columns (RoI k's row ph: rows[k * pooled_h + ph]).
 struct RoiBins {
@@ -49,16 +41,15 @@ struct RoiBins {
 };
 
 template <typename scalar_t>
-RoiBins all_bin_ranges(const at::Tensor& rois, const PoolParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+RoiBins all_bin_ranges(const Tensor& rois, const PoolParams& p) {
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   const int64_t K = rois.size(0);
   RoiBins bins{std::vector<int64_t>(K), std::vector<CellRange>(K * p.pooled_h), std::vector<CellRange>(K * p.pooled_w)};
   for (int64_t k = 0; k < K; ++k) {
-    acc_t roi[5];
-    for (int j = 0; j < 5; ++j) roi[j] = static_cast<acc_t>(roi_data[k * 5 + j]);
-    const PoolGeometry<acc_t> g =
-        pool_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_h, p.pooled_w);
+    acc_t box[kBoxWidth];
+    load_box<kBoxWidth>(roi_data, k, box);
+    const PoolGeometry<acc_t> g = box_geometry(box, p);
     bins.batch[k] = g.batch;
     for (int ph = 0; ph < p.pooled_h; ++ph)
       bins.rows[k * p.pooled_h + ph] = pool_bin_range(g.start_h, g.bin_h, ph, static_cast<int>(p.height));
@@ -86,10 +77,10 @@ bool pack_blocks(int64_t cells_per_channel, int64_t batch, const PoolParams& p) 
 // NCHW, channel by channel: every RoI's bins are pooled from one channel's plane while it is in
 // cache (RoI by RoI would jump to another plane for each (RoI, channel)).
 template <typename scalar_t>
-void forward_nchw(const at::Tensor& input, const RoiBins& bins, at::Tensor& output, at::Tensor& argmax,
+void forward_nchw(const Tensor& input, const RoiBins& bins, Tensor& output, Tensor& argmax,
                   const PoolParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor in = input.contiguous();
+  using acc_t = opmath_t<scalar_t>;
+  const Tensor in = make_contiguous(input);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
@@ -148,11 +139,11 @@ void forward_nchw(const at::Tensor& input, const RoiBins& bins, at::Tensor& outp
 // by RoI over all channels, every RoI's region came from memory anew; reading a block straight from
 // a channels-last map, 128 of every 1024 bytes, was slower than either.
 template <typename scalar_t>
-void forward_nhwc(const at::Tensor& input, const RoiBins& bins, bool packed, at::Tensor& output, at::Tensor& argmax,
+void forward_nhwc(const Tensor& input, const RoiBins& bins, bool packed, Tensor& output, Tensor& argmax,
                   const PoolParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   const bool nhwc_input = use_channels_last(input);
-  const at::Tensor in = nhwc_input ? input.contiguous(at::MemoryFormat::ChannelsLast) : input.contiguous();
+  const Tensor in = make_contiguous(input, nhwc_input);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
   int32_t* arg_data = argmax.mutable_data_ptr<int32_t>();
@@ -208,9 +199,9 @@ void forward_nhwc(const at::Tensor& input, const RoiBins& bins, bool packed, at:
 // NCHW: channels handed out to threads one at a time; per channel, the planes of all images are
 // zeroed, every RoI's bins are scattered into them (they stay in cache) and they are complete.
 template <typename scalar_t>
-void backward_nchw(const at::Tensor& grad, const std::vector<int64_t>& batch, const at::Tensor& argmax,
-                   at::Tensor& grad_in, const PoolParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+void backward_nchw(const Tensor& grad, const std::vector<int64_t>& batch, const Tensor& argmax,
+                   Tensor& grad_in, const PoolParams& p) {
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
   scalar_t* gi_data = grad_in.mutable_data_ptr<scalar_t>();
@@ -241,9 +232,9 @@ void backward_nchw(const at::Tensor& grad, const std::vector<int64_t>& batch, co
 // threads one at a time; each band visits, in (RoI, bin) order, the bins whose argmax falls in its
 // rows, and adds the channels that do.
 template <typename scalar_t>
-void backward_nhwc(const at::Tensor& grad, const std::vector<int64_t>& batch, const at::Tensor& argmax,
-                   at::Tensor& grad_in, const PoolParams& p) {
-  using acc_t = at::opmath_type<scalar_t>;
+void backward_nhwc(const Tensor& grad, const std::vector<int64_t>& batch, const Tensor& argmax,
+                   Tensor& grad_in, const PoolParams& p) {
+  using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
   scalar_t* gi_data = grad_in.mutable_data_ptr<scalar_t>();
@@ -302,30 +293,20 @@ void backward_nhwc(const at::Tensor& grad, const std::vector<int64_t>& batch, co
       });
 }
 
-PoolParams make_params(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t channels,
-                       int64_t height, int64_t width) {
-  check_spatial_scale(spatial_scale, "roi_pool");
-  return PoolParams{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), channels, height,
-                    width};
-}
-
-std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
-                                                        double spatial_scale, int64_t pooled_height,
-                                                        int64_t pooled_width) {
-  check_forward_args(input, rois, pooled_height, pooled_width, "roi_pool");
-  const PoolParams p =
-      make_params(spatial_scale, pooled_height, pooled_width, input.size(1), input.size(2), input.size(3));
-  const auto layout = use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const int64_t K = rois.size(0);
-  at::Tensor output = at::empty({K, p.channels, pooled_height, pooled_width}, input.options(), layout);
-  at::Tensor argmax = at::empty({K, p.channels, pooled_height, pooled_width}, input.options().dtype(at::kInt), layout);
+std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                int64_t pooled_height, int64_t pooled_width) {
+  const PoolParams p = forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_pool", true);
+  const std::array<int64_t, 4> sizes{p.num_rois, p.channels, pooled_height, pooled_width};
+  Tensor output = empty_4d(sizes, input.scalar_type(), input, p.nhwc);
+  Tensor argmax = empty_4d(sizes, ScalarType::Int, input, p.nhwc);
   if (output.numel() == 0) return {output, argmax};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu", [&] {
-    const RoiBins bins = all_bin_ranges<scalar_t>(rois.contiguous(), p);
+  dispatch_floating(input.scalar_type(), "roi_pool", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    const RoiBins bins = all_bin_ranges<scalar_t>(make_contiguous(rois), p);
     const int64_t cells = bins.cells(p);
-    if (use_channels_last(input)) {
-      forward_nhwc<scalar_t>(input, bins, pack_blocks(cells, input.size(0), p), output, argmax, p);
-    } else if (prefer_nhwc(cells, input.size(0), p)) {
+    if (p.nhwc) {
+      forward_nhwc<scalar_t>(input, bins, pack_blocks(cells, p.batch, p), output, argmax, p);
+    } else if (prefer_nhwc(cells, p.batch, p)) {
       forward_nhwc<scalar_t>(input, bins, /*packed=*/true, output, argmax, p);
     } else {
       forward_nchw<scalar_t>(input, bins, output, argmax, p);
@@ -334,26 +315,24 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   return {output, argmax};
 }
 
-at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
-                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
-                                 int64_t channels, int64_t height, int64_t width,
-                                 bool /*deterministic: the CPU backward always is*/) {
-  check_backward_args(grad, rois, batch_size, channels, height, width, pooled_height, pooled_width,
-                      "_roi_pool_backward");
-  check_argmax(argmax, grad, "_roi_pool_backward");
-  const PoolParams p = make_params(spatial_scale, pooled_height, pooled_width, channels, height, width);
-  const bool nhwc = use_channels_last(grad);
-  const auto layout = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  // Allocated with the layout (at::zeros would drop it); every element is written by the backward.
-  at::Tensor grad_in = at::empty({batch_size, channels, height, width}, grad.options(), layout);
+Tensor roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
+                             int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
+                             int64_t height, int64_t width, bool /*deterministic: the CPU backward always is*/) {
+  const char* op = "_roi_pool_backward";
+  const PoolParams p = backward_call(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                                     height, width, op, true);
+  check_argmax(argmax, grad, op);
+  // Allocated with the layout; every element is written by the backward.
+  Tensor grad_in = empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, p.nhwc);
   if (grad_in.numel() == 0) return grad_in;
-  const at::Tensor r = rois.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu", [&] {
+  const Tensor r = make_contiguous(rois);
+  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
     const scalar_t* roi_data = r.const_data_ptr<scalar_t>();
     std::vector<int64_t> batch(r.size(0));
     for (size_t k = 0; k < batch.size(); ++k)
-      batch[k] = static_cast<int64_t>(static_cast<at::opmath_type<scalar_t>>(roi_data[k * 5]));
-    if (nhwc) {
+      batch[k] = static_cast<int64_t>(static_cast<opmath_t<scalar_t>>(roi_data[k * kBoxWidth]));
+    if (p.nhwc) {
       backward_nhwc<scalar_t>(grad, batch, argmax, grad_in, p);
     } else {
       backward_nchw<scalar_t>(grad, batch, argmax, grad_in, p);
@@ -364,9 +343,9 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(roiops, CPU, m) {
-  m.impl("roi_pool", TORCH_FN(roi_pool_forward_cpu));
-  m.impl("_roi_pool_backward", TORCH_FN(roi_pool_backward_cpu));
+STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CPU, m) {
+  m.impl("roi_pool", TORCH_BOX(&roi_pool_forward_cpu));
+  m.impl("_roi_pool_backward", TORCH_BOX(&roi_pool_backward_cpu));
 }
 
 }  // namespace cpu

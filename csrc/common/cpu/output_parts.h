@@ -4,13 +4,13 @@
 // scratch of the part's size and converted once (no full-size float buffer and conversion pass).
 #pragma once
 
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
+
+#include "../tensor.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -42,7 +42,7 @@ constexpr int64_t kBandBytes = int64_t(8) << 20;
 // Rows per band of a channels-last output of N images of H rows, each row_bytes long (in the type
 // accumulated): bands of about kBandBytes, but at least 4 per thread (small maps, many threads).
 inline int64_t rows_per_band(int64_t N, int64_t H, int64_t row_bytes) {
-  const int64_t threads = at::get_num_threads();
+  const int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
   const int64_t rows_for_threads = (N * H + 4 * threads - 1) / (4 * threads);
   const int64_t rows_for_bytes = kBandBytes / std::max<int64_t>(1, row_bytes);
   return std::clamp<int64_t>(std::min(rows_for_threads, rows_for_bytes), 1, std::max<int64_t>(H, 1));
@@ -53,7 +53,7 @@ inline int64_t rows_per_band(int64_t N, int64_t H, int64_t row_bytes) {
 // reused from part to part.
 template <typename scalar_t>
 class PartAccumulator {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   static constexpr bool in_place = std::is_same_v<scalar_t, acc_t>;
 
  public:
