@@ -95,7 +95,8 @@ def op_library():
         "roiops.libroiops_ops",
         sources,
         include_dirs=_cuda_include_dirs(),
-        define_macros=[("ROIOPS_WITH_CUDA", None)],
+        # USE_CUDA: the stable C shim declares its CUDA functions (STD_CUDA_CHECK) only then.
+        define_macros=[("ROIOPS_WITH_CUDA", None), ("USE_CUDA", None)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         **common,
     )
@@ -116,7 +117,7 @@ setup(
     description="Exact, fast and safe RoIAlign / RoIPool operators for PyTorch (CPU and CUDA)",
     packages=find_packages(include=["roiops", "roiops.*"]),
     python_requires=">=3.9",
-    install_requires=["torch", "numpy"],
+    install_requires=["torch>=2.13", "numpy"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "expecttest"],
         "bench": ["pycocotools", "matplotlib", "tqdm", "tifffile"],

@@ -35,7 +35,9 @@ def op_library_path() -> str:
     """The path of the op library, for torch.ops.load_library or a C++ program (dlopen)."""
     found = sorted(glob.glob(os.path.join(_HERE, "libroiops_ops.*so")))
     if not found:
-        raise ImportError(f"roiops: the op library (libroiops_ops*.so) is missing from {_HERE}: build roiops (pip install .)")
+        raise ImportError(
+            f"roiops: the op library (libroiops_ops*.so) is missing from {_HERE}: build roiops (pip install .)"
+        )
     return found[0]
 
 
@@ -48,4 +50,4 @@ def registered_ops(namespace: str = NAMESPACE):
 check_torch_version()
 torch.ops.load_library(op_library_path())
 
-from . import _C  # noqa: E402  (after the version check: its message is the one to see)
+from . import _C  # noqa: E402, F401  (after the version check: its message is the one to see)

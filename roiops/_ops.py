@@ -19,7 +19,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from ._library import NAMESPACE, _C
+from ._library import _C, NAMESPACE
 from ._validation import POOL_MODES
 
 ops = torch.ops.roiops
@@ -125,7 +125,9 @@ def _register_fakes(spec: OpSpec) -> None:
     def forward_fake(*values):
         args = dict(zip(spec.forward_args, values))
         input, rois = args["input"], args["rois"]
-        torch._check_value(input.dim() == 4, lambda: f"{spec.name}: input must be 4-D [N, C, H, W], but got {input.dim()}-D")
+        torch._check_value(
+            input.dim() == 4, lambda: f"{spec.name}: input must be 4-D [N, C, H, W], but got {input.dim()}-D"
+        )
         torch._check_type(
             input.is_floating_point(),
             lambda: f"{spec.name}: input must be a floating-point tensor, but got {input.dtype}",
@@ -265,7 +267,9 @@ def _quantized_kernel(spec: OpSpec, op):
     def kernel(input, rois, *params):
         if input.qscheme() != torch.per_tensor_affine:
             scheme = str(input.qscheme()).replace("torch.", "")
-            raise TypeError(f"{spec.name}: a quantized input must be per-tensor affine (torch.per_tensor_affine), but got {scheme}")
+            raise TypeError(
+                f"{spec.name}: a quantized input must be per-tensor affine (torch.per_tensor_affine), but got {scheme}"
+            )
         float_rois = rois.dequantize() if rois.is_quantized else rois.float()
         output, argmax = op(input.dequantize(), float_rois, *params)
         return torch.quantize_per_tensor(output, input.q_scale(), input.q_zero_point(), input.dtype), argmax

@@ -18,9 +18,12 @@ py="$venv/bin/python"
 "$py" -m pip install -q --no-deps stardist || echo "install.sh: stardist unavailable; the real-image benchmark will be skipped"
 # OpenVINO is one of the speed benchmark's peers; optional (the benchmark says when it is absent).
 "$py" -m pip install -q openvino || echo "install.sh: openvino unavailable; the speed benchmark will skip it"
-# Without build isolation the extension compiles against the torch installed above (a build-isolated
-# install would fetch a second torch and compile against headers that may not match it).
+# Without build isolation the op library compiles against the torch installed above (and, with
+# FORCE_CUDA=1, its CUDA headers); `pip install .` alone would build in an isolated environment.
 start=$(date +%s)
 "$py" -m pip install -q --no-build-isolation -e .
 echo "install.sh: roiops built in $(( $(date +%s) - start )) s"
+# The CUDA kernels compiled for the CPU (emulated CUDA), so that the test suite runs them here as CI
+# does (tests/test_cuda.py and the device-parametrized tests); no GPU or CUDA toolkit needed.
+PYTHON="$py" bash scripts/build_emulated_cuda.sh
 "$venv/bin/roiops-bench" info

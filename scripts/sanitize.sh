@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds roiops' compiled extension with AddressSanitizer + UndefinedBehaviorSanitizer into a separate
-# folder and runs a focused set of tests against that build. The shared (editable) build in
-# roiops/_C*.so is neither used nor touched.
+# folder and runs a focused set of tests against that build. The checkout's compiled libraries
+# (roiops/*.so, the editable build) are neither used nor touched.
 #
 # Usage (from anywhere, with the project's virtualenv active or in .venv):
 #   scripts/sanitize.sh                      # build (if sources changed) + run the default test subset
@@ -15,7 +15,7 @@
 # How it works:
 #   1. ROIOPS_SANITIZE=1 python setup.py build_ext --build-lib $DIR/lib --build-temp $DIR/tmp
 #      (setup.py then adds -fsanitize=address,undefined -fno-omit-frame-pointer -O1 -g).
-#   2. $DIR/lib/roiops = a copy of the Python package + the sanitized _C*.so; PYTHONPATH points there
+#   2. $DIR/lib/roiops = a copy of the Python package + the sanitized libraries; PYTHONPATH points there
 #      (setuptools' editable finder comes after PYTHONPATH, so this copy is the one imported; the
 #      script checks that).
 #   3. python runs with LD_PRELOAD=libasan (the ASan runtime must be loaded before anything else;
@@ -31,7 +31,7 @@
 # Measured on the 2-core development machine (others working beside): a clean build 1.5-4 min
 # (later runs rebuild only what changed, seconds), the default test subset (~475 tests, 100
 # hypothesis examples per property) ~30 s. Negative control: with the empty-map-axis fix of
-# roi_geometry.h reverted, UBSan stops the run ("applying non-zero offset to null pointer"), and
+# common/geometry.h reverted, UBSan stops the run ("applying non-zero offset to null pointer"), and
 # with the NaN-sample fix reverted ASan does (SEGV). Not enabled: -fsanitize=float-cast-overflow
 # (not part of GCC's "undefined"; it would flag a NaN/huge float cast to int directly).
 # The exit status is pytest's, 134 for a sanitizer abort, 1 if a report file was written.
@@ -87,11 +87,11 @@ t1=$(date +%s)
 echo "   built in $((t1 - t0)) s"
 
 # The package copy: Python sources from the checkout, the extension from the sanitized build.
-SO="$(ls "$DIR"/lib/roiops/_C*.so)"
+SO="$(ls "$DIR"/lib/roiops/libroiops_ops*.so)"  # the op library: the kernels
 mkdir -p "$DIR/pkg"
 rm -rf "$DIR/pkg/roiops"
 (cd "$ROOT" && find roiops -name '*.py' -print0 | xargs -0 -I{} install -D -m 644 {} "$DIR/pkg/{}")
-cp "$SO" "$DIR/pkg/roiops/"
+cp "$SO" "$DIR"/lib/roiops/_C*.so "$DIR/pkg/roiops/"
 SYMBOLS="$(nm -D "$SO")"  # (not piped into grep -q: with pipefail, nm's SIGPIPE would fail the test)
 [[ "$SYMBOLS" == *__asan_report* && "$SYMBOLS" == *__ubsan_handle* ]] || {
     echo "sanitize.sh: $SO is not instrumented (does setup.py still honour ROIOPS_SANITIZE=1?)" >&2
@@ -108,7 +108,7 @@ mkdir -p "$DIR/reports"
 export ASAN_OPTIONS="log_path=$DIR/reports/asan:detect_leaks=0:protect_shadow_gap=0:detect_odr_violation=0:alloc_dealloc_mismatch=0:abort_on_error=1:print_summary=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="log_path=$DIR/reports/ubsan:print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
-# Run from the build folder: the checkout's roiops/ (with the uninstrumented _C) must not be on
+# Run from the build folder: the checkout's roiops/ (with the uninstrumented libraries) must not be on
 # sys.path (python puts the working directory first).
 cd "$DIR"
 LD_PRELOAD="$PRELOAD" python - <<'EOF'

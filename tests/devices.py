@@ -1,5 +1,5 @@
 """Where kernels under test run, as a test parameter: the CPU kernels, real CUDA, and the CUDA sources
-emulated on the CPU (csrc/cuda/emulation.h; ops under torch.ops.roiops_emu / roiops_emu64, built by
+emulated on the CPU (csrc/common/cuda/emulation.h; ops under torch.ops.roiops_emu / roiops_emu64, built by
 scripts/build_emulated_cuda.sh, looked up in $ROIOPS_EMULATED_CUDA_DIR, default build/emulated_cuda).
 """
 

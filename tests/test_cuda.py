@@ -5,7 +5,7 @@ NaN/inf rules), and autocast.
 
 Every test takes the device as a parameter:
 - "cuda": a GPU and roiops built with CUDA (skipped otherwise);
-- "emulated": the same CUDA sources compiled for the CPU (csrc/cuda/emulation.h), ops under
+- "emulated": the same CUDA sources compiled for the CPU (csrc/common/cuda/emulation.h), ops under
   torch.ops.roiops_emu, built by scripts/build_emulated_cuda.sh (skipped if it was not run; CI runs it);
 - "emulated64": the same with every launch on the 64-bit index kernels and only 3 blocks per launch.
 The emulated libraries are looked up in $ROIOPS_EMULATED_CUDA_DIR (default build/emulated_cuda).

@@ -77,8 +77,15 @@ void check_spatial_scale(double spatial_scale, ScalarType dtype, const char* op_
 
 RoiCall make_call(double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch, int64_t channels,
                   int64_t height, int64_t width, bool nhwc, int64_t num_rois) {
-  return RoiCall{spatial_scale, static_cast<int>(pooled_height), static_cast<int>(pooled_width), batch, channels,
-                 height, width, nhwc, num_rois};
+  return RoiCall{spatial_scale,
+                 static_cast<int>(pooled_height),
+                 static_cast<int>(pooled_width),
+                 batch,
+                 channels,
+                 height,
+                 width,
+                 nhwc,
+                 num_rois};
 }
 
 }  // namespace
@@ -141,8 +148,8 @@ int sampling_grid(int64_t sampling_ratio, const char* op_name) {
 void check_argmax(const Tensor& argmax, const Tensor& grad, const char* op_name) {
   bool same_shape = argmax.dim() == grad.dim();
   for (int64_t d = 0; same_shape && d < grad.dim(); ++d) same_shape = argmax.size(d) == grad.size(d);
-  check(argmax.scalar_type() == ScalarType::Int && same_shape, op_name, ": argmax must be int32 with the shape of grad ",
-        format_sizes(grad));
+  check(argmax.scalar_type() == ScalarType::Int && same_shape, op_name,
+        ": argmax must be int32 with the shape of grad ", format_sizes(grad));
   check(argmax.device() == grad.device(), op_name, ": argmax must be on the device of grad (", format_device(grad),
         "), but is on ", format_device(argmax));
 }

@@ -10,15 +10,11 @@
 #include <cstdint>
 
 #include "parallel.h"
+#include "tuning.h"
 #include "vector_loops.h"
 
 namespace roiops {
 namespace cpu {
-
-// A map of fewer channels is not packed: its one block would be a copy of the whole map, for SIMD
-// loops over fewer lanes than a vector holds (a full copy of a 1024 x 1024 float64 map, 16 MiB, for
-// about 1 ms of 2.4 on 512 RoIs of a 2-channel map).
-constexpr int64_t kMinPackedChannels = 8;
 
 // Packs channels [c0, c0 + n) of an [N, C, H, W] map, NCHW or channels-last (nhwc), into dst as
 // [N, H, W, n]. Map rows are handed out to threads.

@@ -4,13 +4,13 @@
 // scratch of the part's size and converted once (no full-size float buffer and conversion pass).
 #pragma once
 
-
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
 #include "../tensor.h"
+#include "tuning.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -34,10 +34,6 @@ inline void prefault(void* data, size_t bytes) {
   (void)bytes;
 #endif
 }
-
-// Bytes of an output that one band of rows spans at most: a few bands (one per thread) stay in cache
-// while contributions are scattered into them.
-constexpr int64_t kBandBytes = int64_t(8) << 20;
 
 // Rows per band of a channels-last output of N images of H rows, each row_bytes long (in the type
 // accumulated): bands of about kBandBytes, but at least 4 per thread (small maps, many threads).

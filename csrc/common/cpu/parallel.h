@@ -1,19 +1,15 @@
 // Work distribution for the CPU kernels.
 #pragma once
 
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 
 #include "../tensor.h"
+#include "tuning.h"
 
 namespace roiops {
 namespace cpu {
-
-// Below this many elementary steps (bilinear taps, cells) a call runs on the calling thread: waking
-// the pool costs more than it saves, and far more when the cores are busy (OpenMP spin-waits).
-constexpr int64_t kMinParallelWork = int64_t(1) << 16;
 
 // Runs body(i) for i in [0, n) on ATen's thread pool, handing out items one at a time: RoIs differ
 // in cost (adaptive sampling grids, clipped boxes), so a static split would leave threads idle.

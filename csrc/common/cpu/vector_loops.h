@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "../geometry.h"
+#include "tuning.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ROIOPS_NO_CLONES)
 #define ROIOPS_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
@@ -19,8 +20,6 @@
 
 namespace roiops {
 namespace cpu {
-
-constexpr int64_t kChannelBlock = 32;
 
 // sum[c] += the bilinear value of each of the bin's samples at channel c, in order (sum[c] starts
 // from 0 when `first`: a bin may come in pieces). Samples outside the map (valid == false) add nothing.

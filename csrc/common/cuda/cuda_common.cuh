@@ -82,15 +82,16 @@ struct DeviceGuard {
   torch::stable::accelerator::DeviceGuard guard;
 };
 inline cudaStream_t current_stream(const Tensor& t) {
-  return static_cast<cudaStream_t>(
-      torch::stable::accelerator::getCurrentStream(t.get_device_index()).nativeHandle());
+  return static_cast<cudaStream_t>(torch::stable::accelerator::getCurrentStream(t.get_device_index()).nativeHandle());
 }
 inline bool stream_is_capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   STD_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   return status != cudaStreamCaptureStatusNone;
 }
-inline Tensor to_host(const Tensor& t) { return torch::stable::to(t, torch::stable::Device(torch::headeronly::DeviceType::CPU)); }
+inline Tensor to_host(const Tensor& t) {
+  return torch::stable::to(t, torch::stable::Device(torch::headeronly::DeviceType::CPU));
+}
 #endif
 
 // Row k of a 2-D tensor on the device, as doubles on the host (for error messages: an error may sync).
@@ -294,7 +295,8 @@ struct FixedPointBuffers {
     ROIOPS_LAUNCH(num_blocks(grad.numel()), kThreads, stream, max_exponent_kernel<scalar_t>)(
         grad.numel(), grad.const_data_ptr<scalar_t>(), channel_of, exponents.mutable_data_ptr<int>());
     ROIOPS_KERNEL_LAUNCH_CHECK();
-    ROIOPS_LAUNCH(num_blocks(C), kThreads, stream, channel_exponents_kernel<scalar_t>)(C, L, exponents.mutable_data_ptr<int>());
+    ROIOPS_LAUNCH(num_blocks(C), kThreads, stream, channel_exponents_kernel<scalar_t>)(
+        C, L, exponents.mutable_data_ptr<int>());
     ROIOPS_KERNEL_LAUNCH_CHECK();
     acc = zeros_1d(numel, ScalarType::Long, grad);
     flags = zeros_1d((numel + kCellsPerFlagWord - 1) / kCellsPerFlagWord, ScalarType::Int, grad);

@@ -44,7 +44,7 @@ void check_launch(dim3 grid, dim3 block) {
                   grid.z <= kMaxGridYZ && block.x >= 1 && block.y >= 1 && block.z >= 1 && block.x <= kMaxBlockXY &&
                   block.y <= kMaxBlockXY && block.z <= kMaxBlockZ && threads <= kMaxThreadsPerBlock;
   check(ok, "emulated CUDA error: invalid configuration argument (grid ", grid.x, " x ", grid.y, " x ", grid.z,
-              ", block ", block.x, " x ", block.y, " x ", block.z, ")");
+        ", block ", block.x, " x ", block.y, " x ", block.z, ")");
   const std::lock_guard<std::mutex> lock(state_mutex);
   ++launch_count;
 }

@@ -21,11 +21,6 @@ namespace roiops {
 namespace cpu {
 namespace align {
 
-// The most taps a thread holds at once (the channels-last kernels), and the most samples in one piece.
-constexpr int64_t kTapsPerChunk = int64_t(1) << 16;
-// The most taps held at once by the NCHW kernels, shared by all threads (~3-6 MB: stays in L3).
-constexpr int64_t kSharedTaps = int64_t(1) << 17;
-
 // The geometry of one RoI (its box passed check_sample_limits).
 template <typename acc_t, typename scalar_t>
 AlignGeometry<acc_t> roi_geometry(const scalar_t* roi_row, const AlignParams& p) {
@@ -47,7 +42,7 @@ void check_sample_limits(const scalar_t* roi_data, int64_t K, const AlignParams&
   }
 }
 
-// The samples each bin of one RoI visits (roi_geometry.h: those that can touch the map, and one
+// The samples each bin of one RoI visits (common/geometry.h: those that can touch the map, and one
 // stand-in for the others), clipped once per bin row and bin column. Reusable across RoIs.
 template <typename acc_t>
 class RoiSamples {

@@ -34,10 +34,10 @@ namespace {
 
 using align::BinPiece;
 using align::find_sample;
-using align::in_one_round;
 using align::for_each_channel_piece;
 using align::for_each_channel_piece_with;
 using align::for_each_piece_chunk;
+using align::in_one_round;
 using align::PieceChunk;
 using align::PieceView;
 using align::PlaneTaps;
@@ -48,8 +48,8 @@ using align::RoiSamples;
 // channels [c0, c0 + channels): RoIs handed out to threads one at a time; the four taps of a sample
 // are contiguous channel vectors (SIMD loops in vector_loops.h). Output may have any layout.
 template <typename scalar_t>
-void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, const Tensor& rois,
-                           Tensor& output, Tensor& argmax, const AlignParams& p) {
+void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, const Tensor& rois, Tensor& output,
+                           Tensor& argmax, const AlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
   const scalar_t* roi_data = rois.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
@@ -94,20 +94,16 @@ void forward_nhwc_channels(const scalar_t* map, int64_t channels, int64_t c0, co
 
 // The channels-last forward: all channels at once.
 template <typename scalar_t>
-void forward_nhwc(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax,
-                  const AlignParams& p) {
+void forward_nhwc(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax, const AlignParams& p) {
   const Tensor in = make_contiguous(input, /*channels_last=*/true);
   forward_nhwc_channels(in.const_data_ptr<scalar_t>(), p.channels, 0, rois, output, argmax, p);
 }
 
-// Whether an NCHW forward is worth packing: when it has kMinPackedChannels or more and its samples
-// number at least an eighth of the map's cells. (Measured on FPN P2 maps, 2 threads: packing costs
-// ~11 ms, then pools 2-2.5x faster; from 23K samples on a 109K-cell map it wins, 1.2x at 23K to 2.1x
-// at 78K, and loses below 8K.)
+// Whether an NCHW forward is worth packing (tuning.h: kPackSampleFraction).
 template <typename acc_t, typename scalar_t>
 bool prefer_packed(const scalar_t* roi_data, int64_t K, int64_t batch, const AlignParams& p) {
   return p.channels >= kMinPackedChannels &&
-         align::total_samples<acc_t>(roi_data, K, p) * 8 >= batch * p.height * p.width;
+         align::total_samples<acc_t>(roi_data, K, p) * kPackSampleFraction >= batch * p.height * p.width;
 }
 
 // An NCHW input, block by block (channel_blocks.h): each block transposed into a scratch and pooled
@@ -131,8 +127,7 @@ T select_bits(bool win, T a, T b) {
 
 // The NCHW forward (see for_each_channel_piece).
 template <typename scalar_t>
-void forward_nchw(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax,
-                  const AlignParams& p) {
+void forward_nchw(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& argmax, const AlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
   const Tensor in = make_contiguous(input);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();

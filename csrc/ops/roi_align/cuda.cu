@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kThreads)
     acc_t sum = acc_t(0);
     acc_t top = -std::numeric_limits<acc_t>::infinity();
     int32_t top_s = -1;
-    // Only the samples that can touch the map, and one stand-in for the others (roi_geometry.h).
+    // Only the samples that can touch the map, and one stand-in for the others (common/geometry.h).
     const int bin_h = static_cast<int>(ph), bin_w = static_cast<int>(pw);
     bin_samples(g, bin_h, bin_w, H, W).for_each([&](int s, int iy, int ix) {
       const BilinearTaps<acc_t> t = iy < 0 ? outside_taps<acc_t>() : align_sample_taps(g, bin_h, bin_w, iy, ix, H, W);
@@ -208,8 +208,8 @@ std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Ten
 }
 
 template <typename scalar_t, typename Adder>
-void launch_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax, bool max_mode,
-                     const Adder& add, const AlignParams& a, cudaStream_t stream) {
+void launch_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax, bool max_mode, const Adder& add,
+                     const AlignParams& a, cudaStream_t stream) {
   const int64_t total = grad.numel();
   const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
   const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();

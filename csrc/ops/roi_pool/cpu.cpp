@@ -62,23 +62,20 @@ RoiBins all_bin_ranges(const Tensor& rois, const PoolParams& p) {
 // When the bins cover the map densely, taking the maximum over contiguous channel vectors (SIMD) of
 // NHWC blocks beats the NCHW column maxima, transposition included.
 bool prefer_nhwc(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
-  // (Measured on FPN P2 maps, 2 threads: 2.4-2.7x faster from 1.2 to 13 cells read per map cell.)
-  return p.channels >= kMinPackedChannels && cells_per_channel * 4 >= batch * p.height * p.width;
+  return p.channels >= kMinPackedChannels && cells_per_channel * kNhwcCellFraction >= batch * p.height * p.width;
 }
 
-// Whether a channels-last map is worth packing block by block (channel_blocks.h): when its RoIs read each
-// map cell 6 times or more. (Measured on FPN P2 maps, 2 threads: at 13 reads per cell packing is
-// 1.4x faster, at 6.5 even, at 3.3 and below reading the map directly is 1.5-1.9x faster.)
+// Whether a channels-last map is worth packing block by block (channel_blocks.h; tuning.h:
+// kPackReadsPerCell).
 bool pack_blocks(int64_t cells_per_channel, int64_t batch, const PoolParams& p) {
   // (A map of one block or less is packed already: packing would copy it as it is.)
-  return p.channels > kChannelBlock && cells_per_channel >= 6 * batch * p.height * p.width;
+  return p.channels > kChannelBlock && cells_per_channel >= kPackReadsPerCell * batch * p.height * p.width;
 }
 
 // NCHW, channel by channel: every RoI's bins are pooled from one channel's plane while it is in
 // cache (RoI by RoI would jump to another plane for each (RoI, channel)).
 template <typename scalar_t>
-void forward_nchw(const Tensor& input, const RoiBins& bins, Tensor& output, Tensor& argmax,
-                  const PoolParams& p) {
+void forward_nchw(const Tensor& input, const RoiBins& bins, Tensor& output, Tensor& argmax, const PoolParams& p) {
   using acc_t = opmath_t<scalar_t>;
   const Tensor in = make_contiguous(input);
   const scalar_t* in_data = in.const_data_ptr<scalar_t>();
@@ -199,8 +196,8 @@ void forward_nhwc(const Tensor& input, const RoiBins& bins, bool packed, Tensor&
 // NCHW: channels handed out to threads one at a time; per channel, the planes of all images are
 // zeroed, every RoI's bins are scattered into them (they stay in cache) and they are complete.
 template <typename scalar_t>
-void backward_nchw(const Tensor& grad, const std::vector<int64_t>& batch, const Tensor& argmax,
-                   Tensor& grad_in, const PoolParams& p) {
+void backward_nchw(const Tensor& grad, const std::vector<int64_t>& batch, const Tensor& argmax, Tensor& grad_in,
+                   const PoolParams& p) {
   using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
@@ -232,8 +229,8 @@ void backward_nchw(const Tensor& grad, const std::vector<int64_t>& batch, const 
 // threads one at a time; each band visits, in (RoI, bin) order, the bins whose argmax falls in its
 // rows, and adds the channels that do.
 template <typename scalar_t>
-void backward_nhwc(const Tensor& grad, const std::vector<int64_t>& batch, const Tensor& argmax,
-                   Tensor& grad_in, const PoolParams& p) {
+void backward_nhwc(const Tensor& grad, const std::vector<int64_t>& batch, const Tensor& argmax, Tensor& grad_in,
+                   const PoolParams& p) {
   using acc_t = opmath_t<scalar_t>;
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int32_t* arg_data = argmax.const_data_ptr<int32_t>();
