@@ -163,7 +163,10 @@ def _pool_level(
     return roi_align(feature, rois, output_size, scale, sampling_ratio, aligned, pool_mode)
 
 
-class MultiScaleRoIAlign(_base_class()):
+_BASE = _base_class()
+
+
+class MultiScaleRoIAlign(_BASE):
     """FPN RoI pooling: torchvision's constructor and call, plus ``aligned``, ``pool_mode`` and ``op``.
 
     Args:
@@ -194,7 +197,6 @@ class MultiScaleRoIAlign(_base_class()):
         pool_mode: str = "avg",
         op: str = "roi_align",
     ):
-        nn.Module.__init__(self)  # torchvision's __init__ would redo (unchecked) what follows
         name = type(self).__name__
         if isinstance(featmap_names, str) or not all(isinstance(k, str) for k in featmap_names):
             raise TypeError(f"{name}: featmap_names must be a list of str, but got {featmap_names!r}")
@@ -202,9 +204,22 @@ class MultiScaleRoIAlign(_base_class()):
             raise ValueError(f"{name}: featmap_names must not be empty")
         if op not in POOL_OPS:
             raise ValueError(f"{name}: op must be one of {POOL_OPS}, but got {op!r}")
+        output_size = v.output_size_pair(name, output_size)
+        sampling_ratio = v.check_sampling_ratio(name, sampling_ratio)
+        if _BASE is nn.Module:
+            nn.Module.__init__(self)
+        else:  # a fully initialized torchvision pooler: its inherited methods find all their state
+            _BASE.__init__(
+                self,
+                list(featmap_names),
+                output_size,
+                sampling_ratio,
+                canonical_scale=canonical_scale,
+                canonical_level=canonical_level,
+            )
         self.featmap_names = list(featmap_names)
-        self.output_size = v.output_size_pair(name, output_size)
-        self.sampling_ratio = v.check_sampling_ratio(name, sampling_ratio)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
         self.aligned = v.check_aligned(name, aligned)

@@ -156,3 +156,15 @@ def test_level_assignment_matches_torchvision():
     scales, mapper = tvp._setup_scales([feats[k] for k in NAMES], [(h, w)], 224, 4)
     assert pooler.setup([feats[k] for k in NAMES], [(h, w)])[0] == scales
     assert torch.equal(ours, mapper(boxes))
+
+
+def test_is_a_fully_initialized_torchvision_pooler():
+    tv_ops = pytest.importorskip("torchvision.ops")
+    ours = MultiScaleRoIAlign(NAMES, 7, 2)
+    theirs = tv_ops.MultiScaleRoIAlign(NAMES, 7, 2)
+    assert isinstance(ours, tv_ops.MultiScaleRoIAlign)
+    # Every attribute torchvision's __init__ sets is there for its inherited methods.
+    assert set(vars(theirs)) <= set(vars(ours)), set(vars(theirs)) - set(vars(ours))
+    for name in ("featmap_names", "sampling_ratio", "canonical_scale", "canonical_level"):
+        assert getattr(ours, name) == getattr(theirs, name)
+    assert tuple(ours.output_size) == tuple(theirs.output_size)
