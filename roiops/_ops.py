@@ -247,15 +247,23 @@ _HALF_TYPES = (torch.float16, torch.bfloat16)
 _library_impls = torch.library.Library(NAMESPACE, "IMPL")
 
 
+def _to_float32(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in _HALF_TYPES else value
+    if isinstance(value, (list, tuple)):
+        return [_to_float32(v) for v in value]
+    return value
+
+
 def _autocast_kernel(op, device_type: str):
     def kernel(*args):
-        dtype = args[0].dtype
-        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF_TYPES else a for a in args)
+        first = args[0][0] if isinstance(args[0], (list, tuple)) else args[0]  # (a map, or the first of a list)
+        dtype = first.dtype
         with torch.autocast(device_type, enabled=False):
-            result = op(*args)
+            result = op(*(_to_float32(a) for a in args))
         if isinstance(result, torch.Tensor):
             return result.to(dtype)
-        return tuple(r.to(dtype) if r.is_floating_point() else r for r in result)
+        return type(result)(r.to(dtype) if r.is_floating_point() else r for r in result)
 
     return kernel
 
@@ -292,3 +300,119 @@ for _spec in SPECS.values():
     _register_fakes(_spec)
     _register_autograd(_spec)
     _register_dispatch_kernels(_spec)
+
+
+# ---- multilevel_pool: a list of maps -----------------------------------------------------------------
+# FPN pooling in one call (csrc/ops/multilevel_pool/schema.cpp): each box is pooled from the map of
+# its level with that level's scale. Not an OpSpec: it takes a list of maps and returns a list of
+# gradients.
+
+MULTILEVEL_OPS = ("multilevel_pool", "_multilevel_pool_backward")
+MULTILEVEL_MODES = ("avg", "max", "roi_pool")
+
+
+@torch.library.register_fake(f"{NAMESPACE}::multilevel_pool")
+def _multilevel_fake(
+    features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, mode
+):
+    op = "multilevel_pool"
+    torch._check_value(len(features) > 0, lambda: f"{op}: features must hold at least one map, but got none")
+    torch._check_value(
+        mode in MULTILEVEL_MODES, lambda: f"{op}: mode must be 'avg', 'max' (RoIAlign) or 'roi_pool', but got '{mode}'"
+    )
+    torch._check_value(
+        len(spatial_scales) == len(features),
+        lambda: f"{op}: spatial_scales must hold one scale per map ({len(features)}), but holds {len(spatial_scales)}",
+    )
+    torch._check_value(
+        levels.dim() == 1 and levels.shape[0] == rois.shape[0] and levels.dtype == torch.int64,
+        lambda: (
+            f"{op}: levels must be an int64 tensor [K] with one level per box, but got {levels.dtype} {tuple(levels.shape)}"
+        ),
+    )
+    first = features[0]
+    args = dict(pooled_height=pooled_height, pooled_width=pooled_width, sampling_ratio=sampling_ratio)
+    args["pool_mode"] = "max" if mode == "max" else "avg"
+    for feature, scale in zip(features, spatial_scales):
+        torch._check_value(
+            feature.dim() == 4, lambda: f"{op}: input must be 4-D [N, C, H, W], but got {feature.dim()}-D"
+        )
+        torch._check_value(
+            feature.shape[:2] == first.shape[:2] and feature.dtype == first.dtype,
+            lambda: f"{op}: every map must have the batch, channels and dtype of features[0]",
+        )
+        _check_common(SPECS["roi_align"], op, rois, feature, dict(args, spatial_scale=scale))
+    shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
+    fmt = memory_format(first)
+    output = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=fmt)
+    if mode == "avg":
+        return output, first.new_empty((0,), dtype=torch.int32)
+    return output, torch.empty(shape, dtype=torch.int32, device=first.device, memory_format=fmt)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::_multilevel_pool_backward")
+def _multilevel_backward_fake(
+    grad, rois, levels, argmax, spatial_scales, pooled_height, pooled_width, batch_size, channels, heights, widths, *_
+):
+    fmt = memory_format(grad)
+    return [
+        torch.empty((batch_size, channels, h, w), dtype=grad.dtype, device=grad.device, memory_format=fmt)
+        for h, w in zip(heights, widths)
+    ]
+
+
+def _multilevel_setup_context(ctx, inputs, output):
+    features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, mode = inputs
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(rois, levels, output[1])
+    ctx.sizes = (
+        features[0].shape[0],
+        features[0].shape[1],
+        [f.shape[2] for f in features],
+        [f.shape[3] for f in features],
+    )
+    ctx.params = (list(spatial_scales), pooled_height, pooled_width, sampling_ratio, aligned, mode)
+
+
+def _multilevel_backward(ctx, grad_output, _grad_argmax):
+    if grad_output is None:
+        return ([None] * len(ctx.sizes[2]),) + (None,) * 8
+    rois, levels, argmax = ctx.saved_tensors
+    scales, pooled_height, pooled_width, sampling_ratio, aligned, mode = ctx.params
+    batch_size, channels, heights, widths = ctx.sizes
+    grads = ops._multilevel_pool_backward(
+        grad_output,
+        rois,
+        levels,
+        argmax,
+        scales,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        heights,
+        widths,
+        sampling_ratio,
+        aligned,
+        mode,
+        _deterministic(),
+    )
+    return (list(grads),) + (None,) * 8
+
+
+def _multilevel_no_double_backward(ctx, *grads):
+    raise NotImplementedError("multilevel_pool: double backward (a gradient of the gradient) is not supported")
+
+
+torch.library.register_autograd(
+    f"{NAMESPACE}::multilevel_pool", _multilevel_backward, setup_context=_multilevel_setup_context
+)
+torch.library.register_autograd(
+    f"{NAMESPACE}::_multilevel_pool_backward",
+    _multilevel_no_double_backward,
+    setup_context=lambda ctx, inputs, output: None,
+)
+_autocast_keys = (("AutocastCPU", "cpu"), ("AutocastCUDA", "cuda")) if _C.with_cuda else (("AutocastCPU", "cpu"),)
+for _name in MULTILEVEL_OPS:
+    for _key, _device_type in _autocast_keys:
+        _library_impls.impl(_name, _autocast_kernel(getattr(ops, _name).default, _device_type), _key)

@@ -1,18 +1,21 @@
 """Multi-scale (FPN) RoI pooling on roiops kernels, a drop-in for ``torchvision.ops.MultiScaleRoIAlign``.
 
-Each box goes to one pyramid level, by the FPN rule
+Each box goes to one pyramid level by a level rule (LEVEL_RULES), torchvision's by default,
 
-    level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + eps), clamped to the levels present,
+    level = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6), clamped to the levels present,
 
-(computed as torchvision computes it, so that the assignment matches bit for bit), and each level is
-pooled with a single kernel call over all of its boxes. The scale of every feature map is inferred from
-its size and the largest image size, rounded to a power of two.
+computed with the same tensor operations as torchvision's, on the boxes' device, so that the assignment
+matches bit for bit. All levels are pooled by one call of the multilevel_pool op (forward and backward:
+no per-level calls, no nonzero, no host sync); TorchScript and ONNX export take the per-level
+composition instead, which is also the op's reference. The scale of every feature map is inferred
+from its size and the largest image size, rounded to a power of two, in Python arithmetic.
 
 When torchvision is installed, ``MultiScaleRoIAlign`` subclasses torchvision's, so torchvision's
 detection constructors (which check ``isinstance``) accept it and its feature extraction treats it as
 a leaf module. It scripts (TorchScript), and under torch.fx its steps are leaf functions.
 """
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -23,9 +26,13 @@ from . import _validation as v
 from .roi_align import roi_align
 from .roi_pool import roi_pool
 
-__all__ = ["MultiScaleRoIAlign", "infer_scale", "assign_levels", "POOL_OPS"]
+__all__ = ["MultiScaleRoIAlign", "infer_scale", "assign_levels", "POOL_OPS", "LEVEL_RULES"]
 
 POOL_OPS = ("roi_align", "roi_pool")
+# torchvision's MultiScaleRoIAlign (LevelMapper), detectron2's ROIPooler (assign_boxes_to_levels: +1e-8
+# inside the log) and mmdet's SingleRoIExtractor (map_roi_levels: floor(log2(sqrt(area) / 56 + 1e-6)),
+# finest_scale 56 by default, counted from the first level present).
+LEVEL_RULES = ("torchvision", "detectron2", "mmdet")
 
 
 def _base_class() -> type:
@@ -48,8 +55,8 @@ def infer_scale(feature_size: List[int], image_size: List[int]) -> float:
 
 
 def _log2(x: float) -> float:
-    # math.log2 does not script; log2 of a float64 tensor is exact for the powers of two used here
-    return float(torch.log2(torch.tensor(x, dtype=torch.float64)).item())
+    # (math.log2 does not script.) Callers round the result: it is exact to ~1e-15 for a power of two.
+    return math.log(x) / math.log(2.0)
 
 
 def assign_levels(
@@ -59,11 +66,18 @@ def assign_levels(
     canonical_scale: float = 224.0,
     canonical_level: int = 4,
     eps: float = 1e-6,
+    rule: str = "torchvision",
 ) -> Tensor:
-    """Pyramid level of each (x1, y1, x2, y2) box [N, 4] minus k_min (an index into the levels), int64."""
+    """Pyramid level of each (x1, y1, x2, y2) box [N, 4] minus k_min (an index into the levels), int64,
+    by one of LEVEL_RULES (for mmdet, canonical_scale is its finest_scale and canonical_level unused)."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     s = torch.sqrt(area)
-    lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + torch.tensor(eps, dtype=s.dtype))
+    if rule == "detectron2":
+        lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale + 1e-8))
+    elif rule == "mmdet":
+        lvl = torch.floor(torch.log2(s / canonical_scale + 1e-6)) + k_min
+    else:
+        lvl = torch.floor(canonical_level + torch.log2(s / canonical_scale) + torch.tensor(eps, dtype=s.dtype))
     return (lvl.clamp(min=k_min, max=k_max) - k_min).to(torch.int64)
 
 
@@ -121,14 +135,38 @@ def _multiscale_pool(
     aligned: bool,
     pool_mode: str,
     op: str,
+    level_rule: str,
 ) -> Tensor:
     first = features[0]
     rois = _boxes_to_rois(boxes, first)
     if len(features) == 1:
         return _pool_level(first, rois.to(first.dtype), scales[0], output_size, sampling_ratio, aligned, pool_mode, op)
-    k_min = int(-_log2(scales[0]))
-    k_max = int(-_log2(scales[-1]))
-    levels = assign_levels(rois[:, 1:], k_min, k_max, float(canonical_scale), canonical_level)
+    k_min = int(round(-_log2(scales[0])))
+    k_max = int(round(-_log2(scales[-1])))
+    levels = assign_levels(rois[:, 1:], k_min, k_max, float(canonical_scale), canonical_level, rule=level_rule)
+    if not torch.jit.is_scripting():
+        if not torch.onnx.is_in_onnx_export():
+            mode = "roi_pool" if op == "roi_pool" else pool_mode
+            args = (features, rois.to(first.dtype), levels, scales, output_size[0], output_size[1])
+            return v.call_kernel(
+                "multilevel_pool", torch.ops.roiops.multilevel_pool, *args, sampling_ratio, aligned, mode
+            )[0]
+    return _pool_per_level(features, rois, levels, scales, output_size, sampling_ratio, aligned, pool_mode, op)
+
+
+def _pool_per_level(
+    features: List[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    scales: List[float],
+    output_size: List[int],
+    sampling_ratio: int,
+    aligned: bool,
+    pool_mode: str,
+    op: str,
+) -> Tensor:
+    """The per-level composition (TorchScript, ONNX export, and the reference of multilevel_pool)."""
+    first = features[0]
     result = torch.zeros(
         (rois.shape[0], first.shape[1], output_size[0], output_size[1]), dtype=first.dtype, device=first.device
     )
@@ -174,6 +212,8 @@ class MultiScaleRoIAlign(_BASE):
         output_size: int or (h, w).
         sampling_ratio: samples per bin and axis (<= 0: adaptive).
         canonical_scale, canonical_level: the FPN level rule (a 224x224 box goes to level 4).
+    level_rule: "torchvision" (default), "detectron2" or "mmdet" (LEVEL_RULES; for "mmdet" set
+        canonical_scale to its finest_scale, 56).
         aligned: half-pixel-corrected RoIAlign (default False, as torchvision's pooler).
         pool_mode: "avg" or "max" aggregation of a bin's samples (RoIAlign only).
         op: "roi_align" (default) or "roi_pool" (quantizing Fast R-CNN pooling, for comparisons).
@@ -196,6 +236,7 @@ class MultiScaleRoIAlign(_BASE):
         aligned: bool = False,
         pool_mode: str = "avg",
         op: str = "roi_align",
+        level_rule: str = "torchvision",
     ):
         name = type(self).__name__
         if isinstance(featmap_names, str) or not all(isinstance(k, str) for k in featmap_names):
@@ -204,6 +245,8 @@ class MultiScaleRoIAlign(_BASE):
             raise ValueError(f"{name}: featmap_names must not be empty")
         if op not in POOL_OPS:
             raise ValueError(f"{name}: op must be one of {POOL_OPS}, but got {op!r}")
+        if level_rule not in LEVEL_RULES:
+            raise ValueError(f"{name}: level_rule must be one of {LEVEL_RULES}, but got {level_rule!r}")
         output_size = v.output_size_pair(name, output_size)
         sampling_ratio = v.check_sampling_ratio(name, sampling_ratio)
         if _BASE is nn.Module:
@@ -225,6 +268,7 @@ class MultiScaleRoIAlign(_BASE):
         self.aligned = v.check_aligned(name, aligned)
         self.pool_mode = v.check_pool_mode(name, pool_mode)
         self.op = op
+        self.level_rule = level_rule
         self.scales = None
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
@@ -242,13 +286,14 @@ class MultiScaleRoIAlign(_BASE):
             self.aligned,
             self.pool_mode,
             self.op,
+            self.level_rule,
         )
 
     @torch.jit.unused
     def setup(self, features: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tuple[List[float], int, int]:
         """(scales, k_min, k_max) for these feature maps and image sizes."""
         scales = _infer_scales(features, image_shapes)
-        return scales, int(-_log2(scales[0])), int(-_log2(scales[-1]))
+        return scales, int(round(-_log2(scales[0]))), int(round(-_log2(scales[-1])))
 
     @torch.jit.unused
     def levels(self, boxes: List[Tensor], image_shapes: List[Tuple[int, int]], features: Dict[str, Tensor]) -> Tensor:
@@ -256,7 +301,9 @@ class MultiScaleRoIAlign(_BASE):
         feats = _filter_features(features, self.featmap_names)
         _, k_min, k_max = self.setup(feats, image_shapes)
         rois = _boxes_to_rois(boxes, feats[0])
-        return assign_levels(rois[:, 1:], k_min, k_max, float(self.canonical_scale), self.canonical_level)
+        return assign_levels(
+            rois[:, 1:], k_min, k_max, float(self.canonical_scale), self.canonical_level, rule=self.level_rule
+        )
 
     def __repr__(self) -> str:
         # torchvision's repr, extended only by the options that differ from their defaults
@@ -267,6 +314,8 @@ class MultiScaleRoIAlign(_BASE):
             extra += f", pool_mode={self.pool_mode!r}"
         if self.op != "roi_align":
             extra += f", op={self.op!r}"
+        if self.level_rule != "torchvision":
+            extra += f", level_rule={self.level_rule!r}"
         return (
             f"{type(self).__name__}(featmap_names={self.featmap_names}, output_size={self.output_size}, "
             f"sampling_ratio={self.sampling_ratio}{extra})"

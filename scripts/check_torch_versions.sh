@@ -20,6 +20,8 @@ mkdir -p "$OUT/dist" "$OUT/run"
 
 t0=$(date +%s)
 # The wheel has the CPU kernels: a CUDA build links libtorch_cuda, which a CPU-only torch lacks.
+# (build/lib* is where setuptools collects a wheel's files: a stale library there would ship too.)
+rm -rf build/lib.* build/bdist.*
 FORCE_CUDA=0 .venv/bin/python -m pip wheel -q --no-build-isolation --no-deps -w "$OUT/dist" .
 wheel="$(ls "$OUT"/dist/roiops-*.whl)"
 echo "== built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB) against torch $(.venv/bin/python -c 'import torch; print(torch.__version__)') in $(( $(date +%s) - t0 )) s"
@@ -33,8 +35,8 @@ py="$OUT/venv/bin/python"
 echo "== installed it beside torch $("$py" -c 'import torch; print(torch.__version__)')"
 
 # Run from a folder that holds only the tests, so that the installed wheel (not the checkout) is imported.
-cp -r tests "$OUT/run/tests"
-cp pyproject.toml "$OUT/run/"
+cp -r tests docs "$OUT/run/"
+cp pyproject.toml README.md "$OUT/run/"
 cd "$OUT/run"
 "$py" - <<'PY'
 import roiops

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import roiops
-from roiops._ops import SPECS
+from roiops._ops import MULTILEVEL_OPS, SPECS
 
-# Every op of the spec table, forward and backward; the settings ops besides.
-OPS = sorted(name for spec in SPECS.values() for name in (spec.name, spec.backward_name))
+# Every op of the spec table, forward and backward, and multilevel_pool; the settings ops besides.
+OPS = sorted([name for spec in SPECS.values() for name in (spec.name, spec.backward_name)] + list(MULTILEVEL_OPS))
 SETTINGS_OPS = ["set_device_box_checks"]
 
 

@@ -85,7 +85,9 @@ RoiCall make_call(double spatial_scale, int64_t pooled_height, int64_t pooled_wi
                  height,
                  width,
                  nhwc,
-                 num_rois};
+                 num_rois,
+                 /*roi_levels=*/nullptr,
+                 /*level=*/0};
 }
 
 }  // namespace

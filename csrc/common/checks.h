@@ -19,6 +19,12 @@ struct RoiCall {
   int64_t batch, channels, height, width;
   bool nhwc;  // the map (forward: input; backward: grad and grad_input) is channels-last
   int64_t num_rois;
+  // A call may pool only some boxes: those whose roi_levels[k] is `level` (multilevel_pool runs one
+  // call per pyramid level over all boxes); all boxes when roi_levels is null.
+  const int64_t* roi_levels;
+  int64_t level;
+
+  ROIOPS_HOST_DEVICE bool pools(int64_t k) const { return roi_levels == nullptr || roi_levels[k] == level; }
 };
 
 // A forward call: input is 4-D floating point, rois is [K, box_width] of input's dtype and device,

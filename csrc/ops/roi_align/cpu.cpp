@@ -22,6 +22,7 @@
 #include "../../common/library.h"
 #include "../../common/geometry.h"
 #include "align_pieces.h"
+#include "cpu_kernels.h"
 #include "params.h"
 #include "../../common/cpu/channel_blocks.h"
 #include "../../common/cpu/output_parts.h"
@@ -366,6 +367,8 @@ void backward_nhwc(const Tensor& grad, const Tensor& rois, const Tensor& argmax,
       });
 }
 
+}  // namespace
+
 std::tuple<Tensor, Tensor> roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
                                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
                                                  bool aligned, std::string pool_mode) {
@@ -427,8 +430,6 @@ Tensor roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tens
   });
   return to_dtype(grad_in, dtype);
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CPU, m) {
   m.impl("roi_align", TORCH_BOX(&roi_align_forward_cpu));

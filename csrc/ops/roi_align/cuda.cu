@@ -22,6 +22,7 @@
 #include "../../common/cuda/cuda_common.cuh"
 #include "../../common/geometry.h"
 #include "../../common/limits.h"
+#include "cuda_kernels.h"
 #include "params.h"
 
 namespace roiops {
@@ -74,6 +75,7 @@ __global__ void __launch_bounds__(kThreads)
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
     decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
+    if (!a.pools(k)) continue;  // (another call writes it)
     const int64_t o = out_strides.at(k, c, ph, pw);
     AlignGeometry<acc_t> g;
     if (!load_geometry(rois, k, a, g)) {  // a refused box: NaN, visibly
@@ -129,6 +131,7 @@ __global__ void __launch_bounds__(kThreads)
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
     decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
+    if (!a.pools(k)) continue;
     const acc_t gv = static_cast<acc_t>(grad[grad_strides.at(k, c, ph, pw)]);
     if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
     AlignGeometry<acc_t> g;
@@ -165,33 +168,37 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
-                                                  bool aligned, std::string pool_mode) {
-  const AlignParams a = align_params(
-      forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_align", /*check_values=*/false),
-      sampling_ratio, aligned, pool_mode, "roi_align");
-  const DeviceGuard device_guard(input);
-  const std::array<int64_t, 4> sizes{a.num_rois, a.channels, pooled_height, pooled_width};
-  Tensor output = empty_4d(sizes, input.scalar_type(), input, a.nhwc);
-  Tensor argmax = a.max_mode ? empty_4d(sizes, ScalarType::Int, input, a.nhwc) : empty_1d(0, ScalarType::Int, input);
-  if (output.numel() == 0) return {output, argmax};
+template <typename scalar_t, typename Adder>
+void launch_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const Adder& add,
+                     const AlignParams& a, cudaStream_t stream) {
+  const int64_t total = grad.numel();
+  const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
+  const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
+  const int32_t* arg_p = a.max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
+  const Strides4 gs = strides_of(grad);
+  const Strides4 as = a.max_mode ? strides_of(argmax) : Strides4{0, 0, 0, 0};
+  const int blocks = num_blocks(total);
+  with_index_type(total, [&](auto index) {
+    using index_t = decltype(index);
+    with_flag(a.max_mode, [&](auto is_max) {
+      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_align_backward_kernel<scalar_t, index_t, is_max.value, Adder>)(
+          static_cast<index_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+    });
+  });
+  ROIOPS_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void roi_align_forward_into(const Tensor& input, const Tensor& rois, const AlignParams& a, Tensor& output,
+                            Tensor& argmax, cudaStream_t stream) {
   const Tensor in = a.nhwc ? input : make_contiguous(input);
-  const Tensor r = make_contiguous(rois);
-  const cudaStream_t stream = current_stream(input);
   const int64_t total = output.numel();
   const Strides4 os = strides_of(output);
   dispatch_floating(input.scalar_type(), "roi_align", [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
-    if (const auto refused = check_boxes_on_device<scalar_t>(r, a.batch, SamplesLimit{a}, "roi_align", stream)) {
-      const std::vector<double> box = row_on_host(r, *refused);
-      opmath_t<scalar_t> values[kBoxWidth];
-      for (int j = 0; j < kBoxWidth; ++j) values[j] = static_cast<opmath_t<scalar_t>>(box[j]);
-      const AlignGeometry<opmath_t<scalar_t>> g = box_geometry(values, a);
-      fail_samples_per_bin(box.data(), static_cast<int64_t>(g.grid_h) * g.grid_w, a);
-    }
     const scalar_t* in_p = in.const_data_ptr<scalar_t>();
-    const scalar_t* roi_p = r.const_data_ptr<scalar_t>();
+    const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
     scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
     int32_t* arg_p = a.max_mode ? argmax.mutable_data_ptr<int32_t>() : nullptr;
     const int blocks = num_blocks(total);
@@ -204,27 +211,48 @@ std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Ten
     });
     ROIOPS_KERNEL_LAUNCH_CHECK();
   });
-  return {output, argmax};
 }
 
-template <typename scalar_t, typename Adder>
-void launch_backward(const Tensor& grad, const Tensor& rois, const Tensor& argmax, bool max_mode, const Adder& add,
-                     const AlignParams& a, cudaStream_t stream) {
-  const int64_t total = grad.numel();
-  const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
-  const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
-  const int32_t* arg_p = max_mode ? argmax.const_data_ptr<int32_t>() : nullptr;
-  const Strides4 gs = strides_of(grad);
-  const Strides4 as = max_mode ? strides_of(argmax) : Strides4{0, 0, 0, 0};
-  const int blocks = num_blocks(total);
-  with_index_type(total, [&](auto index) {
-    using index_t = decltype(index);
-    with_flag(max_mode, [&](auto is_max) {
-      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_align_backward_kernel<scalar_t, index_t, is_max.value, Adder>)(
-          static_cast<index_t>(total), g_p, gs, roi_p, arg_p, as, add, a);
+Tensor roi_align_backward_scatter(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const AlignParams& a,
+                                  bool deterministic, cudaStream_t stream) {
+  const std::array<int64_t, 4> sizes{a.batch, a.channels, a.height, a.width};
+  Tensor result;
+  dispatch_floating(grad.scalar_type(), "_roi_align_backward", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    result = scatter_grad_input<scalar_t>(grad, sizes, a.nhwc, deterministic, stream, [&](auto adder) {
+      launch_backward<scalar_t>(grad, rois, argmax, adder, a, stream);
     });
   });
-  ROIOPS_KERNEL_LAUNCH_CHECK();
+  return result;
+}
+
+namespace {
+
+std::tuple<Tensor, Tensor> roi_align_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                  int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                                                  bool aligned, std::string pool_mode) {
+  const AlignParams a = align_params(
+      forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_align", /*check_values=*/false),
+      sampling_ratio, aligned, pool_mode, "roi_align");
+  const DeviceGuard device_guard(input);
+  const std::array<int64_t, 4> sizes{a.num_rois, a.channels, pooled_height, pooled_width};
+  Tensor output = empty_4d(sizes, input.scalar_type(), input, a.nhwc);
+  Tensor argmax = a.max_mode ? empty_4d(sizes, ScalarType::Int, input, a.nhwc) : empty_1d(0, ScalarType::Int, input);
+  if (output.numel() == 0) return {output, argmax};
+  const Tensor r = make_contiguous(rois);
+  const cudaStream_t stream = current_stream(input);
+  dispatch_floating(input.scalar_type(), "roi_align", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    if (const auto refused = check_boxes_on_device<scalar_t>(r, a.batch, SamplesLimit{a}, "roi_align", stream)) {
+      const std::vector<double> box = row_on_host(r, *refused);
+      opmath_t<scalar_t> values[kBoxWidth];
+      for (int j = 0; j < kBoxWidth; ++j) values[j] = static_cast<opmath_t<scalar_t>>(box[j]);
+      const AlignGeometry<opmath_t<scalar_t>> g = box_geometry(values, a);
+      fail_samples_per_bin(box.data(), static_cast<int64_t>(g.grid_h) * g.grid_w, a);
+    }
+  });
+  roi_align_forward_into(input, r, a, output, argmax, stream);
+  return {output, argmax};
 }
 
 Tensor roi_align_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
@@ -237,19 +265,11 @@ Tensor roi_align_backward_cuda(const Tensor& grad, const Tensor& rois, const Ten
                                      sampling_ratio, aligned, pool_mode, op);
   if (a.max_mode) check_argmax(argmax, grad, op);
   const DeviceGuard device_guard(grad);
-  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
   const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
-  if (grad.numel() == 0 || no_input) return zero(empty_4d(sizes, grad.scalar_type(), grad, a.nhwc));
-  const Tensor r = make_contiguous(rois);
-  const cudaStream_t stream = current_stream(grad);
-  Tensor result;
-  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
-    using scalar_t = decltype(type_tag);
-    result = scatter_grad_input<scalar_t>(grad, sizes, a.nhwc, deterministic, stream, [&](auto adder) {
-      launch_backward<scalar_t>(grad, r, argmax, a.max_mode, adder, a, stream);
-    });
-  });
-  return result;
+  if (grad.numel() == 0 || no_input) {
+    return zero(empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, a.nhwc));
+  }
+  return roi_align_backward_scatter(grad, make_contiguous(rois), argmax, a, deterministic, current_stream(grad));
 }
 
 }  // namespace

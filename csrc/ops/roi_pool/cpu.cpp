@@ -11,6 +11,7 @@
 
 #include "../../common/checks.h"
 #include "../../common/library.h"
+#include "cpu_kernels.h"
 #include "params.h"
 #include "../../common/geometry.h"
 #include "../../common/cpu/channel_blocks.h"
@@ -290,6 +291,8 @@ void backward_nhwc(const Tensor& grad, const std::vector<int64_t>& batch, const 
       });
 }
 
+}  // namespace
+
 std::tuple<Tensor, Tensor> roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
                                                 int64_t pooled_height, int64_t pooled_width) {
   const PoolParams p = forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_pool", true);
@@ -337,8 +340,6 @@ Tensor roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Tenso
   });
   return grad_in;
 }
-
-}  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CPU, m) {
   m.impl("roi_pool", TORCH_BOX(&roi_pool_forward_cpu));

@@ -21,6 +21,7 @@
 #include "../../common/cuda/box_checks.cuh"
 #include "../../common/cuda/cuda_common.cuh"
 #include "../../common/geometry.h"
+#include "cuda_kernels.h"
 #include "params.h"
 
 namespace roiops {
@@ -39,6 +40,7 @@ __global__ void __launch_bounds__(kThreads)
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
     decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
+    if (!a.pools(k)) continue;  // (another call writes it)
     acc_t roi[kBoxWidth];
     load_box<kBoxWidth>(rois, static_cast<int64_t>(k), roi);
     const int64_t o = out_strides.at(k, c, ph, pw);
@@ -89,6 +91,7 @@ __global__ void __launch_bounds__(kThreads)
        i += static_cast<index_t>(blockDim.x) * gridDim.x) {
     index_t k, c, ph, pw;
     decompose_pooled_index<index_t>(i, a.nhwc, static_cast<index_t>(a.channels), a.pooled_h, a.pooled_w, k, c, ph, pw);
+    if (!a.pools(k)) continue;
     const int32_t cell = argmax[arg_strides.at(k, c, ph, pw)];
     // argmax comes from the caller: anything outside the plane is ignored, never written.
     if (cell < 0 || cell >= HW) continue;
@@ -101,38 +104,6 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t offset = a.nhwc ? (n * HW + cell) * a.channels + c : (n * a.channels + c) * HW + cell;
     adder.channel(static_cast<int64_t>(c))(offset, gv);
   }
-}
-
-std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
-                                                 int64_t pooled_height, int64_t pooled_width) {
-  const PoolParams a = forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_pool",
-                                    /*check_values=*/false);
-  const DeviceGuard device_guard(input);
-  const std::array<int64_t, 4> sizes{a.num_rois, a.channels, pooled_height, pooled_width};
-  Tensor output = empty_4d(sizes, input.scalar_type(), input, a.nhwc);
-  Tensor argmax = empty_4d(sizes, ScalarType::Int, input, a.nhwc);
-  if (output.numel() == 0) return {output, argmax};
-  const Tensor in = a.nhwc ? input : make_contiguous(input);
-  const Tensor r = make_contiguous(rois);
-  const cudaStream_t stream = current_stream(input);
-  const int64_t total = output.numel();
-  const Strides4 os = strides_of(output);
-  dispatch_floating(input.scalar_type(), "roi_pool", [&](auto type_tag) {
-    using scalar_t = decltype(type_tag);
-    check_boxes_on_device<scalar_t>(r, a.batch, NoLimit{}, "roi_pool", stream);
-    const scalar_t* in_p = in.const_data_ptr<scalar_t>();
-    const scalar_t* roi_p = r.const_data_ptr<scalar_t>();
-    scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
-    int32_t* arg_p = argmax.mutable_data_ptr<int32_t>();
-    const int blocks = num_blocks(total);
-    with_index_type(total, [&](auto index) {
-      using index_t = decltype(index);
-      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_pool_forward_kernel<scalar_t, index_t>)(
-          static_cast<index_t>(total), in_p, roi_p, out_p, arg_p, os, a);
-    });
-    ROIOPS_KERNEL_LAUNCH_CHECK();
-  });
-  return {output, argmax};
 }
 
 template <typename scalar_t, typename Adder>
@@ -153,6 +124,62 @@ void launch_backward(const Tensor& grad, const Tensor& rois, const Tensor& argma
   ROIOPS_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
+
+void roi_pool_forward_into(const Tensor& input, const Tensor& rois, const PoolParams& a, Tensor& output, Tensor& argmax,
+                           cudaStream_t stream) {
+  const Tensor in = a.nhwc ? input : make_contiguous(input);
+  const int64_t total = output.numel();
+  const Strides4 os = strides_of(output);
+  dispatch_floating(input.scalar_type(), "roi_pool", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    const scalar_t* in_p = in.const_data_ptr<scalar_t>();
+    const scalar_t* roi_p = rois.const_data_ptr<scalar_t>();
+    scalar_t* out_p = output.mutable_data_ptr<scalar_t>();
+    int32_t* arg_p = argmax.mutable_data_ptr<int32_t>();
+    const int blocks = num_blocks(total);
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      ROIOPS_LAUNCH(blocks, kThreads, stream, roi_pool_forward_kernel<scalar_t, index_t>)(
+          static_cast<index_t>(total), in_p, roi_p, out_p, arg_p, os, a);
+    });
+    ROIOPS_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+Tensor roi_pool_backward_scatter(const Tensor& grad, const Tensor& rois, const Tensor& argmax, const PoolParams& a,
+                                 bool deterministic, cudaStream_t stream) {
+  const std::array<int64_t, 4> sizes{a.batch, a.channels, a.height, a.width};
+  Tensor result;
+  dispatch_floating(grad.scalar_type(), "_roi_pool_backward", [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    result = scatter_grad_input<scalar_t>(grad, sizes, a.nhwc, deterministic, stream, [&](auto adder) {
+      launch_backward<scalar_t>(grad, rois, argmax, adder, a, stream);
+    });
+  });
+  return result;
+}
+
+namespace {
+
+std::tuple<Tensor, Tensor> roi_pool_forward_cuda(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                 int64_t pooled_height, int64_t pooled_width) {
+  const PoolParams a = forward_call(input, rois, spatial_scale, pooled_height, pooled_width, "roi_pool",
+                                    /*check_values=*/false);
+  const DeviceGuard device_guard(input);
+  const std::array<int64_t, 4> sizes{a.num_rois, a.channels, pooled_height, pooled_width};
+  Tensor output = empty_4d(sizes, input.scalar_type(), input, a.nhwc);
+  Tensor argmax = empty_4d(sizes, ScalarType::Int, input, a.nhwc);
+  if (output.numel() == 0) return {output, argmax};
+  const Tensor r = make_contiguous(rois);
+  const cudaStream_t stream = current_stream(input);
+  dispatch_floating(input.scalar_type(), "roi_pool", [&](auto type_tag) {
+    check_boxes_on_device<decltype(type_tag)>(r, a.batch, NoLimit{}, "roi_pool", stream);
+  });
+  roi_pool_forward_into(input, r, a, output, argmax, stream);
+  return {output, argmax};
+}
+
 Tensor roi_pool_backward_cuda(const Tensor& grad, const Tensor& rois, const Tensor& argmax, double spatial_scale,
                               int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
                               int64_t height, int64_t width, bool deterministic) {
@@ -161,19 +188,11 @@ Tensor roi_pool_backward_cuda(const Tensor& grad, const Tensor& rois, const Tens
                                      height, width, op, /*check_values=*/false);
   check_argmax(argmax, grad, op);
   const DeviceGuard device_guard(grad);
-  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
   const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
-  if (grad.numel() == 0 || no_input) return zero(empty_4d(sizes, grad.scalar_type(), grad, a.nhwc));
-  const Tensor r = make_contiguous(rois);
-  const cudaStream_t stream = current_stream(grad);
-  Tensor result;
-  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
-    using scalar_t = decltype(type_tag);
-    result = scatter_grad_input<scalar_t>(grad, sizes, a.nhwc, deterministic, stream, [&](auto adder) {
-      launch_backward<scalar_t>(grad, r, argmax, adder, a, stream);
-    });
-  });
-  return result;
+  if (grad.numel() == 0 || no_input) {
+    return zero(empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, a.nhwc));
+  }
+  return roi_pool_backward_scatter(grad, make_contiguous(rois), argmax, a, deterministic, current_stream(grad));
 }
 
 }  // namespace
