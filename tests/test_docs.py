@@ -24,12 +24,15 @@ DROP_IN = _python_blocks("docs/drop_in.md")
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("index", range(len(DEPLOY)))
 def test_readme_deploy_samples_run(index, tmp_path, monkeypatch):
+    if "torchvision" in DEPLOY[index]:
+        pytest.importorskip("torchvision")
     monkeypatch.chdir(tmp_path)
     exec(compile(DEPLOY[index], f"README.md:Deploy[{index}]", "exec"), {"__name__": "readme_sample"})
 
 
 @pytest.mark.filterwarnings("ignore")
 def test_drop_in_samples_run(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "drop_in_sample"}
     for index, block in enumerate(DROP_IN):

@@ -187,6 +187,7 @@ def test_fx_traces_the_pooler_like_torchvision():
 
 
 def test_create_feature_extractor_treats_roiops_as_leaves():
+    pytest.importorskip("torchvision")
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
     model = _Modules()
