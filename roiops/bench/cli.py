@@ -3,6 +3,7 @@
     roiops-bench                 # = roiops-bench speed: the standard speed cases against every peer
     roiops-bench speed [--full] [--dtypes bfloat16] [--sweep] [--device cuda] [--json out.json]
     roiops-bench misalign [--quick] [--out DIR] [--json out.json]
+    roiops-bench pooler [--repeats N] [--json out.json]   # FPN pooling against torchvision's pooler
     roiops-bench info            # how roiops was built
 
 Also runnable from a checkout as `python -m roiops.bench`.
@@ -11,7 +12,7 @@ Also runnable from a checkout as `python -m roiops.bench`.
 import argparse
 import sys
 
-from . import speed
+from . import pooler, speed
 
 
 def _info(_args) -> int:
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("misalign", help="measure what RoIPool's quantization costs, from pixels to mask AP")
         misalign.add_arguments(p)
         p.set_defaults(run=misalign.run)
+    p = sub.add_parser("pooler", help="FPN pooling (MultiScaleRoIAlign) against torchvision's pooler")
+    pooler.add_arguments(p)
+    p.set_defaults(run=pooler.run)
     p = sub.add_parser("info", help="how roiops was built")
     p.set_defaults(run=_info)
     return parser
