@@ -2,6 +2,8 @@
 Plain functions (``from helpers import ...``), usable inside parametrized tests; fixtures live in conftest.py.
 """
 
+import zlib
+
 import torch
 
 import roiops  # noqa: F401  (registers torch.ops.roiops)
@@ -29,7 +31,8 @@ def make_input(shape, dtype=torch.float32, layout="contiguous", seed=0, distinct
 
 
 def to_layout(x, layout):
-    """Returns a tensor equal to x in the given memory layout."""
+    """Returns a tensor equal to x in the given memory layout, on x's device (built there: .to() keeps
+    only dense strides)."""
     if layout == "contiguous":
         return x.contiguous()
     if layout == "channels_last":
@@ -38,7 +41,7 @@ def to_layout(x, layout):
     if layout == "sliced":
         # Every other column of a wider buffer, offset by one: non-contiguous in all formats.
         N, C, H, W = x.shape
-        big = torch.zeros((N, C, H, 2 * W + 1), dtype=x.dtype)
+        big = x.new_zeros((N, C, H, 2 * W + 1))
         big[:, :, :, 1::2] = x
         y = big[:, :, :, 1::2]
         assert not y.is_contiguous() and not y.is_contiguous(memory_format=torch.channels_last)
@@ -49,6 +52,17 @@ def to_layout(x, layout):
         assert not y.is_contiguous()
         return y
     raise ValueError(layout)
+
+
+def on_device(dev, x, layout="contiguous"):
+    """x (a CPU tensor) on dev (a devices.Device) in the given layout."""
+    return to_layout(dev.to(x.contiguous()), layout)
+
+
+def is_channels_last(t):
+    """Whether t is channels-last and not also NCHW-contiguous: the kernels' rule for keeping a map
+    channels-last (roiops._ops.memory_format)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def make_rois(num, batch_size, height, width, spatial_scale, kind="mixed", dtype=torch.float32, seed=0):
@@ -104,6 +118,18 @@ def make_rois(num, batch_size, height, width, spatial_scale, kind="mixed", dtype
         raise ValueError(kind)
     b = torch.randint(0, batch_size, (num,), generator=g).to(torch.float64)
     return torch.stack([b, x1, y1, x2, y2], dim=1).to(dtype)
+
+
+def random_grad(shape, dtype, seed, channels_last=False):
+    """A random upstream gradient (a CPU tensor), channels-last if asked."""
+    g = torch.Generator().manual_seed(seed)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    return grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
+
+
+def seed_of(*args):
+    """A seed that differs between test parameters (and stays the same between runs)."""
+    return zlib.crc32(repr(args).encode()) % 100003
 
 
 def input_grad(out, inp, grad_out):

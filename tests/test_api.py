@@ -1,13 +1,15 @@
-"""The public API: argument validation, the C++ checks of direct op calls, thread-count
-independence, no mutation of inputs, boxes forms, modules, and torch.compile."""
+"""The public API: error messages, modules' argument validation, the C++ checks of direct op calls,
+thread-count independence, boxes forms, modules. The argument errors of every op and torch.compile
+are standard tests of the op table (test_ops_edges.py)."""
 
 import pytest
 import torch
 
 import roiops
-from roiops.reference import roi_align_reference, roi_pool_reference
+from roiops.reference import roi_align_reference
 
 from helpers import input_grad, make_input, make_rois
+from op_table import over
 
 X = torch.randn(2, 3, 8, 8)
 ROIS = torch.tensor([[0, 1.0, 1.0, 5.0, 6.0], [1, 0.0, 2.0, 7.0, 4.0]])
@@ -27,88 +29,10 @@ def _pool(**overrides):
     return roiops.roi_pool(**args)
 
 
-OPS = {"roi_align": _align, "roi_pool": _pool}
-
-
 def _bad_rois(value, col):
     r = ROIS.clone()
     r[1, col] = value
     return r
-
-
-# (overrides, expected exception, word the message must contain); applied to both ops.
-COMMON_CASES = [
-    (dict(input=[[1.0]]), TypeError, "input"),
-    (dict(input=X.numpy()), TypeError, "input"),
-    (dict(input=torch.randn(3, 8, 8)), ValueError, "input"),
-    (dict(input=torch.randn(1, 2, 3, 8, 8)), ValueError, "input"),
-    (dict(input=torch.zeros(2, 3, 8, 8, dtype=torch.int64), boxes=ROIS.long()), TypeError, "input"),
-    (dict(input=torch.zeros(2, 3, 8, 8, dtype=torch.int32), boxes=ROIS.int()), TypeError, "input"),
-    (dict(boxes=ROIS[:, 1:]), ValueError, "boxes"),  # Tensor[K, 4]
-    (dict(boxes=ROIS[0]), ValueError, "boxes"),  # 1-D
-    (dict(boxes=torch.zeros(2, 5, 1)), ValueError, "boxes"),
-    (dict(boxes=[ROIS, ROIS]), ValueError, "boxes"),  # list of Tensor[L, 5]
-    (dict(boxes=[[1.0, 2.0, 3.0, 4.0]]), TypeError, "boxes"),  # list of lists
-    (dict(boxes="boxes"), TypeError, "boxes"),
-    (dict(boxes=ROIS.double()), TypeError, "boxes"),  # dtype mismatch
-    (dict(boxes=[ROIS[:, 1:].double()]), TypeError, "boxes"),
-    (dict(boxes=ROIS.to("meta")), ValueError, "boxes"),  # device mismatch
-    (dict(boxes=_bad_rois(2, 0)), ValueError, "batch index"),  # out of range
-    (dict(boxes=_bad_rois(-1, 0)), ValueError, "batch index"),
-    (dict(boxes=_bad_rois(0.5, 0)), ValueError, "batch index"),
-    (dict(boxes=_bad_rois(float("nan"), 1)), ValueError, "boxes"),
-    (dict(boxes=_bad_rois(float("nan"), 0)), ValueError, "box"),
-    (dict(boxes=_bad_rois(float("inf"), 3)), ValueError, "boxes"),
-    (dict(boxes=_bad_rois(float("-inf"), 4)), ValueError, "boxes"),
-    (dict(output_size=2.0), TypeError, "output_size"),
-    (dict(output_size=True), TypeError, "output_size"),
-    (dict(output_size=(2, 2, 2)), TypeError, "output_size"),
-    (dict(output_size=(2, 2.5)), TypeError, "output_size"),
-    (dict(output_size="2"), TypeError, "output_size"),
-    (dict(output_size=0), ValueError, "output_size"),
-    (dict(output_size=-3), ValueError, "output_size"),
-    (dict(output_size=(2, 0)), ValueError, "output_size"),
-    (dict(spatial_scale=0.0), ValueError, "spatial_scale"),
-    (dict(spatial_scale=-0.25), ValueError, "spatial_scale"),
-    (dict(spatial_scale=float("nan")), ValueError, "spatial_scale"),
-    (dict(spatial_scale=float("inf")), ValueError, "spatial_scale"),
-    (dict(spatial_scale="1"), TypeError, "spatial_scale"),
-    (dict(spatial_scale=True), TypeError, "spatial_scale"),
-]
-
-ALIGN_CASES = [
-    (dict(sampling_ratio=2.0), TypeError, "sampling_ratio"),
-    (dict(sampling_ratio=True), TypeError, "sampling_ratio"),
-    (dict(sampling_ratio="2"), TypeError, "sampling_ratio"),
-    (dict(pool_mode="mean"), ValueError, "pool_mode"),
-    (dict(pool_mode="MAX"), ValueError, "pool_mode"),
-    (dict(pool_mode=None), ValueError, "pool_mode"),
-    (dict(aligned=1), TypeError, "aligned"),
-    (dict(aligned="True"), TypeError, "aligned"),
-    (dict(aligned=None), TypeError, "aligned"),
-]
-
-
-def _case_id(case):
-    overrides, exc, word = case
-    ((k, v),) = overrides.items() if len(overrides) == 1 else [(",".join(overrides), "")]
-    text = repr(v) if not isinstance(v, torch.Tensor) else f"tensor{tuple(v.shape)}{v.dtype}".replace("torch.", "")
-    return f"{k}={text[:24]}"
-
-
-@pytest.mark.parametrize("op", list(OPS))
-@pytest.mark.parametrize("case", COMMON_CASES, ids=[_case_id(c) for c in COMMON_CASES])
-def test_validation_errors(op, case):
-    overrides, exc, word = case
-    with pytest.raises(exc, match=word):
-        OPS[op](**overrides)
-
-
-@pytest.mark.parametrize("case", ALIGN_CASES, ids=[_case_id(c) for c in ALIGN_CASES])
-def test_roi_align_validation_errors(case):
-    overrides, exc, word = case
-    with pytest.raises(exc, match=word):
-        _align(**overrides)
 
 
 def test_error_messages_name_the_op_and_the_value():
@@ -181,47 +105,38 @@ def test_direct_op_call_other_checks():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
 def test_thread_count_independent(op, layout, restore_threads):
-    x = make_input((2, 16, 20, 24), layout=layout, seed=61, distinct=(op == "pool"))
+    x = make_input((2, 16, 20, 24), layout=layout, seed=61, distinct=op.distinct_input)
     rois = make_rois(60, 2, 20, 24, 0.5, "mixed", seed=62)
     rois = torch.cat([rois, make_rois(60, 2, 20, 24, 0.5, "inside", seed=63)])
-    grad_out = None
-    results = []
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        xi = x.detach().clone().requires_grad_(True)
-        if op == "pool":
-            out = roiops.roi_pool(xi, rois, 5, 0.5)
-        else:
-            out = roiops.roi_align(xi, rois, 5, 0.5, -1, True, op.split("_")[1])
-        if grad_out is None:
-            grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(64))
-        results.append((out.detach(), input_grad(out, xi, grad_out)))
-    (o1, g1), (o2, g2) = results
-    assert torch.equal(o1, o2)
-    assert torch.equal(g1, g2)
+    for kwargs in over(op.short_sweep, output_size=5, spatial_scale=0.5):
+        grad_out = None
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xi = x.detach().clone().requires_grad_(True)
+            out = op(xi, rois, **kwargs)
+            if grad_out is None:
+                grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(64))
+            results.append((out.detach(), input_grad(out, xi, grad_out)))
+        (o1, g1), (o2, g2) = results
+        assert torch.equal(o1, o2)
+        assert torch.equal(g1, g2)
 
 
 # ---- boxes forms, modules (inputs are never modified, boxes get no gradient: test_hardening.py) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
 def test_list_of_boxes_equals_k5(op):
     x = make_input((3, 2, 8, 8), seed=75)
     per_image = [make_rois(n, 1, 8, 8, 1.0, "mixed", seed=76 + n)[:, 1:] for n in (3, 0, 4)]
     rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(per_image)])
-    if op == "pool":
-        a, b = roiops.roi_pool(x, per_image, 2), roiops.roi_pool(x, rois, 2)
-    else:
-        mode = op.split("_")[1]
-        a = roiops.roi_align(x, per_image, 2, 1.0, 2, True, mode)
-        b = roiops.roi_align(x, rois, 2, 1.0, 2, True, mode)
+    kwargs = dict(output_size=2, spatial_scale=1.0)
+    a, b = op(x, per_image, **kwargs), op(x, rois, **kwargs)
     assert a.shape == (7, 2, 2, 2)
     assert torch.equal(a, b)
     # A tuple of boxes works too.
-    if op == "pool":
-        assert torch.equal(roiops.roi_pool(x, tuple(per_image), 2), b)
+    assert torch.equal(op(x, tuple(per_image), **kwargs), b)
 
 
 def test_module_repr_and_equivalence():
@@ -262,65 +177,6 @@ def test_keyword_and_default_arguments_match_torchvision_signature():
 def test_reference_rejects_unknown_mode():
     with pytest.raises(ValueError, match="pool_mode"):
         roi_align_reference(X, ROIS, 2, pool_mode="sum")
-
-
-# ---- torch.compile -----------------------------------------------------------------------------
-
-
-def test_torch_compile_fullgraph_forward_backward():
-    # One inductor compile of all three ops (forward and backward). The function returns the op
-    # outputs as they are, so that inductor has little code of its own to generate.
-    torch._dynamo.reset()
-
-    def pooled_features(x, rois):
-        a = roiops.roi_align(x, rois, 3, 0.5, 2, True)
-        m = roiops.roi_align(x, rois, (2, 3), 0.5, -1, False, "max")
-        p = roiops.roi_pool(x, rois, 2, 0.5)
-        return a, m, p
-
-    compiled = torch.compile(pooled_features, fullgraph=True)
-    x = make_input((2, 4, 9, 11), seed=91, distinct=True)
-    rois = make_rois(7, 2, 9, 11, 0.5, "mixed", seed=92)
-    xe = x.clone().requires_grad_(True)
-    xc = x.clone().requires_grad_(True)
-    eager = pooled_features(xe, rois)
-    comp = compiled(xc, rois)
-    grads = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(eager)]
-    for c, e in zip(comp, eager):
-        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
-    gc = torch.autograd.grad(comp, xc, grads)[0]
-    ge = torch.autograd.grad(eager, xe, grads)[0]
-    torch.testing.assert_close(gc, ge, rtol=1e-6, atol=1e-6)
-    # Against the reference, too (the compiled graph runs the same kernels, so this pins the values).
-    xr = x.clone().requires_grad_(True)
-    ref = (
-        roi_align_reference(xr, rois, 3, 0.5, 2, True),
-        roi_align_reference(xr, rois, (2, 3), 0.5, -1, False, "max"),
-        roi_pool_reference(xr, rois, 2, 0.5),
-    )
-    for c, r in zip(comp, ref):
-        torch.testing.assert_close(c, r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gc, torch.autograd.grad(ref, xr, grads)[0], rtol=1e-5, atol=1e-5)
-
-
-def test_torch_compile_channels_last_aot_eager():
-    # A second, cheaper compile (no code generation) with a channels-last input and the list form.
-    torch._dynamo.reset()
-
-    def f(x, b0, b1):
-        return roiops.roi_align(x, [b0, b1], 2, 1.0, 2, True, "max")
-
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    x = make_input((2, 3, 8, 8), layout="channels_last", seed=93, distinct=True)
-    b0 = make_rois(3, 1, 8, 8, 1.0, "inside", seed=94)[:, 1:]
-    b1 = make_rois(2, 1, 8, 8, 1.0, "partial", seed=95)[:, 1:]
-    xe = x.clone().requires_grad_(True)
-    xc = x.clone().requires_grad_(True)
-    eager, comp = f(xe, b0, b1), compiled(xc, b0, b1)
-    assert comp.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(comp, eager, rtol=0, atol=0)
-    g = torch.randn(eager.shape)
-    torch.testing.assert_close(input_grad(comp, xc, g), input_grad(eager, xe, g), rtol=0, atol=0)
 
 
 def test_autocast_accepts_float32_boxes_with_half_input():

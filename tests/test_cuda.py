@@ -1,7 +1,8 @@
-"""CUDA kernels against the CPU kernels (the oracle): forward and backward of roi_align (avg/max,
-aligned on/off, sampling ratios) and roi_pool, all dtypes, layouts, empty inputs, gradcheck in float64,
-the deterministic backward (bitwise repeatable whatever the thread order, close to the fast path,
-NaN/inf rules), and autocast.
+"""What only the CUDA kernels have: the emulated launcher, the deterministic backward (bitwise
+repeatable whatever the thread order, close to the fast path, NaN/inf rules, fixed-point scales),
+host syncs and the device box checks, CUDA graphs, and 64-bit indexing. The standard tests (the
+CUDA kernels against the CPU kernels and the reference, gradcheck, empty inputs, hostile values,
+autocast) run over the op table and these devices in test_ops.py and test_ops_edges.py.
 
 Every test takes the device as a parameter:
 - "cuda": a GPU and roiops built with CUDA (skipped otherwise);
@@ -11,18 +12,16 @@ Every test takes the device as a parameter:
 The emulated libraries are looked up in $ROIOPS_EMULATED_CUDA_DIR (default build/emulated_cuda).
 """
 
-import contextlib
 import os
-import time
-import zlib
 
 import pytest
 import torch
 
 import roiops
 
-from devices import CUDA_DEVICES, select
-from helpers import make_input, make_rois, to_layout, tolerances
+from devices import CPU, CUDA_DEVICES, select
+from helpers import is_channels_last, make_input, make_rois, on_device, random_grad, seed_of, tolerances
+from op_table import OP_TABLE, OPS, over
 
 ops = torch.ops.roiops
 DEVICES = CUDA_DEVICES
@@ -35,53 +34,6 @@ def dev(request):
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["f32", "f64", "f16", "bf16"]
-LAYOUTS = ["contiguous", "channels_last", "sliced"]
-
-
-def on_device(dev, x, layout="contiguous"):
-    """x (a CPU tensor) on dev in the given layout; built there, since .to() keeps only dense strides."""
-    x = dev.to(x.contiguous())
-    if layout == "contiguous":
-        return x
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":
-        N, C, H, W = x.shape
-        big = x.new_zeros((N, C, H, 2 * W + 1))
-        big[:, :, :, 1::2] = x
-        return big[:, :, :, 1::2]
-    if layout == "transposed":
-        return x.transpose(2, 3).contiguous().transpose(2, 3)
-    raise ValueError(layout)
-
-
-def is_channels_last(t):
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def assert_same_layout(dev, cpu):
-    assert dev.shape == cpu.shape
-    assert is_channels_last(dev) == is_channels_last(cpu)
-    if dev.numel() > 0:
-        assert dev.is_contiguous() or dev.is_contiguous(memory_format=torch.channels_last)
-
-
-def random_grad(shape, dtype, seed, channels_last=False):
-    g = torch.Generator().manual_seed(seed)
-    grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    return grad.contiguous(memory_format=torch.channels_last) if channels_last else grad
-
-
-def seed_of(*args):
-    return zlib.crc32(repr(args).encode()) % 100003
-
-
-@pytest.fixture
-def deterministic_algorithms():
-    before = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 # ---- the emulated launcher itself ---------------------------------------------------------------
@@ -158,265 +110,6 @@ def test_python_layer_runs_the_emulated_kernels(emu):
     assert dev.ops.launch_count() == before + 6
 
 
-# ---- roi_align ---------------------------------------------------------------------------------
-
-
-def _align_case(dev, dtype, layout, sr, aligned, mode, seed, scale=0.5, output=(3, 4), shape=(2, 5, 9, 11), num=24):
-    N, C, H, W = shape
-    x = make_input(shape, dtype, seed=seed, distinct=(mode == "max"))
-    rois = make_rois(num, N, H, W, scale, "mixed", dtype, seed=seed)
-    args = (scale, output[0], output[1], sr, aligned, mode)
-
-    x_cpu = to_layout(x, layout)
-    x_dev = on_device(dev, x, layout)
-    out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
-    out_d, arg_d = dev.ops.roi_align(x_dev, dev.to(rois), *args)
-
-    assert out_d.dtype == dtype and arg_d.dtype == torch.int32
-    assert_same_layout(out_d, out_c)
-    torch.testing.assert_close(out_d.cpu(), out_c, **tolerances(dtype))
-    if mode == "max":
-        assert_same_layout(arg_d, arg_c)
-        # Same arithmetic (the CUDA build uses --fmad=false), same tie rule: the same winners.
-        assert torch.equal(arg_d.cpu(), arg_c)
-    else:
-        assert arg_d.numel() == 0 and arg_c.numel() == 0
-
-    # Backward from the same upstream gradient, in the output's layout.
-    grad = random_grad(out_c.shape, dtype, seed + 1, channels_last=is_channels_last(out_c))
-    bwd = (scale, output[0], output[1], N, C, H, W, sr, aligned, mode)
-    gin_c = ops._roi_align_backward(grad, rois, arg_c, *bwd, False)
-    grad_d = dev.to(grad)
-    assert is_channels_last(grad_d) == is_channels_last(grad)
-    for deterministic in (False, True):
-        gin_d = dev.ops._roi_align_backward(grad_d, dev.to(rois), arg_d, *bwd, deterministic)
-        assert gin_d.dtype == dtype
-        assert_same_layout(gin_d, gin_c)
-        torch.testing.assert_close(gin_d.cpu(), gin_c, **tolerances(dtype))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("sr", [-1, 0, 1, 2], ids=lambda s: f"sr{s}")
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_roi_align_matches_cpu(dev, dtype, layout, sr, aligned, mode):
-    _align_case(dev, dtype, layout, sr, aligned, mode, seed_of(str(dtype), layout, sr, aligned, mode))
-
-
-@pytest.mark.parametrize("mode", ["avg", "max"])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
-def test_roi_align_matches_cpu_larger(dev, mode, layout):
-    # More channels than a warp, a 7x7 output, a small spatial scale: several blocks, NHWC thread order.
-    _align_case(
-        dev,
-        torch.float32,
-        layout,
-        2,
-        True,
-        mode,
-        seed_of("large", mode, layout),
-        scale=0.25,
-        output=(7, 7),
-        shape=(2, 40, 16, 20),
-        num=60,
-    )
-
-
-# ---- roi_pool ----------------------------------------------------------------------------------
-
-
-def _pool_case(dev, dtype, layout, seed, scale=0.5, output=(3, 4), shape=(2, 5, 9, 11), num=24):
-    N, C, H, W = shape
-    x = make_input(shape, dtype, seed=seed, distinct=True)
-    rois = make_rois(num, N, H, W, scale, "mixed", dtype, seed=seed)
-    args = (scale, output[0], output[1])
-
-    out_c, arg_c = ops.roi_pool(to_layout(x, layout), rois, *args)
-    out_d, arg_d = dev.ops.roi_pool(on_device(dev, x, layout), dev.to(rois), *args)
-    assert out_d.dtype == dtype and arg_d.dtype == torch.int32
-    assert_same_layout(out_d, out_c)
-    assert_same_layout(arg_d, arg_c)
-    # A max of stored values: exact.
-    assert torch.equal(out_d.cpu(), out_c)
-    assert torch.equal(arg_d.cpu(), arg_c)
-
-    grad = random_grad(out_c.shape, dtype, seed + 1, channels_last=is_channels_last(out_c))
-    bwd = (scale, output[0], output[1], N, C, H, W)
-    gin_c = ops._roi_pool_backward(grad, rois, arg_c, *bwd, False)
-    for deterministic in (False, True):
-        gin_d = dev.ops._roi_pool_backward(dev.to(grad), dev.to(rois), arg_d, *bwd, deterministic)
-        assert gin_d.dtype == dtype
-        assert_same_layout(gin_d, gin_c)
-        torch.testing.assert_close(gin_d.cpu(), gin_c, **tolerances(dtype))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("layout", LAYOUTS + ["transposed"])
-@pytest.mark.parametrize("scale", [1.0, 0.5, 0.125], ids=lambda s: f"scale{s:g}")
-def test_roi_pool_matches_cpu(dev, dtype, layout, scale):
-    _pool_case(dev, dtype, layout, seed_of("pool", str(dtype), layout, scale), scale=scale)
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_roi_pool_matches_cpu_larger(dev, layout):
-    _pool_case(
-        dev,
-        torch.float32,
-        layout,
-        seed_of("pool-large", layout),
-        scale=0.25,
-        output=(7, 7),
-        shape=(2, 40, 16, 20),
-        num=60,
-    )
-
-
-def test_roi_pool_hand_checked(dev):
-    x = torch.tensor([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], dtype=torch.float32)
-    x = dev.to(x.reshape(1, 1, 4, 4)).requires_grad_(True)
-    rois = dev.to(torch.tensor([[0, 0, 0, 3, 3]], dtype=torch.float32))
-    with dev.python_layer():
-        out = roiops.roi_pool(x, rois, 2)
-        out.sum().backward()
-    torch.testing.assert_close(out.detach().cpu()[0, 0], torch.tensor([[4.0, 8.0], [12.0, 16.0]]))
-    expected = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=torch.float32)
-    torch.testing.assert_close(x.grad.cpu()[0, 0], expected)
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_max_with_inf_and_nan_matches_cpu(dev, layout):
-    # The max rule at its edges: bins of -inf (the first sample/cell counts: -inf, argmax 0), a NaN
-    # that comes first or later (it wins either way), ties between equal values (first wins).
-    x = torch.randn(1, 4, 8, 8, dtype=torch.float64).round().float()  # many ties
-    x[:, 0, :4, :4] = float("-inf")
-    x[:, 1, 0, 0] = float("nan")
-    x[:, 2, 5, 5] = float("nan")
-    x[:, 3] = 1.0
-    rois = torch.tensor(
-        [[0, 0, 0, 3, 3], [0, 0, 0, 7, 7], [0, 4, 4, 7, 7], [0, -2, -2, 2, 2], [0, 1.5, 0.5, 6.2, 5.1]],
-        dtype=torch.float32,
-    )
-    x_cpu = to_layout(x, layout)
-    x_dev = on_device(dev, x, layout)
-    for args in ((1.0, 2, 2, 2, True, "max"), (1.0, 3, 3, 1, False, "max"), (1.0, 2, 2, 2, True, "avg")):
-        out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
-        out_d, arg_d = dev.ops.roi_align(x_dev, dev.to(rois), *args)
-        torch.testing.assert_close(out_d.cpu(), out_c, rtol=0, atol=0, equal_nan=True)
-        assert torch.equal(arg_d.cpu(), arg_c)
-    out_c, arg_c = ops.roi_pool(x_cpu, rois, 1.0, 2, 2)
-    out_d, arg_d = dev.ops.roi_pool(x_dev, dev.to(rois), 1.0, 2, 2)
-    torch.testing.assert_close(out_d.cpu(), out_c, rtol=0, atol=0, equal_nan=True)
-    assert torch.equal(arg_d.cpu(), arg_c)
-
-
-@pytest.mark.parametrize("mode", ["avg", "max"])
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_absurd_boxes_match_cpu_in_milliseconds(dev, mode, aligned, channels_last):
-    # 28,000-px boxes on a 64 x 64 map, adaptive sampling: ~4000 x 4000 samples per bin, of which the
-    # kernels visit only those that can touch the map (tests/test_absurd_boxes.py checks the CPU
-    # kernels on such boxes). Emulated, one such call took ~30 s before; a GPU would be as busy.
-    x = make_input((1, 16, 64, 64), torch.float32, seed=4) - 1  # mostly negative: outside samples win max bins
-    x_cpu = to_layout(x, "channels_last" if channels_last else "contiguous")
-    x_dev = on_device(dev, x, "channels_last" if channels_last else "contiguous")
-    rois = torch.tensor(
-        [
-            [0, -14000.0, -13000.0, 14000.0, 15000.0],
-            [0, -14000.0, 20.0, 14000.0, 50.0],
-            [0, 40.0, 50.0, 28040.0, 28050.0],
-            [0, -30000.0, -2000.0, -2000.0, 26000.0],
-        ]
-    )
-    args = (1.0, 7, 7, 0, aligned, mode)
-    out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
-    grad = random_grad(out_c.shape, torch.float32, 3, channels_last=is_channels_last(out_c))
-    bwd = (1.0, 7, 7, 1, 16, 64, 64, 0, aligned, mode)
-    gin_c = ops._roi_align_backward(grad, rois, arg_c, *bwd, False)
-
-    start = time.perf_counter()
-    out_d, arg_d = dev.ops.roi_align(x_dev, dev.to(rois), *args)
-    gin_d = {det: dev.ops._roi_align_backward(dev.to(grad), dev.to(rois), arg_d, *bwd, det) for det in (False, True)}
-    if dev.torch_device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
-    assert torch.equal(out_d.cpu(), out_c) and torch.equal(arg_d.cpu(), arg_c)
-    for det in (False, True):
-        torch.testing.assert_close(gin_d[det].cpu(), gin_c, rtol=1e-5, atol=1e-6)
-
-
-# ---- empty inputs ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize(
-    "shape, num",
-    [((2, 3, 6, 6), 0), ((0, 3, 6, 6), 0), ((1, 0, 6, 6), 3), ((1, 3, 0, 6), 3), ((1, 3, 6, 0), 3)],
-    ids=["no-rois", "no-images", "no-channels", "no-rows", "no-columns"],
-)
-def test_empty_inputs_match_cpu(dev, shape, num, layout):
-    N, C, H, W = shape
-    x = torch.randn(shape)
-    rois = torch.tensor([[0, 0.5, 0.5, 4.0, 3.0]] * num).reshape(num, 5)
-    x_cpu = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
-    x_dev = dev.to(x_cpu)
-    r_dev = dev.to(rois)
-    for mode in ("avg", "max"):
-        args = (0.5, 2, 3, 2, True, mode)
-        out_c, arg_c = ops.roi_align(x_cpu, rois, *args)
-        out_d, arg_d = dev.ops.roi_align(x_dev, r_dev, *args)
-        assert out_d.shape == out_c.shape == (num, C, 2, 3)
-        assert torch.equal(out_d.cpu(), out_c)
-        assert torch.equal(arg_d.cpu(), arg_c)
-        grad = torch.ones(out_c.shape)
-        bwd = (0.5, 2, 3, N, C, H, W, 2, True, mode)
-        gin_c = ops._roi_align_backward(grad, rois, arg_c, *bwd, False)
-        for deterministic in (False, True):
-            gin_d = dev.ops._roi_align_backward(dev.to(grad), r_dev, arg_d, *bwd, deterministic)
-            assert gin_d.shape == shape
-            assert torch.equal(gin_d.cpu(), gin_c)
-    out_c, arg_c = ops.roi_pool(x_cpu, rois, 0.5, 2, 3)
-    out_d, arg_d = dev.ops.roi_pool(x_dev, r_dev, 0.5, 2, 3)
-    assert torch.equal(out_d.cpu(), out_c) and torch.equal(arg_d.cpu(), arg_c)
-    for deterministic in (False, True):
-        gin_d = dev.ops._roi_pool_backward(
-            out_d.new_ones(out_d.shape), r_dev, arg_d, 0.5, 2, 3, N, C, H, W, deterministic
-        )
-        gin_c = ops._roi_pool_backward(torch.ones(out_c.shape), rois, arg_c, 0.5, 2, 3, N, C, H, W, False)
-        assert torch.equal(gin_d.cpu(), gin_c)
-
-
-# ---- gradcheck ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("deterministic", [False, True], ids=["fast", "deterministic"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-def test_roi_align_gradcheck(dev, mode, aligned, deterministic, deterministic_algorithms):
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    x = on_device(dev, make_input((1, 2, 6, 7), torch.float64, seed=3, distinct=True)).requires_grad_(True)
-    rois = dev.to(
-        torch.tensor([[0, 0.3, 0.6, 4.7, 5.2], [0, 1.1, -0.4, 6.5, 3.3], [0, 2.2, 2.4, 2.9, 4.9]], dtype=torch.float64)
-    )
-    fn = lambda t: roiops.roi_align(t, rois, (3, 2), 1.0, 2, aligned, mode)  # noqa: E731
-    # The deterministic backward must also be exactly reentrant (nondet_tol=0); float atomics need not be.
-    nondet_tol = 0.0 if deterministic else 1e-10
-    with dev.python_layer():
-        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5, rtol=1e-3, nondet_tol=nondet_tol)
-
-
-@pytest.mark.parametrize("deterministic", [False, True], ids=["fast", "deterministic"])
-def test_roi_pool_gradcheck(dev, deterministic, deterministic_algorithms):
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    x = on_device(dev, make_input((1, 2, 6, 7), torch.float64, seed=4, distinct=True)).requires_grad_(True)
-    rois = dev.to(torch.tensor([[0, 0, 0, 4, 5], [0, 1, 2, 6, 5], [0, 2, 2, 3, 3]], dtype=torch.float64))
-    fn = lambda t: roiops.roi_pool(t, rois, (3, 2), 1.0)  # noqa: E731
-    nondet_tol = 0.0 if deterministic else 1e-10
-    with dev.python_layer():
-        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5, rtol=1e-3, nondet_tol=nondet_tol)
-
-
 # ---- deterministic backward --------------------------------------------------------------------
 
 
@@ -432,29 +125,28 @@ def _crowded(dtype, num=400, seed=0):
 
 
 def _backward_on(dev, op, x_dev, r_dev, grad, pooled=5):
-    """backward(deterministic) of op on dev for an upstream gradient (a CPU tensor), and the CPU oracle."""
-    N, C, H, W = x_dev.shape
-    rois = r_dev.cpu()
-    if op == "pool":
-        _, arg = dev.ops.roi_pool(x_dev, r_dev, 1.0, pooled, pooled)
-        args = (1.0, pooled, pooled, N, C, H, W)
-        run = dev.ops._roi_pool_backward
-        oracle = ops._roi_pool_backward(grad, rois, arg.cpu(), *args, False)
-    else:
-        mode = op.split("-")[1]
-        _, arg = dev.ops.roi_align(x_dev, r_dev, 1.0, pooled, pooled, 2, True, mode)
-        args = (1.0, pooled, pooled, N, C, H, W, 2, True, mode)
-        run = dev.ops._roi_align_backward
-        oracle = ops._roi_align_backward(grad, rois, arg.cpu(), *args, False)
+    """backward(deterministic) of op (a row of the op table) on dev for an upstream gradient (a CPU
+    tensor), and the CPU oracle."""
+    kwargs = dict(output_size=pooled, spatial_scale=1.0)
+    _, arg = op.forward_op(dev)(x_dev, r_dev, *op.op_args(**kwargs))
+    oracle = op.backward_op(CPU)(grad, r_dev.cpu(), arg.cpu(), *op.backward_args(x_dev.shape, False, **kwargs))
     grad_d = dev.to(grad)
-    return (lambda deterministic: run(grad_d, r_dev, arg, *args, deterministic)), oracle
+
+    def backward(deterministic):
+        return op.backward_op(dev)(grad_d, r_dev, arg, *op.backward_args(x_dev.shape, deterministic, **kwargs))
+
+    return backward, oracle
+
+
+def _over_ops(test):
+    return pytest.mark.parametrize("op", OP_TABLE, ids=lambda op: op.id)(test)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", ["align-avg", "align-max", "pool"])
+@_over_ops
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_deterministic_backward_is_bitwise_repeatable(dev, dtype, op, channels_last):
-    (N, C, H, W), rois = _crowded(dtype, seed=seed_of(op))
+    (N, C, H, W), rois = _crowded(dtype, seed=seed_of(op.id))
     x = make_input((N, C, H, W), dtype, seed=1, distinct=True)
     x_dev = on_device(dev, x, "channels_last" if channels_last else "contiguous")
     grad = random_grad((rois.shape[0], C, 5, 5), dtype, 7, channels_last)
@@ -470,24 +162,20 @@ def test_deterministic_backward_is_bitwise_repeatable(dev, dtype, op, channels_l
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["f32", "f64", "f16"])
-@pytest.mark.parametrize("op", ["align-avg", "align-max", "pool"])
+@_over_ops
 def test_thread_order_changes_no_deterministic_bit(emu, dtype, op):
     # The launcher runs the same launches with the (block, thread) pairs forward, reversed and
     # shuffled. Forward results and the deterministic backward must not change by a bit; the
     # float-atomic backward may (that is why the deterministic one exists), within tolerance.
     dev = emu
-    (N, C, H, W), rois = _crowded(dtype, num=300, seed=seed_of("order", op))
+    (N, C, H, W), rois = _crowded(dtype, num=300, seed=seed_of("order", op.id))
     x_dev = dev.to(make_input((N, C, H, W), dtype, seed=2, distinct=True))
     grad = random_grad((rois.shape[0], C, 5, 5), dtype, 8)
     results = {}
     for order, seed in (("forward", 0), ("reversed", 0), ("shuffled", 1), ("shuffled", 2)):
         dev.ops.set_launch_order(order, seed)
         backward, oracle = _backward_on(dev, op, x_dev, dev.to(rois), grad)
-        forward = (
-            dev.ops.roi_pool(x_dev, dev.to(rois), 1.0, 5, 5)
-            if op == "pool"
-            else dev.ops.roi_align(x_dev, dev.to(rois), 1.0, 5, 5, 2, True, op.split("-")[1])
-        )
+        forward = op.forward_op(dev)(x_dev, dev.to(rois), *op.op_args(output_size=5, spatial_scale=1.0))
         results[order, seed] = forward, backward(True), backward(False)
     (out0, arg0), det0, fast0 = results["forward", 0]
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else tolerances(dtype)
@@ -496,7 +184,7 @@ def test_thread_order_changes_no_deterministic_bit(emu, dtype, op):
         assert torch.equal(det, det0)
         torch.testing.assert_close(fast, fast0, **tol)
     torch.testing.assert_close(det0, oracle, **tol)
-    if dtype == torch.float32 and op == "align-avg":
+    if dtype == torch.float32 and op is OPS["roi_align-avg"]:
         # The orders do differ: float atomics summed in another order round differently somewhere
         # (else this test could not tell a deterministic path from a lucky one).
         assert any(not torch.equal(fast, fast0) for _, _, fast in results.values())
@@ -544,7 +232,7 @@ def test_deterministic_backward_float64_extremes(dev, magnitude):
     torch.testing.assert_close(det.cpu() / magnitude, oracle / magnitude, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("op", ["align-avg", "align-max", "pool"])
+@_over_ops
 def test_deterministic_backward_nan_and_inf(dev, op):
     # NaN and inf in grad cannot be held in fixed point; they must come out where float sums put them.
     (N, C, H, W), rois = _crowded(torch.float32, num=40, seed=3)
@@ -571,44 +259,35 @@ def test_python_layer_passes_the_deterministic_flag(dev, deterministic_algorithm
     x = on_device(dev, make_input((N, C, H, W), torch.float32, seed=6)).requires_grad_(True)
     r_dev = dev.to(rois)
     torch.use_deterministic_algorithms(True)
-    for op in ("align", "pool"):
+    kwargs = dict(output_size=5, spatial_scale=1.0)
+    for op in OP_TABLE:
         with dev.python_layer():
-            out = roiops.roi_align(x, r_dev, 5, 1.0, 2, True) if op == "align" else roiops.roi_pool(x, r_dev, 5, 1.0)
+            out = op(x, r_dev, **kwargs)
             grad = dev.to(torch.randn(out.shape))
             (g1,) = torch.autograd.grad(out, x, grad, retain_graph=True)
             (g2,) = torch.autograd.grad(out, x, grad)
         assert torch.equal(g1, g2)
-        if op == "align":
-            no_argmax = dev.to(torch.empty(0, dtype=torch.int32))
-            direct = dev.ops._roi_align_backward(grad, r_dev, no_argmax, 1.0, 5, 5, N, C, H, W, 2, True, "avg", True)
-        else:
-            arg = dev.ops.roi_pool(x.detach(), r_dev, 1.0, 5, 5)[1]
-            direct = dev.ops._roi_pool_backward(grad, r_dev, arg, 1.0, 5, 5, N, C, H, W, True)
-        assert torch.equal(g1, direct)
+        arg = op.forward_op(dev)(x.detach(), r_dev, *op.op_args(**kwargs))[1]
+        direct = op.backward_op(dev)(grad, r_dev, arg, *op.backward_args((N, C, H, W), True, **kwargs))
+        assert torch.equal(g1, direct), op.id
 
 
 # ---- host synchronization ----------------------------------------------------------------------
 
 
 def _sync_cases(dev):
-    """(name, forward(), backward(deterministic, argmax)) of every op and mode on dev."""
+    """(name, forward(), backward(deterministic, argmax)) of every op of the table, in each setting, on dev."""
     x = dev.to(make_input((2, 3, 9, 11), torch.float32, seed=1))
     rois = dev.to(make_rois(12, 2, 9, 11, 0.5, "mixed", torch.float32, seed=1))
     grad = dev.to(random_grad((12, 3, 3, 4), torch.float32, 2))
     cases = []
-    for sr in (0, 2):
-        for mode in ("avg", "max"):
-            args = (0.5, 3, 4, sr, True, mode)
-            fwd = lambda args=args: dev.ops.roi_align(x, rois, *args)  # noqa: E731
-            bwd = (
-                lambda det, arg, args=args: dev.ops._roi_align_backward(  # noqa: E731
-                    grad, rois, arg, *args[:3], 2, 3, 9, 11, *args[3:], det
-                )
+    for op in OP_TABLE:
+        for kwargs in over(op.short_sweep, output_size=(3, 4), spatial_scale=0.5):
+            fwd = lambda op=op, kwargs=kwargs: op.forward_op(dev)(x, rois, *op.op_args(**kwargs))
+            bwd = lambda det, arg, op=op, kwargs=kwargs: op.backward_op(dev)(
+                grad, rois, arg, *op.backward_args((2, 3, 9, 11), det, **kwargs)
             )
-            cases.append((f"align-{mode}-sr{sr}", fwd, bwd))
-    fwd = lambda: dev.ops.roi_pool(x, rois, 0.5, 3, 4)  # noqa: E731
-    bwd = lambda det, arg: dev.ops._roi_pool_backward(grad, rois, arg, 0.5, 3, 4, 2, 3, 9, 11, det)  # noqa: E731
-    cases.append(("pool", fwd, bwd))
+            cases.append((f"{op.id} {kwargs}", fwd, bwd))
     return cases
 
 
@@ -800,51 +479,3 @@ def test_more_than_two_to_the_31_outputs(dev):
     for deterministic, rtol in ((True, 1e-6), (False, 5e-2)):
         gin = dev.ops._roi_align_backward(grad, rois, no_argmax, 1.0, P, P, 1, C, 16, 16, 1, True, "avg", deterministic)
         torch.testing.assert_close(gin.double().sum().item(), float(K * C * P * P), rtol=rtol, atol=0)
-
-
-# ---- autocast ----------------------------------------------------------------------------------
-
-
-def _check_autocast(device_type, low, to=lambda t: t, context=contextlib.nullcontext):
-    x32 = to(make_input((2, 3, 10, 12), torch.float32, seed=8))
-    rois32 = to(make_rois(10, 2, 10, 12, 0.5, "inside", torch.float32, seed=8))
-    x_low = x32.to(low)
-
-    with context(), torch.autocast(device_type, dtype=low):
-        # A low-precision input runs in float32 and comes back in its own dtype; boxes of another
-        # float dtype are accepted (both are cast), which outside autocast is a dtype error.
-        out, arg = ops.roi_align(x_low, rois32, 0.5, 3, 3, 2, True, "max")
-        pooled, pool_arg = ops.roi_pool(x_low, rois32, 0.5, 3, 3)
-        # float32 stays float32, float64 stays float64.
-        out32 = roiops.roi_align(x32, rois32, 3, 0.5, 2, True)
-        out64 = roiops.roi_align(x32.double(), rois32.double(), 3, 0.5, 2, True)
-        x_grad = x_low.detach().requires_grad_(True)
-        out_g = roiops.roi_align(x_grad, rois32.to(low), 3, 0.5, 2, True)
-    with context():
-        with pytest.raises((TypeError, RuntimeError)):
-            ops.roi_align(x_low, rois32, 0.5, 3, 3, 2, True, "max")
-
-        ref, ref_arg = ops.roi_align(x_low.float(), rois32, 0.5, 3, 3, 2, True, "max")
-        ref_pool, ref_pool_arg = ops.roi_pool(x_low.float(), rois32, 0.5, 3, 3)
-        ref32 = roiops.roi_align(x32, rois32, 3, 0.5, 2, True)
-        # Autograd records the float32 op: the gradient arrives in the input's dtype.
-        (g,) = torch.autograd.grad(out_g.float().sum(), x_grad)
-        x_ref = x_low.float().requires_grad_(True)
-        (g_ref,) = torch.autograd.grad(roiops.roi_align(x_ref, rois32.to(low).float(), 3, 0.5, 2, True).sum(), x_ref)
-    assert out.dtype == low and arg.dtype == torch.int32
-    assert torch.equal(out, ref.to(low)) and torch.equal(arg, ref_arg)
-    assert pooled.dtype == low and torch.equal(pooled, ref_pool.to(low)) and torch.equal(pool_arg, ref_pool_arg)
-    assert out32.dtype == torch.float32 and torch.equal(out32, ref32)
-    assert out64.dtype == torch.float64
-    assert out_g.dtype == low and g.dtype == low
-    torch.testing.assert_close(g, g_ref.to(low))
-
-
-def test_autocast_cpu():
-    _check_autocast("cpu", torch.bfloat16)
-
-
-@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_autocast(dev, low):
-    # Emulated CUDA runs on CPU tensors, so CPU autocast applies there (its kernels are the same).
-    _check_autocast(dev.torch_device, low, dev.to, dev.python_layer)

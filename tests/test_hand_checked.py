@@ -120,7 +120,6 @@ def test_zero_height_box_aligned_adaptive(dev, sampling_ratio, mode):
         assert torch.count_nonzero(grad) == 0
 
 
-@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_zero_rois(op, layout):
     x = torch.randn(2, 3, 6, 6)
@@ -128,11 +127,7 @@ def test_zero_rois(op, layout):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)
     rois = torch.zeros(0, 5)
-    if op == "pool":
-        outs = [roiops.roi_pool(x, rois, (4, 5)), roi_pool_reference(x, rois, (4, 5))]
-    else:
-        mode = op.split("_")[1]
-        outs = [roiops.roi_align(x, rois, (4, 5), pool_mode=mode), roi_align_reference(x, rois, (4, 5), pool_mode=mode)]
+    outs = [op(x, rois, output_size=(4, 5)), op.call_reference(x, rois, output_size=(4, 5))]
     for out in outs:
         assert out.shape == (0, 3, 4, 5)
         assert out.dtype == x.dtype
@@ -142,14 +137,10 @@ def test_zero_rois(op, layout):
     assert roiops.roi_align(x, [torch.zeros(0, 4), torch.zeros(0, 4)], 2).shape == (0, 3, 2, 2)
 
 
-@pytest.mark.parametrize("op", ["align_avg", "align_max", "pool"])
 def test_zero_images_zero_rois(op):
     x = torch.randn(0, 3, 6, 6, requires_grad=True)
     rois = torch.zeros(0, 5)
-    if op == "pool":
-        out = roiops.roi_pool(x, rois, 2)
-    else:
-        out = roiops.roi_align(x, rois, 2, pool_mode=op.split("_")[1])
+    out = op(x, rois, output_size=2)
     assert out.shape == (0, 3, 2, 2)
     out.sum().backward()
     assert x.grad.shape == (0, 3, 6, 6)

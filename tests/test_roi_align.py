@@ -1,7 +1,6 @@
-"""roiops.roi_align against the pure-PyTorch reference (forward and input gradient), gradcheck,
-torchvision, opcheck and torch.compile."""
-
-import zlib
+"""roiops.roi_align's own tests: its CPU kernel paths (half-type backward, channels-last bands, channel
+blocks, thread counts) and torchvision. The standard tests (reference, layouts, dtypes, gradcheck,
+opcheck, compile, edges) run over the op table in test_ops.py and test_ops_edges.py."""
 
 import pytest
 import torch
@@ -9,93 +8,9 @@ import torch
 import roiops
 from roiops.reference import roi_align_reference
 
-from helpers import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, to_layout, tolerances
-
-SCALES = (1.0, 0.5, 0.25, 1.0 / 16)
-SAMPLING = (-1, 0, 1, 2, 3)
-
-
-def _is_cl(t):
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
-def _check_vs_reference(x, rois, output_size, scale, sr, aligned, mode, seed=0, ref_dtype=None):
-    """Runs the op and the reference on the same values; compares output and input gradient."""
-    tol = tolerances(x.dtype)
-    x = x.detach().requires_grad_(True)
-    out = roiops.roi_align(x, rois, output_size, scale, sr, aligned, mode)
-    g = torch.Generator().manual_seed(seed + 1)
-    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(x.dtype)
-    # The upstream gradient in the output's layout (as a following channels-last layer would give it).
-    grad_out = grad_out.contiguous(memory_format=torch.channels_last) if _is_cl(out) else grad_out
-    gx = input_grad(out, x, grad_out)
-
-    rd = ref_dtype or x.dtype
-    xr = x.detach().to(rd).requires_grad_(True)
-    ref = roi_align_reference(xr, rois.to(rd), output_size, scale, sr, aligned, mode)
-    gref = input_grad(ref, xr, grad_out.to(rd))
-
-    assert out.shape == ref.shape
-    assert out.dtype == x.dtype and gx.dtype == x.dtype
-    torch.testing.assert_close(out.to(rd), ref, **tol)
-    torch.testing.assert_close(gx.to(rd), gref, **tol)
-    return out, gx
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"scale{s:g}")
-@pytest.mark.parametrize("sr", SAMPLING, ids=lambda s: f"sr{s}")
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_random_vs_reference(dtype, scale, sr, aligned, mode):
-    seed = zlib.crc32(repr((str(dtype), scale, sr, aligned, mode)).encode()) % 10000
-    x = make_input((2, 3, 9, 11), dtype, seed=seed)
-    rois = make_rois(20, 2, 9, 11, scale, "mixed", dtype, seed=seed)
-    _check_vs_reference(x, rois, (3, 4), scale, sr, aligned, mode, seed)
-
-
-@pytest.mark.parametrize("kind", BOX_KINDS)
-@pytest.mark.parametrize("sr", [-1, 2], ids=lambda s: f"sr{s}")
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_box_kinds_vs_reference(kind, sr, aligned, mode):
-    x = make_input((2, 4, 8, 10), torch.float32, seed=3)
-    rois = make_rois(12, 2, 8, 10, 0.5, kind, torch.float32, seed=BOX_KINDS.index(kind))
-    out, gx = _check_vs_reference(x, rois, (2, 3), 0.5, sr, aligned, mode)
-    if kind == "outside":
-        assert torch.count_nonzero(out) == 0 and torch.count_nonzero(gx) == 0
-
-
-@pytest.mark.parametrize(
-    "shape,output_size",
-    [
-        ((1, 1, 1, 1), 1),
-        ((1, 2, 1, 7), (2, 3)),
-        ((3, 1, 6, 1), (3, 1)),
-        ((2, 5, 13, 7), 7),
-        ((1, 3, 16, 16), (14, 14)),
-        ((4, 2, 5, 9), (1, 5)),
-    ],
-)
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_shapes_vs_reference(shape, output_size, mode):
-    N, C, H, W = shape
-    x = make_input(shape, torch.float32, seed=H * W)
-    rois = make_rois(10, N, H, W, 0.25, "mixed", torch.float32, seed=C)
-    for aligned in (False, True):
-        _check_vs_reference(x, rois, output_size, 0.25, -1, aligned, mode)
-        _check_vs_reference(x, rois, output_size, 0.25, 2, aligned, mode)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("sr", [-1, 2], ids=lambda s: f"sr{s}")
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_half_dtypes_vs_float32_reference(dtype, sr, aligned, mode):
-    # The reference runs in float32 on the same (rounded) inputs and boxes.
-    x = make_input((2, 3, 9, 11), dtype, seed=11)
-    rois = make_rois(16, 2, 9, 11, 0.5, "mixed", dtype, seed=12)
-    _check_vs_reference(x, rois, (3, 3), 0.5, sr, aligned, mode, ref_dtype=torch.float32)
+from devices import CPU
+from helpers import input_grad, make_input, make_rois, to_layout
+from op_table import OPS, check_against_oracle
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
@@ -172,7 +87,8 @@ def test_nchw_forward_planes_and_channel_blocks_vs_reference(rois, mode, dtype, 
     ref_dtype = torch.float32 if dtype == torch.bfloat16 else None
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        _check_vs_reference(x, boxes, (3, 4), 1.0, 2, True, mode, ref_dtype=ref_dtype)
+        kwargs = dict(output_size=(3, 4), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        check_against_oracle(OPS[f"roi_align-{mode}"], CPU, x, boxes, ref_dtype=ref_dtype, **kwargs)
         out = roiops.roi_align(x, boxes, (3, 4), 1.0, 2, True, mode)
         torch.testing.assert_close(
             out, roiops.roi_align(to_layout(x, "channels_last"), boxes, (3, 4), 1.0, 2, True, mode), rtol=0, atol=0
@@ -198,81 +114,6 @@ def test_backward_is_the_same_in_both_layouts_for_any_thread_count(dtype, mode, 
     assert results[1].is_contiguous(memory_format=torch.channels_last)
     for r in results[1:]:
         torch.testing.assert_close(r, results[0], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("mode", ["avg", "max"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_layouts_vs_reference(layout, mode, dtype):
-    x = make_input((2, 5, 7, 9), dtype, layout=layout, seed=21)
-    rois = make_rois(14, 2, 7, 9, 1.0, "mixed", dtype, seed=22)
-    ref_dtype = torch.float32 if dtype == torch.bfloat16 else None
-    out, gx = _check_vs_reference(x, rois, (2, 3), 1.0, -1, True, mode, ref_dtype=ref_dtype)
-    _check_vs_reference(x, rois, (2, 3), 1.0, 2, False, mode, ref_dtype=ref_dtype)
-    # Layout rule: channels-last input gives a channels-last output; everything else NCHW-contiguous.
-    if layout == "channels_last":
-        assert out.is_contiguous(memory_format=torch.channels_last)
-    else:
-        assert out.is_contiguous()
-
-
-@pytest.mark.parametrize("in_layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_grad_output_layouts(in_layout, mode):
-    # Any layout of the upstream gradient (NCHW, channels-last, strided view, expanded) must give the
-    # same input gradient, whatever the input layout.
-    x = make_input((2, 4, 6, 7), layout=in_layout, seed=5).requires_grad_(True)
-    rois = make_rois(9, 2, 6, 7, 1.0, "partial", seed=6)
-    out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
-    grad_out = torch.randn(out.shape)
-    expected = input_grad(out, x, grad_out)
-    xr = x.detach().requires_grad_(True)
-    torch.testing.assert_close(
-        expected, input_grad(roi_align_reference(xr, rois, 3, 1.0, 2, True, mode), xr, grad_out), rtol=1e-5, atol=1e-5
-    )
-    variants = [
-        to_layout(grad_out, "channels_last"),
-        to_layout(grad_out, "sliced"),
-        to_layout(grad_out, "transposed"),
-    ]
-    for g in variants:
-        out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
-        torch.testing.assert_close(input_grad(out, x, g), expected, rtol=1e-6, atol=1e-6)
-    out = roiops.roi_align(x, rois, 3, 1.0, 2, True, mode)
-    out.sum().backward()  # an expanded (stride-0) upstream gradient
-    torch.testing.assert_close(
-        x.grad,
-        input_grad(roi_align_reference(xr, rois, 3, 1.0, 2, True, mode), xr, torch.ones(out.shape)),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-
-
-def test_many_rois_one_image():
-    # Many RoIs on one image, so the backward accumulates from many RoIs into the same cells.
-    x = make_input((1, 3, 12, 12), seed=8)
-    rois = make_rois(200, 1, 12, 12, 1.0, "inside", seed=9)
-    for mode in ("avg", "max"):
-        _check_vs_reference(x, rois, 4, 1.0, -1, True, mode)
-
-
-# ---- gradcheck ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_gradcheck(aligned, mode, restore_threads):
-    # Hundreds of tiny calls: one thread avoids thread-pool overhead on a busy machine.
-    torch.set_num_threads(1)
-    # Distinct, well separated values keep max-mode ties away; roi_align is linear in input otherwise.
-    x = make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True).requires_grad_(True)
-    rois = torch.tensor(
-        [[0, 0.3, 0.7, 4.6, 5.2], [0, -2.1, 1.3, 3.4, 7.9], [0, 2.2, -0.6, 9.1, 3.3]], dtype=torch.float64
-    )
-    for sr in (-1, 2):
-        assert torch.autograd.gradcheck(
-            lambda t: roiops.roi_align(t, rois, (2, 3), 1.0, sr, aligned, mode), (x,), eps=1e-6, atol=1e-6
-        )
 
 
 # ---- torchvision -------------------------------------------------------------------------------
@@ -309,15 +150,3 @@ def test_vs_torchvision_inverted_boxes_fixed_sampling():
             rtol=1e-5,
             atol=1e-5,
         )
-
-
-# ---- opcheck and torch.compile ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("mode", ["avg", "max"])
-def test_opcheck(layout, mode):
-    x = make_input((2, 3, 6, 7), layout=layout, seed=51, distinct=True).requires_grad_(True)
-    rois = make_rois(5, 2, 6, 7, 1.0, "mixed", seed=52)
-    torch.library.opcheck(torch.ops.roiops.roi_align.default, (x, rois, 1.0, 2, 3, 2, True, mode))
-    torch.library.opcheck(torch.ops.roiops.roi_align.default, (x, rois, 0.5, 3, 2, -1, False, mode))

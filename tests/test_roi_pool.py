@@ -1,5 +1,6 @@
-"""roiops.roi_pool against the pure-PyTorch reference (forward and input gradient), gradcheck,
-torchvision and opcheck. Max pooling is exact, so forward results are compared exactly."""
+"""roiops.roi_pool's own tests: rounding, torchvision, and its CPU kernel paths (channel blocks, the
+sparse NCHW path, the backward's parts). The standard tests (reference, layouts, dtypes, gradcheck,
+opcheck, compile, edges) run over the op table in test_ops.py and test_ops_edges.py."""
 
 import pytest
 import torch
@@ -7,78 +8,9 @@ import torch
 import roiops
 from roiops.reference import roi_pool_reference
 
-from helpers import BOX_KINDS, LAYOUTS, input_grad, make_input, make_rois, to_layout, tolerances
-
-SCALES = (1.0, 0.5, 0.25, 1.0 / 16)
-
-
-def _check_vs_reference(x, rois, output_size, scale, seed=0):
-    x = x.detach().requires_grad_(True)
-    out = roiops.roi_pool(x, rois, output_size, scale)
-    g = torch.Generator().manual_seed(seed + 1)
-    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(x.dtype)
-    if not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    gx = input_grad(out, x, grad_out)
-
-    xr = x.detach().requires_grad_(True)
-    ref = roi_pool_reference(xr, rois, output_size, scale)
-    gref = input_grad(ref, xr, grad_out)
-    assert out.dtype == x.dtype and gx.dtype == x.dtype
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    # Several RoIs may pick the same cell: summation order differs, hence a tolerance.
-    torch.testing.assert_close(gx, gref, **tolerances(x.dtype))
-    return out, gx
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"scale{s:g}")
-@pytest.mark.parametrize("output_size", [1, (2, 3), 4])
-def test_random_vs_reference(dtype, scale, output_size):
-    x = make_input((2, 3, 9, 11), dtype, seed=int(scale * 64), distinct=True)
-    rois = make_rois(20, 2, 9, 11, scale, "mixed", dtype, seed=int(scale * 64) + 1)
-    _check_vs_reference(x, rois, output_size, scale)
-
-
-@pytest.mark.parametrize("kind", BOX_KINDS)
-def test_box_kinds_vs_reference(kind):
-    x = make_input((2, 4, 8, 10), seed=3, distinct=True)
-    rois = make_rois(12, 2, 8, 10, 0.5, kind, seed=BOX_KINDS.index(kind))
-    out, gx = _check_vs_reference(x, rois, (3, 2), 0.5)
-    if kind == "outside":
-        assert torch.count_nonzero(out) == 0 and torch.count_nonzero(gx) == 0
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_half_dtypes_vs_reference(dtype, layout):
-    # Max pooling selects an input value, so the half types are exact too.
-    x = make_input((2, 3, 9, 11), dtype, layout=layout, seed=11, distinct=True)
-    rois = make_rois(16, 2, 9, 11, 0.5, "mixed", dtype, seed=12)
-    _check_vs_reference(x, rois, 3, 0.5)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_layouts_vs_reference(layout):
-    x = make_input((2, 5, 7, 9), layout=layout, seed=21, distinct=True)
-    rois = make_rois(14, 2, 7, 9, 1.0, "mixed", seed=22)
-    out, _ = _check_vs_reference(x, rois, (2, 3), 1.0)
-    if layout == "channels_last":
-        assert out.is_contiguous(memory_format=torch.channels_last)
-    else:
-        assert out.is_contiguous()
-
-
-@pytest.mark.parametrize("in_layout", ["contiguous", "channels_last"])
-def test_grad_output_layouts(in_layout):
-    x = make_input((2, 4, 6, 7), layout=in_layout, seed=5, distinct=True).requires_grad_(True)
-    rois = make_rois(9, 2, 6, 7, 1.0, "partial", seed=6)
-    out = roiops.roi_pool(x, rois, 3)
-    grad_out = torch.randn(out.shape)
-    expected = input_grad(out, x, grad_out)
-    for layout in ("channels_last", "sliced", "transposed"):
-        out = roiops.roi_pool(x, rois, 3)
-        torch.testing.assert_close(input_grad(out, x, to_layout(grad_out, layout)), expected, rtol=0, atol=0)
+from devices import CPU
+from helpers import input_grad, make_input, make_rois, to_layout
+from op_table import OPS, check_against_oracle
 
 
 def test_rounding_half_away_from_zero():
@@ -99,24 +31,6 @@ def test_rounding_half_away_from_zero():
     assert roi_pool_reference(y, r, 1).item() == 2.0
 
 
-def test_many_rois_one_image():
-    x = make_input((1, 3, 12, 12), seed=8, distinct=True)
-    rois = make_rois(200, 1, 12, 12, 1.0, "inside", seed=9)
-    _check_vs_reference(x, rois, 4, 1.0)
-
-
-@pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_gradcheck(scale, restore_threads):
-    torch.set_num_threads(1)  # hundreds of tiny calls: no thread-pool overhead
-    # Distinct values: no ties, so the maximum is locally constant in its position.
-    x = make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True).requires_grad_(True)
-    rois = (
-        torch.tensor([[0, 0.3, 0.7, 4.6, 5.2], [0, -2.1, 1.3, 3.4, 7.9], [0, 2.2, -0.6, 9.1, 3.3]], dtype=torch.float64)
-        / scale
-    )
-    assert torch.autograd.gradcheck(lambda t: roiops.roi_pool(t, rois, (2, 3), scale), (x,), eps=1e-6, atol=1e-6)
-
-
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
 @pytest.mark.parametrize("kind", ["inside", "partial", "outside", "inverted", "zero", "mixed"])
 def test_vs_torchvision(scale, kind):
@@ -132,14 +46,6 @@ def test_vs_torchvision(scale, kind):
     torch.testing.assert_close(input_grad(out, xa, grad_out), input_grad(ref, xb, grad_out), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_opcheck(layout):
-    x = make_input((2, 3, 6, 7), layout=layout, seed=51, distinct=True).requires_grad_(True)
-    rois = make_rois(5, 2, 6, 7, 1.0, "mixed", seed=52)
-    torch.library.opcheck(torch.ops.roiops.roi_pool.default, (x, rois, 1.0, 2, 3))
-    torch.library.opcheck(torch.ops.roiops.roi_pool.default, (x, rois, 0.5, 3, 2))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_dense_bins_in_channel_blocks_vs_reference(dtype, layout, restore_threads):
@@ -152,7 +58,7 @@ def test_dense_bins_in_channel_blocks_vs_reference(dtype, layout, restore_thread
         if dtype == torch.bfloat16:  # (its gradient sums up to 64 contributions: the reference's bfloat16 sums drift)
             torch.testing.assert_close(roiops.roi_pool(x, rois, 3), roi_pool_reference(x, rois, 3), rtol=0, atol=0)
         else:
-            _check_vs_reference(x, rois, 3, 1.0)
+            check_against_oracle(OPS["roi_pool"], CPU, x, rois, layout, output_size=3, spatial_scale=1.0)
 
 
 @pytest.mark.parametrize("special", ["ties", "inf_nan"])
