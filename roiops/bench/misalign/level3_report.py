@@ -215,8 +215,13 @@ def level3_findings(r3: dict) -> List[str]:
             out.append(
                 f"Stride {s}, RoIWarp is nearer RoIPool than RoIAlign (paper, stride 16: {TABLE_2C['RoIPool'][0]} ≈ "
                 f"{TABLE_2C['RoIWarp'][0]} < {TABLE_2C['RoIAlign avg'][0]}; tested as (RoIAlign − RoIWarp) − "
-                f"(RoIWarp − RoIPool) > 0): {_decided(e)}; that difference {fmt_entry(e, True)} AP. Share of "
-                f"RoIPool's loss that rounding the box explains: {fmt_entry(sh)}% (paper {paper_share:.0f}%)."
+                f"(RoIWarp − RoIPool) > 0): {_decided(e)}; that difference {fmt_entry(e, True)} AP. "
+                + (
+                    f"Share of RoIPool's loss that rounding the box explains: {fmt_entry(sh)}% (paper "
+                    f"{paper_share:.0f}%)."
+                    if claims[f"beats_{s}"]["lo"] > 0
+                    else "(No share of RoIPool's loss is given: RoIPool's loss itself is not established here.)"
+                )
             )
         if f"ap75_{s}" in claims:
             e = claims[f"ap75_{s}"]
@@ -266,7 +271,7 @@ def level3_findings(r3: dict) -> List[str]:
             f"At equal size in cells, the mask-IoU gap at stride {strides[-1]} minus at stride {strides[0]}: "
             f"{fmt_entry(eq['stride_effect'], True)} (the interval "
             + (
-                "includes 0: the size in cells explains the stride's effect"
+                "includes 0: no effect of the stride beyond the size in cells is detected"
                 if eq["stride_effect"]["lo"] <= 0 <= eq["stride_effect"]["hi"]
                 else "excludes 0: the stride matters beyond the size in cells"
             )
