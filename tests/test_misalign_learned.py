@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -367,6 +368,21 @@ def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
     again = tmp_path / "again"
     assert m.run(_parser().parse_args(["--from-json", str(js), "--out", str(again), "--no-plots"])) == 0
     assert (again / "REPORT.md").read_bytes() == (out / "REPORT.md").read_bytes()
+
+
+def test_committed_report_is_the_rendering_of_the_committed_json(tmp_path):
+    """benchmarks/misalign: REPORT.md is what --from-json makes of results.json, byte for byte (one run)."""
+    root = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "misalign")
+    assert (
+        m.run(
+            _parser().parse_args(
+                ["--from-json", os.path.join(root, "results.json"), "--out", str(tmp_path), "--no-plots"]
+            )
+        )
+        == 0
+    )
+    with open(os.path.join(root, "REPORT.md"), "rb") as f:
+        assert (tmp_path / "REPORT.md").read_bytes() == f.read()
 
 
 def test_stardist_absent_is_skipped_with_a_note(tmp_path, monkeypatch):
