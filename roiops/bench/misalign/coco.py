@@ -164,8 +164,13 @@ def weighted_precision(cell: Dict[str, np.ndarray], weights: np.ndarray, recall_
         precision = tp / (tp + fp + np.spacing(1))
         # the envelope: precision at a recall is the best precision at that recall or any higher one
         envelope = np.flip(np.maximum.accumulate(np.flip(precision, -1), -1), -1)
-        # first detection whose recall reaches each threshold (np.searchsorted(..., side="left") per row)
-        first = (recall[..., None] < recall_thresholds).sum(axis=-2)  # [B, T, R]
+        # first detection whose recall reaches each threshold: np.searchsorted(row, thresholds, "left") for
+        # every row at once, each row lifted by 2 x its index (recall is in [0, 1]) so the rows stay apart
+        lift = 2.0 * np.arange(n_b * n_t).reshape(n_b, n_t, 1)
+        first = np.searchsorted(
+            (np.minimum(recall, 1.0) + lift).ravel(), (recall_thresholds + lift).ravel(), side="left"
+        )
+        first = first.reshape(n_b, n_t, -1) - n_d * np.arange(n_b * n_t).reshape(n_b, n_t, 1)  # [B, T, R]
         reached = first < n_d
         picked = np.take_along_axis(envelope, np.minimum(first, n_d - 1), axis=-1)
         out = np.where(reached, picked, 0.0)
@@ -176,8 +181,17 @@ def weighted_precision(cell: Dict[str, np.ndarray], weights: np.ndarray, recall_
 def average_precision(table: MatchTable, weights: np.ndarray, size_range: int = 0) -> Dict[str, np.ndarray]:
     """AP, AP50 and AP75 (fractions) per row of ``weights`` [B, I], averaged over categories as COCO does
     (a category without ground truth in a row is left out); size_range 0 is all objects, i > 0 the i-th range."""
+    # in chunks of resamples: the [B, T, D] arrays of a few thousand resamples would take gigabytes
     per_cat = np.stack(
-        [weighted_precision(row[size_range], weights, table.recall_thresholds) for row in table.cells]
+        [
+            np.concatenate(
+                [
+                    weighted_precision(row[size_range], weights[i : i + 250], table.recall_thresholds)
+                    for i in range(0, len(weights), 250)
+                ]
+            )
+            for row in table.cells
+        ]
     )  # [K, B, T, R]
     t50 = int(np.argmin(np.abs(table.iou_thresholds - 0.5)))
     t75 = int(np.argmin(np.abs(table.iou_thresholds - 0.75)))
@@ -187,4 +201,35 @@ def average_precision(table: MatchTable, weights: np.ndarray, size_range: int = 
             AP=np.nanmean(per_cat, axis=(0, 2, 3)),
             AP50=np.nanmean(per_cat[:, :, t50], axis=(0, 2)),
             AP75=np.nanmean(per_cat[:, :, t75], axis=(0, 2)),
+        )
+
+
+def constant_score_ap(table: MatchTable, weights: np.ndarray) -> Dict[str, np.ndarray]:
+    """AP, AP50, AP75 (fractions) of the same matches with every detection given one score: the
+    precision-recall curve is then one point (recall R, precision P over all detections), and COCO's
+    interpolated precision is P at the recall thresholds up to R, 0 above. Over all objects, averaged over
+    categories as ``average_precision`` does; the difference to it is what the ranking by score adds."""
+    per_cat = []
+    for row in table.cells:
+        cell = row[0]
+        w = weights[:, cell["image"]]  # [B, D]
+        tp = w @ cell["tp"].T.astype(float)  # [B, T]
+        fp = w @ cell["fp"].T.astype(float)
+        n_gt = weights @ cell["gt"]  # [B]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = tp / n_gt[:, None]
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        reached = (table.recall_thresholds[None, None, :] <= recall[..., None]).mean(-1)  # [B, T]
+        ap = precision * reached
+        ap[n_gt == 0] = np.nan
+        per_cat.append(ap)
+    per_cat = np.stack(per_cat)  # [K, B, T]
+    t50 = int(np.argmin(np.abs(table.iou_thresholds - 0.5)))
+    t75 = int(np.argmin(np.abs(table.iou_thresholds - 0.75)))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return dict(
+            AP=np.nanmean(per_cat, axis=(0, 2)),
+            AP50=np.nanmean(per_cat[:, :, t50], axis=0),
+            AP75=np.nanmean(per_cat[:, :, t75], axis=0),
         )

@@ -76,12 +76,21 @@ def make_shapes(
     max_diameter: float = 200.0,
     instances_per_image: Tuple[int, int] = (4, 9),
     min_visible: float = 0.45,
+    stratify: bool = False,
 ) -> List[Sample]:
     """Seeded synthetic instances: ellipses (class 1), star-convex polygons (2) and rings (3) of log-uniform
     diameter, drawn in sequence so that later shapes occlude earlier ones (an instance keeps only its visible
     part; one left with less than ``min_visible`` of its area, or under 12 pixels, is dropped).
-    Each instance has its own brightness and a faint texture; the background is dim and noisy."""
+    Each instance has its own brightness and a faint texture; the background is dim and noisy.
+    ``stratify``: each diameter is a random point of one of n equal slices of log diameter, the slices taken
+    without replacement (n = the most objects the images can hold), so every size range gets close to its
+    share of objects, up to the ones dropped by occlusion."""
     rng = np.random.default_rng(seed)
+    log_lo, log_hi = math.log(min_diameter), math.log(max_diameter)
+    if stratify:
+        n = n_images * instances_per_image[1]  # at most this many draws
+        u = (np.random.default_rng(seed + 1).permutation(n) + np.random.default_rng(seed + 2).random(n)) / n
+        log_d = iter(log_lo + u * (log_hi - log_lo))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     samples = []
     for _ in range(n_images):
@@ -90,7 +99,7 @@ def make_shapes(
         drawn = []
         for k in range(1, int(rng.integers(instances_per_image[0], instances_per_image[1] + 1)) + 1):
             label = int(rng.integers(1, len(SHAPE_CLASSES) + 1))
-            d = math.exp(rng.uniform(math.log(min_diameter), math.log(max_diameter)))
+            d = math.exp(next(log_d) if stratify else rng.uniform(log_lo, log_hi))
             r = d / 2
             cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
             # rasterise inside the shape's bounding square only

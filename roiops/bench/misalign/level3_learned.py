@@ -18,7 +18,7 @@ score, its refined box) and the mask head's mask in that box. AP / AP50 / AP75 c
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,27 +28,31 @@ from roiops import MultiScaleRoIAlign
 from roiops.models import BoxHead, MaskHead, RoIHeads, decode_boxes, paste_masks, round_boxes_to_grid
 
 from . import data as bdata
-from .coco import _rle, average_precision, coco_gt, match_detections
+from .coco import _rle, average_precision, coco_gt, constant_score_ap, match_detections
 from .data import L3Data, jitter_boxes
 
 
 @dataclass(frozen=True)
 class PoolOp:
-    """One pooling op of the comparison, as a ``MultiScaleRoIAlign`` setting (plus RoIWarp's box rounding)."""
+    """One pooling op of the comparison, as a ``MultiScaleRoIAlign`` setting (plus RoIWarp's box rounding).
+    ``across_strides``: trained at every stride with ``Config.seeds`` seeds; otherwise at the finest stride only,
+    with ``Config.seeds_single`` (the ops that answer one question of Table 2c, not the stride comparison)."""
 
     name: str
     op: str = "roi_align"  # or "roi_pool"
     aligned: bool = True
     mode: str = "avg"
     round_boxes: bool = False  # RoIWarp: round the boxes to the feature grid first
+    across_strides: bool = False
 
 
+# The op table: a new op is one row here, and costs its own runs only (seeds x strides it trains at).
 OPS = (
-    PoolOp("RoIPool", op="roi_pool"),
-    PoolOp("RoIWarp", round_boxes=True),
+    PoolOp("RoIPool", op="roi_pool", across_strides=True),
+    PoolOp("RoIWarp", round_boxes=True, across_strides=True),
     PoolOp("RoIAlign aligned=False", aligned=False),
     PoolOp("RoIAlign max", mode="max"),
-    PoolOp("RoIAlign avg"),
+    PoolOp("RoIAlign avg", across_strides=True),
 )
 BASELINE = "RoIPool"
 REFERENCE = "RoIAlign avg"  # the op whose gap to the baseline is the headline number
@@ -59,17 +63,19 @@ class Config:
     """Level-3 settings. Sizes in pixels; an object's size is the geometric mean of its box's sides."""
 
     dataset: str = "synthetic"  # or "stardist"
-    seeds: int = 2  # default seeds per (op, stride); --seeds overrides
+    seeds: int = 2  # seeds per (op, stride) for the ops with across_strides; --seeds overrides
+    seeds_single: int = 2  # seeds of the other ops (finest stride only)
     image_size: int = 160
     train_images: int = 256
     test_images: int = 160
     objects_per_image: Tuple[int, int] = (2, 5)
     diameter: Tuple[float, float] = (12.0, 150.0)
+    # test objects' diameters stratified log-uniformly (each of n equal slices of log diameter gets its share)
+    stratify_test: bool = True
     steps: int = 300  # at the finest stride (16)
     steps_coarse: Optional[int] = None  # at every coarser stride (32); None: the same as ``steps``
-    # the ops trained at every coarser stride (names in OPS); None: all. The paper compares only RoIPool and
-    # RoIAlign at C5; RoIWarp tells how much of the gap is the box rounding.
-    coarse_ops: Optional[Tuple[str, ...]] = None
+    curve_points: int = 4  # learning curve: the EMA weights scored (point estimates) at steps k/curve_points
+    warmup: float = 0.1  # fraction of the steps with a linear warm-up; constant learning rate after it
     images_per_step: int = 4
     rois_per_image: int = 32
     random_boxes_per_image: int = 6
@@ -77,12 +83,15 @@ class Config:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     ema_decay: float = 0.99
-    widths: Tuple[int, ...] = (8, 16, 32, 64, 64, 64)
+    # one width per stage; the stride-32 stage is 4x the stride-16 one, so both feature maps hold the same number
+    # of values per image pixel (equal capacity per pixel, as the stride comparison needs)
+    widths: Tuple[int, ...] = (8, 16, 32, 64, 64, 256)
     head_channels: int = 32
     fc_dim: int = 256
     sampling_ratio: int = 2
-    size_edges: Tuple[float, ...] = (0.0, 16.0, 24.0, 36.0, 56.0, 88.0, 1e4)
-    bootstrap: int = 300
+    # octaves of object size in px: at stride 16 and 32 the same octaves in cells, one range apart
+    size_edges: Tuple[float, ...] = (0.0, 16.0, 32.0, 64.0, 1e4)
+    bootstrap: int = 2000
     # stardist (data.stardist_tiles): the image upscaled, training crops and test tiles, in upscaled pixels
     stardist_scale: int = 3
     stardist_crop: int = 192
@@ -93,7 +102,14 @@ class Config:
         return self.steps if stride <= 16 or self.steps_coarse is None else self.steps_coarse
 
     def trains(self, op: "PoolOp", stride: int) -> bool:
-        return stride <= 16 or self.coarse_ops is None or op.name in self.coarse_ops
+        return stride <= 16 or op.across_strides
+
+    def seeds_for(self, op: "PoolOp") -> int:
+        return self.seeds if op.across_strides else min(self.seeds, self.seeds_single)
+
+    def checkpoints(self, stride: int) -> List[int]:
+        steps = self.steps_at(stride)
+        return sorted({max(1, round(k * steps / self.curve_points)) for k in range(1, self.curve_points + 1)})
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -184,8 +200,8 @@ def make_datasets(cfg: Config) -> Tuple[L3Data, L3Data]:
         instances_per_image=cfg.objects_per_image,
     )
     sets = []
-    for n, seed in ((cfg.train_images, 100), (cfg.test_images, 200)):
-        samples = bdata.make_shapes(n, seed=seed, **kw)
+    for n, seed, stratify in ((cfg.train_images, 100, False), (cfg.test_images, 200, cfg.stratify_test)):
+        samples = bdata.make_shapes(n, seed=seed, stratify=stratify, **kw)
         for s in samples:  # one category: see the module docstring
             for inst in s.instances:
                 inst.label = 1
@@ -210,9 +226,13 @@ def fixed_test_proposals(test: L3Data, jitter: float) -> List[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- training
-def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.Module:
-    """AdamW with a one-cycle schedule; returns the exponential moving average of the weights (BatchNorm
-    statistics averaged with them), which is what is evaluated."""
+def train(
+    op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config, at_checkpoint: Optional[Callable] = None
+) -> nn.Module:
+    """AdamW, a linear warm-up then a constant learning rate; returns the exponential moving average of the
+    weights (BatchNorm statistics averaged with them), which is what is evaluated. A constant rate (not a
+    schedule that anneals at the end) makes the EMA weights at step n a fair stand-in for a run of n steps, so
+    ``at_checkpoint(step, ema_model)``, called at ``cfg.checkpoints(stride)``, traces the learning curve."""
     torch.manual_seed(seed)
     model = MaskRCNNStage(op, stride, data.num_classes, cfg)
     ema = torch.optim.swa_utils.AveragedModel(
@@ -220,12 +240,14 @@ def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.M
     )
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.steps_at(stride)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    warm = max(1, round(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda i: min(1.0, (i + 1) / warm))
+    checkpoints = set(cfg.checkpoints(stride)) - {steps}
     gen = torch.Generator().manual_seed(10_000 + seed)
     hw = tuple(data.images.shape[1:])
     with_objects = [i for i, b in enumerate(data.boxes) if len(b)]
     model.train()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         pick = [with_objects[int(i)] for i in torch.randint(len(with_objects), (cfg.images_per_step,), generator=gen)]
         proposals = [
             torch.cat(
@@ -244,6 +266,9 @@ def train(op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config) -> nn.M
         optim.step()
         sched.step()
         ema.update_parameters(model)
+        if at_checkpoint is not None and step in checkpoints:
+            at_checkpoint(step, ema.module.eval())
+            ema.module.train()
     return ema.module.eval()
 
 
@@ -323,26 +348,29 @@ class Scorer:
     def n_bins(self) -> int:
         return len(self.cfg.size_edges) - 1
 
-    def score(self, dets: List[dict]) -> Dict[str, np.ndarray]:
-        """metric -> [1 + bootstrap] values (row 0 the point estimate), in points (x100): AP, AP50, AP75, mIoU,
-        and per size bin i: AP@i, mIoU@i."""
+    def score(self, dets: List[dict], resamples: bool = True) -> Dict[str, np.ndarray]:
+        """metric -> [1 + bootstrap] values (row 0 the point estimate; only it when not ``resamples``), in points
+        (x100): AP, AP50, AP75, mIoU, the same AP with every score equal (constAP, constAP50, constAP75: what
+        is left without the ranking), and per size bin i: AP@i, mIoU@i."""
+        weights = self.weights if resamples else self.weights[:1]
         # each detection comes from one object's proposal: it counts in that object's size range
         table = match_detections(self.gt, coco_results(dets), self.cfg.size_edges, np.concatenate(self.areas))
-        out = {k: 100 * v for k, v in average_precision(table, self.weights).items()}
+        out = {k: 100 * v for k, v in average_precision(table, weights).items()}
+        out.update({"const" + k: 100 * v for k, v in constant_score_ap(table, weights).items()})
         ious = mask_ious(dets, self.test)
-        out["mIoU"] = 100 * self._weighted_mean(ious, None)
+        out["mIoU"] = 100 * self._weighted_mean(ious, None, weights)
         for b in range(self.n_bins):
-            out[f"AP@{b}"] = 100 * average_precision(table, self.weights, size_range=b + 1)["AP"]
-            out[f"mIoU@{b}"] = 100 * self._weighted_mean(ious, b)
+            out[f"AP@{b}"] = 100 * average_precision(table, weights, size_range=b + 1)["AP"]
+            out[f"mIoU@{b}"] = 100 * self._weighted_mean(ious, b, weights)
         return out
 
-    def _weighted_mean(self, ious: List[np.ndarray], size_bin: Optional[int]) -> np.ndarray:
+    def _weighted_mean(self, ious: List[np.ndarray], size_bin: Optional[int], weights: np.ndarray) -> np.ndarray:
         total, count = np.zeros(len(ious)), np.zeros(len(ious))
         for i, (v, b) in enumerate(zip(ious, self.bins)):
             keep = np.ones(len(v), bool) if size_bin is None else b == size_bin
             total[i], count[i] = v[keep].sum(), keep.sum()
-        with np.errstate(invalid="ignore"):
-            return (self.weights @ total) / (self.weights @ count)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (weights @ total) / (weights @ count)
 
     def describe(self) -> dict:
         sizes = np.sqrt(np.concatenate(self.areas))

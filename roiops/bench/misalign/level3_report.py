@@ -4,10 +4,12 @@ paper's rows (paper.py)."""
 
 from typing import List
 
+from . import level3_tables as tab
 from .level3_learned import BASELINE, REFERENCE
-from .level3_tables import fmt_entry, gap_table, size_map_table, table_2c, table_2d
+from .level3_tables import fmt_entry
 from .paper import TABLE_2C, TABLE_2D
-from .summary import in_papers_regime, size_map_crossover
+from .stats import verdict
+from .summary import plateau_step
 
 
 def _data_text(r3: dict) -> str:
@@ -16,21 +18,19 @@ def _data_text(r3: dict) -> str:
     if r3.get("dataset") == "stardist":
         text = (
             f"Data: the nuclei image that the `stardist` package ships (512x512 fluorescence microscopy, labelled "
-            f"nuclei), upscaled {cfg['stardist_scale']}x (image bilinear, labels nearest) so that its nuclei, about "
-            f"{d['size_median'] / cfg['stardist_scale']:.0f} px in the original, span more than a cell at stride 32; "
-            f"left half for training ({d['train_images']} random {cfg['stardist_crop']}x{cfg['stardist_crop']} crops "
-            f"of its 8 flips/rotations, {d['train_objects']} nuclei), right half for testing "
-            f"({d['test_images']} tiles of {cfg['stardist_tile']} px cores widened so each nucleus is whole in the "
-            f"tile of its centre, {d['test_objects']} nuclei). One image: the test set is small and its AP "
-            "intervals wide, and the nuclei are alike in size, so its size map spans a narrow range."
+            f"nuclei), upscaled {cfg['stardist_scale']}x (image bilinear, labels nearest); left half for training "
+            f"({d['train_images']} random {cfg['stardist_crop']} px crops of its 8 flips/rotations, "
+            f"{d['train_objects']} nuclei), right half for testing ({d['test_images']} tiles, {d['test_objects']} "
+            "nuclei). One image: the test set is small and the nuclei alike in size."
         )
     else:
         text = (
             f"Data: synthetic {cfg['image_size']}x{cfg['image_size']} grey images, {cfg['objects_per_image'][0]}-"
             f"{cfg['objects_per_image'][1]} occluding ellipses, star polygons and rings (diameter "
-            f"{cfg['diameter'][0]:g}-{cfg['diameter'][1]:g} px, log-uniform) on a noisy background, one category; "
-            f"{d['train_images']} training images ({d['train_objects']} objects), {d['test_images']} test images "
-            f"({d['test_objects']} objects)."
+            f"{cfg['diameter'][0]:g}-{cfg['diameter'][1]:g} px, log-uniform"
+            + (", stratified in the test set" if cfg.get("stratify_test") else "")
+            + f") on a noisy background, one category; {d['train_images']} training images ({d['train_objects']} "
+            f"objects), {d['test_images']} test images ({d['test_objects']} objects)."
         )
     return (
         text + f" Median object size {d['size_median']:.0f} px ({cells}; size = geometric mean of the box's sides). "
@@ -41,93 +41,137 @@ def _data_text(r3: dict) -> str:
     )
 
 
+def _mapping_text(cfg: dict) -> List[str]:
+    return [
+        "How the rows map to the paper's, and what compares:",
+        "",
+        "- The paper's RoIAlign (Detectron, ResNet) samples without the half-pixel offset, i.e. `aligned=False`; "
+        "its ResNet's padded stride-2 convolutions and pooling centre feature cell c on image pixel c·s, within "
+        "half a pixel of where `aligned=False` puts it, so there it is nearly exact. This backbone's 2x2 stride-2 convolutions tile "
+        "the image, which puts a cell's centre where `aligned=True` assumes: here `aligned=True` is the exact "
+        "one, and the paper's RoIAlign rows are set beside `RoIAlign avg` (aligned=True).",
+        "- RoIWarp here is RoIAlign avg with "
+        f"{cfg['sampling_ratio']}x{cfg['sampling_ratio']} samples per bin on boxes rounded to the feature grid: it "
+        "isolates the box rounding. MNC's RoIWarp layer (as the paper ran it) instead takes one sample at each "
+        "bin's start and max-pools; the paper's RoIWarp row is beside ours for the direction only.",
+        "- AP here ranks masks by the box head's score, with one detection per test proposal (ground-truth boxes "
+        "jittered) and no background false positives, on one category of synthetic shapes. Only the directions of "
+        "differences compare with COCO AP, not their sizes. The AP with every score equal is given beside the "
+        "scored AP, so that what the ranking contributes is visible.",
+    ]
+
+
 def level3_section(r3: dict) -> List[str]:
     cfg, summ = r3["config"], r3["summary"]
     name = r3.get("dataset", "synthetic")
     strides = sorted(r3["strides"])
     steps = ", ".join(f"{r3['steps'][str(s)]} at stride {s}" for s in strides)
+    seeds = sorted(set(r3["seeds"].values()), reverse=True)
+    seed_text = "; ".join(f"{n} seeds for {', '.join(op for op, k in r3['seeds'].items() if k == n)}" for n in seeds)
     L = [
         f"## Level 3, {name}: mask AP with learned features",
         "",
-        f"Per op, stride and seed, a small Mask R-CNN second stage is trained end to end from scratch: a backbone of "
-        f"conv + BatchNorm + ReLU layers (widths {list(cfg['widths'])}) downsampling by 2x2 stride-2 convolutions, so "
-        "feature cell c at stride s covers exactly pixels [cs, (c+1)s); `roiops.models.RoIHeads` with `BoxHead` "
-        f"(7x7, fc {cfg['fc_dim']}) and `MaskHead` (14x14 -> 28x28, 2 convs x {cfg['head_channels']}), their targets "
-        'and losses; both poolers are `roiops.MultiScaleRoIAlign` set to the op (RoIPool: `op="roi_pool"`; '
-        "RoIWarp: RoIAlign aligned=True on boxes rounded by `roiops.models.round_boxes_to_grid`; RoIAlign with "
-        f"sampling ratio {cfg['sampling_ratio']}). AdamW steps ({steps}; lr {cfg['lr']:g}, one-cycle, weight "
-        f"decay {cfg['weight_decay']:g}) of {cfg['images_per_step']} images; the evaluated weights are an "
-        f"exponential moving average (decay {cfg['ema_decay']}).",
+        "Per op, stride and seed, a small Mask R-CNN second stage is trained end to end from scratch: a backbone of "
+        f"conv + BatchNorm + ReLU layers (stage widths {list(cfg['widths'])}: the stride-32 stage is 4x as wide as "
+        "the stride-16 one, so both feature maps hold the same number of values per image pixel) downsampling by "
+        "2x2 stride-2 convolutions, so feature cell c at stride s covers exactly pixels [cs, (c+1)s); "
+        f"`roiops.models.RoIHeads` with `BoxHead` (7x7, fc {cfg['fc_dim']}) and `MaskHead` (14x14 -> 28x28, 2 convs "
+        f"x {cfg['head_channels']}), their targets and losses; both poolers are `roiops.MultiScaleRoIAlign` set to "
+        'the op (RoIPool: `op="roi_pool"`; RoIWarp: RoIAlign aligned=True on boxes rounded by '
+        f"`roiops.models.round_boxes_to_grid`; RoIAlign with sampling ratio {cfg['sampling_ratio']}). AdamW steps "
+        f"({steps}; lr {cfg['lr']:g} after a linear warm-up over {cfg['warmup']:.0%} of them, then constant; "
+        f"weight decay {cfg['weight_decay']:g}) of {cfg['images_per_step']} images; the evaluated weights are an "
+        f"exponential moving average (decay {cfg['ema_decay']}), scored also at {cfg['curve_points'] - 1} earlier "
+        "checkpoints for the learning curves.",
         "",
         _data_text(r3),
         "",
-        f"Statistics: {r3['seeds']} seeds per (op, stride); a cell reads mean ± 95% Student-t half-width over "
-        f"seeds [95% bootstrap interval over test images, {cfg['bootstrap']} resamples shared by every run]. "
-        "Differences are paired by seed and by resample. All values x100."
-        + (
-            " One seed here (the budget): no interval over seeds, only the one over test images, which does not "
-            "cover training randomness."
-            if r3["seeds"] == 1
-            else ""
-        ),
+        f"Statistics: {seed_text} (the other ops at stride {strides[0]} only). A cell reads mean over seeds "
+        f"[95% two-level bootstrap interval, {cfg['bootstrap']} resamples: each resample draws the seeds with "
+        "replacement, then uses one resample of the test images, the same for every run]. Differences are paired "
+        "by seed and by resample. All values x100. A finding is held when its interval lies above 0, not held "
+        "when it lies at or below 0, and undecided otherwise; the intervals with only the seeds or only the test "
+        "images resampled are given where they would decide differently.",
         "",
     ]
+    L += _mapping_text(cfg) + [""]
     L += [f"### Table 2c: the ops at stride {strides[0]}, beside the paper's (mask AP, COCO, ResNet-50-C4)", ""]
-    L += table_2c(summ, strides[0]) + [""]
+    L += tab.table_2c(summ, strides[0]) + [""]
     if len(strides) > 1:
-        coarse = r3.get("ops_at", {}).get(str(strides[-1]))
-        fine = r3.get("ops_at", {}).get(str(strides[0]))
-        which = (
-            "The same ops"
-            if coarse == fine
-            else f"{', '.join(coarse[:-1])} and {coarse[-1]} (the ops the comparison across strides needs)"
-        )
-        L += [f"{which} at stride {strides[-1]}:", ""] + table_2c(summ, strides[-1]) + [""]
+        L += [f"The ops trained at both strides, at stride {strides[-1]}:", ""] + tab.table_2c(summ, strides[-1])
+        L += [""]
     L += ["### Table 2d: RoIPool and RoIAlign by stride, beside the paper's (C4 = stride 16, C5 = stride 32)", ""]
-    L += table_2d(summ) + [""]
-    L += ["### Every op minus RoIPool", ""] + gap_table(summ) + [""]
+    L += tab.table_2d(summ) + [""]
+    L += ["### Every op minus RoIPool", ""] + tab.gap_table(summ) + [""]
     if summ.get("contrasts"):
         L += [
             "### Contrasts: RoIAlign (avg, aligned) minus each other op",
             "",
-            "| stride | RoIAlign avg minus | ΔAP | ΔAP50 | ΔAP75 | Δ mask IoU |",
-            "|---|---|---|---|---|---|",
+            "| stride | RoIAlign avg minus | seeds | ΔAP | ΔAP50 | ΔAP75 | Δ mask IoU |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in summ["contrasts"]:
-            L.append(
-                f"| {c['stride']} | {c['minus']} | "
-                + " | ".join(fmt_entry(c[m], True) for m in ("AP", "AP50", "AP75", "mIoU"))
-                + " |"
-            )
+            cells = [fmt_entry(c[m], True) for m in ("AP", "AP50", "AP75", "mIoU")]
+            L.append(f"| {c['stride']} | {c['minus']} | {c['n_seeds']} | " + " | ".join(cells) + " |")
         L += [""]
+    L += ["### Scored AP and AP with constant scores", ""] + tab.ranking_table(summ) + [""]
+    L += [
+        "### Seeds against test images: SDs of each gap to RoIPool",
+        "",
+        "The SD of the resampled seed mean with only the seeds resampled, only the test images, and both.",
+        "",
+    ]
+    L += tab.variance_table(summ) + [""]
     L += [f"![level 3, {name}](level3_{name}_mask_ap.png)", ""]
-    if summ.get("size_map"):
-        sm = summ["size_map"]
+    if summ.get("curves"):
         L += [
-            "### The object-size map: where the gain comes from",
+            "### Learning curves",
             "",
-            f"The gap ({REFERENCE} minus {BASELINE}) on the test objects of each size range, at each stride "
-            "(same runs as above; bootstrap intervals over test images in brackets). Δ mIoU and ΔAP are in points; "
-            "the last column of each metric is the stride trend: positive where the gap grows with the stride, as "
-            "in the paper.",
+            "Seed-mean AP of the EMA weights at each checkpoint [95% interval over seeds]; the plateau is the first "
+            "checkpoint whose mean lies inside the final weights' two-level interval.",
             "",
         ]
-        L += size_map_table(sm) + [""]
-        for m in ("mIoU", "AP"):
-            c = size_map_crossover(sm, m)
-            if len(sm["strides"]) > 1:
-                L.append(
-                    f"- Crossover ({'mask IoU' if m == 'mIoU' else 'AP'}): "
-                    + (
-                        f"{c:.0f} px, {c / sm['strides'][-1]:.1f} cells at stride {sm['strides'][-1]}."
-                        if c
-                        else "the trend does not change sign from negative to positive over the sizes searched, "
-                        f"{sm['bins'][0]['median_px']:.0f}-{sm['bins'][-1]['median_px']:.0f} px (medians of the "
-                        f"smallest and largest size range) = {sm['bins'][0]['median_px'] / sm['strides'][-1]:.1f}-"
-                        f"{sm['bins'][-1]['median_px'] / sm['strides'][-1]:.1f} cells at stride {sm['strides'][-1]}."
-                    )
-                )
-        L += ["", f"![size map, {name}](level3_{name}_size_map.png)", ""]
+        L += tab.curves_table(summ) + ["", f"![learning curves, {name}](level3_{name}_curves.png)", ""]
+    if summ.get("size_map"):
+        L += _size_map_lines(summ["size_map"], name)
+    L += ["### Every run", ""] + tab.runs_table(r3["runs"]) + [""]
+    return L
+
+
+def _size_map_lines(sm: dict, name: str) -> List[str]:
+    s0, s1 = sm["strides"][0], sm["strides"][-1]
+    L = [
+        "### The object-size map, in feature cells",
+        "",
+        f"The gap ({REFERENCE} minus {BASELINE}) on the test objects of each size range (octaves of size in px), "
+        f"at each stride, and the stride trend at equal pixels (the gap at stride {s1} minus the gap at stride "
+        f"{s0}; positive where the gap grows with the stride, as in the paper). Two-level intervals.",
+        "",
+    ]
+    L += tab.size_map_table(sm) + [""]
+    if sm.get("equal_cells"):
+        L += [
+            f"At equal size in cells (the stride-{s1} size range one octave above the stride-{s0} one; ranges of "
+            "fewer than 20 objects left out): does the gap depend on the stride beyond what the size in cells "
+            "explains (stride effect), and does that change with size (interaction, per octave of cells)?",
+            "",
+        ]
+        L += tab.equal_cells_table(sm) + [""]
+    for m in ("mIoU", "AP"):
+        c = sm["crossover"][m]
+        label = "mask IoU" if m == "mIoU" else "AP"
+        where = (
+            f"{c['px']:.0f} px = {c['px'] / s1:.1f} cells at stride {s1}"
+            if c["px"] == c["px"]
+            else "none in the sizes searched (the trend does not go from negative to positive)"
+        )
+        interval = (
+            f" [{c['lo']:.0f}, {c['hi']:.0f}] px over the resamples that have one ({c['found']:.0%} of them)"
+            if c["lo"] == c["lo"]
+            else " (no resample has one)"
+        )
+        L.append(f"- Pixel crossover of the stride trend ({label}), a consequence of the map above: {where}{interval}.")
+    L += ["", f"![size map, {name}](level3_{name}_size_map.png)", ""]
     return L
 
 
@@ -139,154 +183,124 @@ def _contrast(summ, stride, minus):
     return next((c for c in summ["contrasts"] if c["stride"] == stride and c["minus"] == minus), None)
 
 
+def _decided(e: dict) -> str:
+    """The verdict of a claimed-positive quantity, and which interval decided it."""
+    v = verdict(e["lo"], e["hi"])
+    text = f"**{v}** (two-level interval [{e['lo']:+.1f}, {e['hi']:+.1f}]"
+    alone = {
+        "seeds alone": verdict(e["seed_lo"], e["seed_hi"]),
+        "test images alone": verdict(e["image_lo"], e["image_hi"]),
+    }
+    other = [f"{k} would say {w}" for k, w in alone.items() if w != v]
+    return text + ("; " + ", ".join(other) if other else "; either source alone agrees") + ")"
+
+
 def level3_findings(r3: dict) -> List[str]:
-    """The paper's level-3 findings, each marked as held or not by this run's numbers."""
+    """The paper's level-3 findings, each held, not held or undecided by this run's two-level intervals."""
     summ = r3["summary"]
     strides = sorted(r3["strides"])
+    claims = summ.get("claims", {})
+    paper_share = (
+        100
+        * (TABLE_2C["RoIAlign avg"][0] - TABLE_2C["RoIWarp"][0])
+        / (TABLE_2C["RoIAlign avg"][0] - TABLE_2C["RoIPool"][0])
+    )
     out = []
     for s in strides:
-        pool, warp, align = _get(summ, s, BASELINE), _get(summ, s, "RoIWarp"), _get(summ, s, REFERENCE)
-        if pool and warp and align:
-            g_warp, g_align = warp["gap_AP"], align["gap_AP"]
-            paper_share = 1 - (
-                (TABLE_2C["RoIWarp"][0] - TABLE_2C["RoIPool"][0])
-                / (TABLE_2C["RoIAlign avg"][0] - TABLE_2C["RoIPool"][0])
-            )
-            text = (
-                f"Stride {s}, ordering RoIPool ≈ RoIWarp < RoIAlign (paper, stride 16: {TABLE_2C['RoIPool'][0]} ≈ "
-                f"{TABLE_2C['RoIWarp'][0]} < {TABLE_2C['RoIAlign avg'][0]} AP): "
-            )
-            if g_align["boot_lo"] > 0:
-                share = 1 - g_warp["mean"] / g_align["mean"]
-                text += (
-                    f"{'held' if share > 0.75 else 'NOT held'}. RoIWarp − RoIPool = {fmt_entry(g_warp, True)} AP, "
-                    f"RoIAlign − RoIPool = {fmt_entry(g_align, True)} AP: rounding the box accounts for "
-                    f"{100 * share:.0f}% of RoIPool's loss (paper: {100 * paper_share:.0f}%), the bins' own "
-                    f"quantization and max for the rest."
-                )
-                if share <= 0.75:
-                    text += (
-                        " Likely why: RoIPool's bins are whole cells, so on an object one or two cells wide "
-                        "all bins of a row read the same one or two cells and the pooled map has no "
-                        "spatial detail left, while RoIWarp still interpolates inside the rounded box; on "
-                        "COCO at stride 16 most boxes span many cells, and rounding the box is nearly all "
-                        "that is lost."
-                    )
-            else:
-                text += (
-                    f"NOT held: RoIAlign does not beat RoIPool here ({fmt_entry(g_align, True)} AP; RoIWarp − "
-                    f"RoIPool {fmt_entry(g_warp, True)})."
-                )
-            out.append(text)
-        if align and "gap_AP75" in align:
-            a50, a75 = align["gap_AP50"], align["gap_AP75"]
-            held = a75["boot_lo"] > 0 and a75["mean"] > a50["mean"]
-            pool = _get(summ, s, BASELINE)
-            why = ""
-            if not held and a50["boot_lo"] > 0:
-                why = (
-                    f" Likely why: RoIPool's masks here are often below IoU 0.5 (its mean mask IoU is "
-                    f"{pool['mIoU']['mean']:.0f}), so its loss already shows at AP50; on COCO, AP50 is bounded mostly "
-                    "by detection, which both ops share, and mask quality shows at the tight threshold."
-                )
+        if f"beats_{s}" in claims:
+            e = claims[f"beats_{s}"]
+            out.append(f"Stride {s}, RoIAlign beats RoIPool in AP: {_decided(e)}; ΔAP {fmt_entry(e, True)}.")
+        if f"warp_{s}" in claims:
+            e, sh = claims[f"warp_{s}"], claims[f"share_{s}"]
             out.append(
-                f"Stride {s}, RoIAlign's gain is larger at AP75 than at AP50 (paper: about twice): "
-                f"{'held' if held else 'NOT held'}; ΔAP75 {fmt_entry(a75, True)}, ΔAP50 {fmt_entry(a50, True)}." + why
+                f"Stride {s}, RoIWarp is nearer RoIPool than RoIAlign (paper, stride 16: {TABLE_2C['RoIPool'][0]} ≈ "
+                f"{TABLE_2C['RoIWarp'][0]} < {TABLE_2C['RoIAlign avg'][0]}; tested as (RoIAlign − RoIWarp) − "
+                f"(RoIWarp − RoIPool) > 0): {_decided(e)}; that difference {fmt_entry(e, True)} AP. "
+                + (
+                    f"Share of RoIPool's loss that rounding the box explains: {fmt_entry(sh)}% (paper "
+                    f"{paper_share:.0f}%)."
+                    if claims[f"beats_{s}"]["lo"] > 0
+                    else "(No share of RoIPool's loss is given: RoIPool's loss itself is not established here.)"
+                )
             )
-        unaligned = _contrast(summ, s, "RoIAlign aligned=False")
-        if unaligned:
+        if f"ap75_{s}" in claims:
+            e = claims[f"ap75_{s}"]
+            align = _get(summ, s, REFERENCE)
             out.append(
-                f"Stride {s}, RoIAlign aligned=True minus aligned=False (the half-cell shift): "
-                f"{fmt_entry(unaligned['AP'], True)} AP, {fmt_entry(unaligned['mIoU'], True)} mask IoU."
+                f"Stride {s}, RoIAlign's gain is larger at AP75 than at AP50 (the paper's stated finding): "
+                f"{_decided(e)}; ΔAP75 − ΔAP50 {fmt_entry(e, True)} (ΔAP75 {fmt_entry(align['gap_AP75'], True)}, "
+                f"ΔAP50 {fmt_entry(align['gap_AP50'], True)})."
             )
-        mx = _contrast(summ, s, "RoIAlign max")
-        if mx:
-            out.append(
-                f"Stride {s}, RoIAlign avg minus max aggregation: {fmt_entry(mx['AP'], True)} AP (paper: "
-                f"{TABLE_2C['RoIAlign avg'][0] - TABLE_2C['RoIAlign max'][0]:+.1f})."
-            )
-    gaps = [
-        r["gap_" + m]
-        for r in summ["rows"]
-        if r["op"] != BASELINE
-        for m in ("AP", "AP50", "AP75", "mIoU")
-        if "gap_" + m in r and r["gap_" + m]["seed_ci"] == r["gap_" + m]["seed_ci"]
-    ]
+        for minus, what in (
+            ("RoIAlign aligned=False", "aligned=True minus aligned=False"),
+            ("RoIAlign max", "avg minus max"),
+        ):
+            c = _contrast(summ, s, minus)
+            if c:
+                paper = (
+                    f" (paper: {TABLE_2C['RoIAlign avg'][0] - TABLE_2C['RoIAlign max'][0]:+.1f})"
+                    if minus == "RoIAlign max"
+                    else ""
+                )
+                inside = "includes" if c["AP"]["lo"] <= 0 <= c["AP"]["hi"] else "excludes"
+                out.append(
+                    f"Stride {s}, RoIAlign {what}, {c['n_seeds']} seeds: {fmt_entry(c['AP'], True)} AP{paper}, "
+                    f"{fmt_entry(c['mIoU'], True)} mask IoU; the AP interval {inside} 0."
+                )
+    gaps = [r["gap_" + m] for r in summ["rows"] for m in ("AP", "AP50", "AP75", "mIoU") if "gap_" + m in r]
     if gaps:
-        wider = sum(g["seed_ci"] > (g["boot_hi"] - g["boot_lo"]) / 2 for g in gaps)
+        wider = sum(g["sd_seed"] > g["sd_image"] for g in gaps)
         out.append(
-            f"Uncertainty: the interval over seeds is wider than the one over test images for {wider} of "
-            f"{len(gaps)} gaps to RoIPool: "
-            + (
-                "training randomness, not the choice of test images, dominates at this training length."
-                if 2 * wider > len(gaps)
-                else "the choice of test images dominates."
-            )
+            f"Seeds against test images: the SD over seeds exceeds the SD over test images for {wider} of "
+            f"{len(gaps)} gaps to RoIPool ("
+            + ("training randomness dominates" if 2 * wider > len(gaps) else "the choice of test images dominates")
+            + "; both are in every interval above)."
         )
-    if summ.get("size_map"):
-        for s in strides:
-            e0, e1 = summ["size_map"]["bins"][0], summ["size_map"]["bins"][-1]
-            small, large = e0[f"gap_mIoU_s{s}"], e1[f"gap_mIoU_s{s}"]
-            # (held or not only where the bootstrap intervals do not overlap)
-            verdict = (
-                "held"
-                if small["boot_lo"] > large["boot_hi"]
-                else "NOT held"
-                if large["boot_lo"] > small["boot_hi"]
-                else "undecided (the intervals overlap)"
-            )
-            out.append(
-                f"Stride {s}, small objects gain most (the paper's expectation): {verdict}; Δ mask IoU "
-                f"{fmt_entry(small, True)} for objects of {e0['median_px'] / s:.1f} cells, "
-                f"{fmt_entry(large, True)} for objects of {e1['median_px'] / s:.1f} cells."
-            )
     if summ.get("trend"):
         t = summ["trend"]["AP"]
         paper_trend = [TABLE_2D[s]["RoIAlign"][0] - TABLE_2D[s]["RoIPool"][0] for s in (16, 32)]
-        grows = t["boot_lo"] > 0
         out.append(
-            f"Over all objects the AP gap changes by {fmt_entry(t, True)} from stride {strides[0]} to "
-            f"{strides[-1]} (paper: {paper_trend[1] - paper_trend[0]:+.1f}, from {paper_trend[0]:+.1f} to "
-            f"{paper_trend[1]:+.1f}): the paper's growth with stride is "
-            f"{'held' if grows else 'NOT held over all objects'}; mask IoU: "
-            f"{fmt_entry(summ['trend']['mIoU'], True)}."
+            f"The AP gap grows from stride {strides[0]} to {strides[-1]} over all objects (paper: "
+            f"{paper_trend[1] - paper_trend[0]:+.1f}, from {paper_trend[0]:+.1f} to {paper_trend[1]:+.1f}): "
+            f"{_decided(t)}; change {fmt_entry(t, True)} AP, {fmt_entry(summ['trend']['mIoU'], True)} mask IoU."
         )
-        sm = summ["size_map"]
-        c = size_map_crossover(sm, "mIoU")
-        trend = [e["trend_mIoU"]["mean"] for e in sm["bins"]]
-        if c:
-            out.append(
-                f"By object size (mask IoU), the gap shrinks from stride {strides[0]} to {strides[-1]} for small "
-                f"objects and grows (the paper's direction) for objects above about {c:.0f} px = "
-                f"{c / strides[-1]:.1f} cells at stride {strides[-1]}: the stride trend per size range is "
-                + ", ".join(f"{t:+.1f}" for t in trend)
-                + " (smallest to largest)."
+    sm = summ.get("size_map")
+    if sm and sm.get("equal_cells"):
+        eq = sm["equal_cells"]["mIoU"]
+        out.append(
+            f"At equal size in cells, the mask-IoU gap at stride {strides[-1]} minus at stride {strides[0]}: "
+            f"{fmt_entry(eq['stride_effect'], True)} (the interval "
+            + (
+                "includes 0: no effect of the stride beyond the size in cells is detected"
+                if eq["stride_effect"]["lo"] <= 0 <= eq["stride_effect"]["hi"]
+                else "excludes 0: the stride matters beyond the size in cells"
             )
-        else:
-            out.append(
-                "By object size (mask IoU), the stride trend does not stay non-negative above any size in range: "
-                + ", ".join(f"{t:+.1f}" for t in trend)
-                + " (smallest to largest size range)."
+            + f"); stride x cells interaction {fmt_entry(eq['interaction'], True)} per octave of cells."
+        )
+    if "regime" in summ:
+        e = summ["regime"]
+        a0, a1 = _get(summ, strides[0], REFERENCE), _get(summ, strides[-1], REFERENCE)
+        same = e["lo"] <= 0 <= e["hi"]
+        out.append(
+            f"Regime: RoIAlign's AP at stride {strides[0]} / {strides[-1]} is {fmt_entry(a0['AP'])} / "
+            f"{fmt_entry(a1['AP'])} (paper {TABLE_2D[16]['RoIAlign'][0]} / {TABLE_2D[32]['RoIAlign'][0]}); the "
+            f"difference {fmt_entry(e, True)} "
+            + (
+                "includes 0: equal within the interval, as in the paper."
+                if same
+                else "excludes 0: NOT equal, unlike the paper, so the stride comparisons also measure the features."
             )
-        a16, a32 = _get(summ, strides[0], REFERENCE), _get(summ, strides[-1], REFERENCE)
-        if a16 and a32:
-            drop = a16["AP"]["mean"] - a32["AP"]["mean"]
-            paper_drop = TABLE_2D[16]["RoIAlign"][0] - TABLE_2D[32]["RoIAlign"][0]
-            regime = in_papers_regime(a16["AP"]["mean"], a32["AP"]["mean"])
+        )
+    finals = {(r["stride"], r["op"]): r["AP"] for r in summ["rows"]}
+    for c in summ.get("curves", []):
+        if c["op"] == REFERENCE:
+            p = plateau_step(c, finals[(c["stride"], c["op"])])
+            last = c["steps"][-1]
             out.append(
-                f"Regime check: RoIAlign's AP at stride {strides[0]} / {strides[-1]} is {a16['AP']['mean']:.1f} / "
-                f"{a32['AP']['mean']:.1f} (paper {TABLE_2D[16]['RoIAlign'][0]} / {TABLE_2D[32]['RoIAlign'][0]}, a "
-                f"change of {-paper_drop:+.1f}: features that keep sub-cell detail at stride 32). "
-                + (
-                    "In the paper's regime."
-                    if regime
-                    else f"NOT in the paper's regime: RoIAlign loses {drop:.1f} AP at stride {strides[-1]}, so the "
-                    f"stride-{strides[-1]} features of this run have not learned to carry an object's shape "
-                    "inside a cell, and the stride comparisons above test that, not the pooling."
-                    if drop > 0
-                    else f"NOT in the paper's regime: RoIAlign gains {-drop:.1f} AP at stride {strides[-1]}, so the "
-                    f"stride-{strides[0]} runs are the weaker ones (too few steps for the finer features, or "
-                    "noise between seeds), and the stride comparisons above test that, not the pooling."
-                )
+                f"Learning curve, stride {c['stride']}: RoIAlign's AP is inside its final interval from step "
+                f"{p} of {last}."
+                if p is not None and p < last
+                else f"Learning curve, stride {c['stride']}: RoIAlign's AP reaches its final interval only at the last "
+                f"checkpoint ({last} steps): not shown to have plateaued."
             )
     return out

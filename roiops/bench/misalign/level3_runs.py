@@ -27,37 +27,56 @@ def _start_worker(state: Tuple[L3Data, L3Data, Scorer, list, Config], threads: i
 
 
 def _one_run(op: PoolOp, stride: int, seed: int):
+    """Train and score one run: its scores with the image resamples, its learning curve (point estimates at
+    the checkpoints, the last one the final weights) and its seconds (training and scoring the curve, without
+    the final bootstrap, so they measure the run's cost, not the statistics')."""
     train_set, test_set, scorer, proposals, cfg = _STATE
     t0 = time.perf_counter()
-    values = scorer.score(detect(train(op, stride, seed, train_set, cfg), test_set, proposals))
-    return values, time.perf_counter() - t0
+    curve = []
+
+    def at_checkpoint(step, model):
+        v = scorer.score(detect(model, test_set, proposals), resamples=False)
+        curve.append(dict(step=step, AP=float(v["AP"][0]), mIoU=float(v["mIoU"][0])))
+
+    dets = detect(train(op, stride, seed, train_set, cfg, at_checkpoint), test_set, proposals)
+    seconds = time.perf_counter() - t0
+    values = scorer.score(dets)
+    curve.append(dict(step=cfg.steps_at(stride), AP=float(values["AP"][0]), mIoU=float(values["mIoU"][0])))
+    return values, curve, seconds
 
 
 def run_level3(
     strides: Sequence[int],
     ops: Sequence[PoolOp],
-    seeds: int,
     cfg: Config,
     log: Callable[[str], None] = print,
     workers: int = 1,
 ) -> Dict[str, object]:
-    """Train and score every (stride, seed, op) in ``workers`` processes (1: in this one); returns the runs
-    (point estimates) in a fixed order, the bootstrap values (kept for the statistics, not written to JSON)
-    and the settings."""
+    """Train and score every (stride, seed, op) that ``cfg`` asks for (``cfg.trains``, ``cfg.seeds_for``) in
+    ``workers`` processes (1: in this one); returns the runs (point estimates and learning curves) in a fixed
+    order, the bootstrap values (kept for the statistics, not written to JSON) and the settings."""
     global _STATE
     t0 = time.perf_counter()
     train_set, test_set = make_datasets(cfg)
     scorer = Scorer(test_set, cfg)
     state = (train_set, test_set, scorer, fixed_test_proposals(test_set, cfg.jitter), cfg)
-    jobs = [(op, stride, seed) for stride in strides for seed in range(seeds) for op in ops if cfg.trains(op, stride)]
+    jobs = [
+        (op, stride, seed)
+        for seed in range(max(cfg.seeds_for(op) for op in ops))
+        for stride in strides
+        for op in ops
+        if cfg.trains(op, stride) and seed < cfg.seeds_for(op)
+    ]
     results = {}
 
-    def record(index, values, seconds):
+    def record(index, values, curve, seconds):
         op, stride, seed = jobs[index]
-        results[index] = (values, seconds)
+        results[index] = (values, curve, seconds)
         log(
             f"level 3 {cfg.dataset} [{len(results)}/{len(jobs)}] stride {stride} seed {seed} {op.name}: "
-            f"AP {values['AP'][0]:.1f}, mIoU {values['mIoU'][0]:.1f} ({seconds:.0f} s; "
+            f"AP {values['AP'][0]:.1f}, mIoU {values['mIoU'][0]:.1f}; AP by step "
+            + ", ".join(f"{p['step']}: {p['AP']:.1f}" for p in curve)
+            + f" ({seconds:.0f} s; "
             f"{time.perf_counter() - t0:.0f} s so far)"
         )
 
@@ -76,10 +95,18 @@ def run_level3(
     _STATE = None
     runs, boot = [], {}
     for i, (op, stride, seed) in enumerate(jobs):
-        values, seconds = results[i]
+        values, curve, seconds = results[i]
         boot[(stride, op.name, seed)] = values
         runs.append(
-            dict(stride=stride, op=op.name, seed=seed, seconds=seconds, **{k: float(v[0]) for k, v in values.items()})
+            dict(
+                stride=stride,
+                op=op.name,
+                seed=seed,
+                steps=cfg.steps_at(stride),
+                seconds=seconds,
+                curve=curve,
+                **{k: float(v[0]) for k, v in values.items()},
+            )
         )
     return dict(
         dataset=cfg.dataset,
@@ -91,7 +118,7 @@ def run_level3(
         ops_at={str(s): [o.name for o in ops if cfg.trains(o, s)] for s in strides},
         strides=list(strides),
         steps={str(s): cfg.steps_at(s) for s in strides},
-        seeds=seeds,
+        seeds={o.name: cfg.seeds_for(o) for o in ops},
         workers=workers,
         runs=runs,
         bootstrap=boot,

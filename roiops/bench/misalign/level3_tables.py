@@ -1,23 +1,22 @@
 """Markdown tables of level 3 (learned features), with the paper's rows beside ours.
 
-Every cell of ours reads "mean ± half-width [lo, hi]": the mean over seeds, the half-width of its 95% Student-t
-interval over seeds, and the 95% bootstrap interval over test images (see summary.py).
+Every cell of ours reads "mean [lo, hi]": the mean over seeds and its 95% two-level bootstrap interval (seeds,
+then test images; summary.py).
 """
 
 from typing import Dict, List, Optional
 
 from .level3_learned import BASELINE, REFERENCE
 from .paper import TABLE_2C, TABLE_2D
-from .summary import METRICS
+from .summary import METRICS, plateau_step
 
 
 def fmt_entry(e: Optional[dict], signed: bool = False) -> str:
     if not e or e["mean"] != e["mean"]:
         return "–"
     sign = "+" if signed else ""
-    interval = f" [{e['boot_lo']:{sign}.1f}, {e['boot_hi']:{sign}.1f}]" if e.get("boot_lo") == e.get("boot_lo") else ""
-    seeds = f" ± {e['seed_ci']:.1f}" if e.get("seed_ci") == e.get("seed_ci") and "seed_ci" in e else ""
-    return f"{e['mean']:{sign}.1f}{seeds}{interval}"
+    interval = f" [{e['lo']:{sign}.1f}, {e['hi']:{sign}.1f}]" if e.get("lo") == e.get("lo") else ""
+    return f"{e['mean']:{sign}.1f}{interval}"
 
 
 def _rows(summary: dict, stride: int) -> Dict[str, dict]:
@@ -31,13 +30,17 @@ def _paper(values) -> List[str]:
 def table_2c(summary: dict, stride: int = 16) -> List[str]:
     """Every op at one stride beside the paper's Table 2c (stride 16, mask AP / AP50 / AP75)."""
     lines = [
-        "| op | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| op | seeds | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for op, r in _rows(summary, stride).items():
         paper = TABLE_2C.get(op) if stride == 16 else None
         lines.append(
-            f"| {op} | " + " | ".join(fmt_entry(r[m]) for m in METRICS) + " | " + " | ".join(_paper(paper)) + " |"
+            f"| {op} | {r['n_seeds']} | "
+            + " | ".join(fmt_entry(r[m]) for m in METRICS)
+            + " | "
+            + " | ".join(_paper(paper))
+            + " |"
         )
     return lines
 
@@ -48,28 +51,17 @@ def table_2d(summary: dict) -> List[str]:
         "| stride | op | AP | AP50 | AP75 | mask IoU | paper AP | paper AP50 | paper AP75 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    strides = sorted({r["stride"] for r in summary["rows"]})
-    for s in strides:
+    for s in sorted({r["stride"] for r in summary["rows"]}):
         rows = _rows(summary, s)
         if BASELINE not in rows or REFERENCE not in rows:
             continue
         paper = TABLE_2D.get(s, {})
         for op, key in ((BASELINE, "RoIPool"), (REFERENCE, "RoIAlign")):
-            lines.append(
-                f"| {s} | {op} | "
-                + " | ".join(fmt_entry(rows[op][m]) for m in METRICS)
-                + " | "
-                + " | ".join(_paper(paper.get(key)))
-                + " |"
-            )
+            cells = [fmt_entry(rows[op][m]) for m in METRICS] + _paper(paper.get(key))
+            lines.append(f"| {s} | {op} | " + " | ".join(cells) + " |")
         gap = [f"{a - p:+.1f}" for a, p in zip(paper["RoIAlign"], paper["RoIPool"])] if paper else ["–"] * 3
-        lines.append(
-            f"| {s} | **gap** | "
-            + " | ".join(fmt_entry(rows[REFERENCE]["gap_" + m], True) for m in METRICS)
-            + " | "
-            + " | ".join(gap)
-            + " |"
-        )
+        cells = [fmt_entry(rows[REFERENCE]["gap_" + m], True) for m in METRICS] + gap
+        lines.append(f"| {s} | **gap** | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -78,16 +70,75 @@ def gap_table(summary: dict) -> List[str]:
     lines = ["| stride | op | ΔAP | ΔAP50 | ΔAP75 | Δ mask IoU |", "|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         if r["op"] != BASELINE:
-            lines.append(
-                f"| {r['stride']} | {r['op']} | "
-                + " | ".join(fmt_entry(r.get("gap_" + m), True) for m in METRICS)
-                + " |"
-            )
+            cells = [fmt_entry(r.get("gap_" + m), True) for m in METRICS]
+            lines.append(f"| {r['stride']} | {r['op']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ranking_table(summary: dict) -> List[str]:
+    """Scored AP beside the AP of the same detections all scored equal: what the ranking contributes."""
+    lines = [
+        "| stride | op | AP | AP, constant scores | AP − constant | AP75 | AP75, constant scores |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["rows"]:
+        cells = [r["AP"], r["constAP"]]
+        lines.append(
+            f"| {r['stride']} | {r['op']} | "
+            + " | ".join(fmt_entry(e) for e in cells)
+            + f" | {fmt_entry(r['ranking'], True)} | {fmt_entry(r['AP75'])} | {fmt_entry(r['constAP75'])} |"
+        )
+    return lines
+
+
+def variance_table(summary: dict) -> List[str]:
+    """Per gap to RoIPool: the SD of the seed mean with only the seeds resampled, with only the test images,
+    and with both (the two-level bootstrap)."""
+    lines = ["| stride | op | metric | SD, seeds | SD, test images | SD, both |", "|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        for m in METRICS:
+            g = r.get("gap_" + m)
+            if g:
+                lines.append(
+                    f"| {r['stride']} | {r['op']} | Δ{m} | {g['sd_seed']:.2f} | {g['sd_image']:.2f} | {g['sd']:.2f} |"
+                )
+    return lines
+
+
+def runs_table(runs: List[dict]) -> List[str]:
+    """Every run: its point estimates, steps and seconds (training and the learning curve's scoring)."""
+    lines = [
+        "| op | stride | seed | AP | AP50 | AP75 | mask IoU | AP, constant scores | steps | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["op"], r["stride"], r["seed"])):
+        vals = " | ".join(f"{r[k]:.1f}" for k in ("AP", "AP50", "AP75", "mIoU", "constAP"))
+        lines.append(f"| {r['op']} | {r['stride']} | {r['seed']} | {vals} | {r['steps']} | {r['seconds']:.0f} |")
+    return lines
+
+
+def curves_table(summary: dict) -> List[str]:
+    """The learning curves: seed-mean AP [95% interval over seeds] at each checkpoint, and the plateau step."""
+    finals = {(r["stride"], r["op"]): r["AP"] for r in summary["rows"]}
+    steps = sorted({s for c in summary["curves"] for s in c["steps"]})
+    lines = [
+        "| stride | op | " + " | ".join(f"AP @ {s}" for s in steps) + " | plateau from |",
+        "|---|---|" + "---|" * (len(steps) + 1),
+    ]
+    for c in summary["curves"]:
+        at = {s: f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for s, a, lo, hi in zip(c["steps"], c["AP"], c["lo"], c["hi"])}
+        p = plateau_step(c, finals[(c["stride"], c["op"])])
+        lines.append(
+            f"| {c['stride']} | {c['op']} | "
+            + " | ".join(at.get(s, "–") for s in steps)
+            + f" | {p if p is not None else '–'} |"
+        )
     return lines
 
 
 def size_map_table(size_map: dict) -> List[str]:
-    """The gap per object-size range at each stride, and the stride trend (largest stride minus smallest)."""
+    """The gap per object-size range at each stride (with the range in cells at each) and the stride trend at
+    equal pixels (largest stride minus smallest)."""
     strides = size_map["strides"]
     head = ["size (px)", "median px", "objects"] + [f"cells at {s}" for s in strides]
     for m in ("mIoU", "AP"):
@@ -96,10 +147,34 @@ def size_map_table(size_map: dict) -> List[str]:
     for e in size_map["bins"]:
         hi = "∞" if e["hi"] >= 1e3 else f"{e['hi']:g}"
         cells = [f"[{e['lo']:g}, {hi})", f"{e['median_px']:.0f}", str(e["n"])]
-        cells += [f"{e['median_px'] / s:.1f}" for s in strides]
+        cells += [f"{e['median_px'] / s:.2f}" for s in strides]
         for m in ("mIoU", "AP"):
             cells += [fmt_entry(e[f"gap_{m}_s{s}"], True) for s in strides]
             if len(strides) > 1:
                 cells.append(fmt_entry(e[f"trend_{m}"], True))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def equal_cells_table(size_map: dict) -> List[str]:
+    """The gap at the coarse stride minus the gap at the fine stride for objects of the same size in cells."""
+    s0, s1 = size_map["strides"][0], size_map["strides"][-1]
+    lines = [
+        f"| cells (stride {s0} / {s1} medians) | Δ mIoU gap, s{s1} − s{s0} | Δ AP gap, s{s1} − s{s0} |",
+        "|---|---|---|",
+    ]
+    eq = size_map["equal_cells"]
+    for k, p in enumerate(eq["mIoU"]["pairs"]):
+        lines.append(
+            f"| {p['cells_fine']:.2f} / {p['cells_coarse']:.2f} | {fmt_entry(p['diff'], True)} | "
+            f"{fmt_entry(eq['AP']['pairs'][k]['diff'], True)} |"
+        )
+    lines.append(
+        f"| **mean (stride effect at equal cells)** | {fmt_entry(eq['mIoU']['stride_effect'], True)} | "
+        f"{fmt_entry(eq['AP']['stride_effect'], True)} |"
+    )
+    lines.append(
+        f"| **slope per octave of cells (stride x cells interaction)** | "
+        f"{fmt_entry(eq['mIoU']['interaction'], True)} | {fmt_entry(eq['AP']['interaction'], True)} |"
+    )
     return lines

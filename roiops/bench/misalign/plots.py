@@ -4,7 +4,6 @@ import numpy as np
 import torch
 
 from .level1_geometry import STRIDES, roialign_bins
-from .summary import size_map_crossover
 
 
 def _plt():
@@ -103,12 +102,13 @@ def _save(plt, fig, path, title=None):
 
 
 def _interval_bars(entries):
-    """matplotlib's asymmetric error bars [[below], [above]] for entries with a mean and a bootstrap interval."""
-    return [[e["mean"] - e["boot_lo"] for e in entries], [e["boot_hi"] - e["mean"] for e in entries]]
+    """matplotlib's asymmetric error bars [[below], [above]] for entries with a mean and an interval."""
+    return [[e["mean"] - e["lo"] for e in entries], [e["hi"] - e["mean"] for e in entries]]
 
 
-def plot_level3(summary, path, dataset=""):
-    """Bars per op and stride for AP, AP50, AP75 and mask IoU, with the bootstrap interval over test images."""
+def plot_level3(summary, runs, path, dataset=""):
+    """Bars per op and stride for AP, AP50, AP75 and mask IoU with the two-level interval, and every seed's
+    value as a point on its bar."""
     plt = _plt()
     rows = summary["rows"]
     ops = list(dict.fromkeys(r["op"] for r in rows))
@@ -117,21 +117,48 @@ def plot_level3(summary, path, dataset=""):
     width = 0.8 / len(ops)
     for ax, m in zip(axes, ("AP", "AP50", "AP75", "mIoU")):
         for k, op in enumerate(ops):
-            at = [(n, r[m]) for n, s in enumerate(strides) for r in rows if r["op"] == op and r["stride"] == s]
-            xs = [n + (k - (len(ops) - 1) / 2) * width for n, _ in at]  # (an op not trained at a stride: no bar)
-            es = [e for _, e in at]
-            ax.bar(xs, [e["mean"] for e in es], width, yerr=_interval_bars(es), capsize=2, label=op)
+            at = [(n, s, r[m]) for n, s in enumerate(strides) for r in rows if r["op"] == op and r["stride"] == s]
+            xs = [n + (k - (len(ops) - 1) / 2) * width for n, _, _ in at]  # (an op not trained at a stride: no bar)
+            es = [e for _, _, e in at]
+            ax.bar(xs, [e["mean"] for e in es], width, yerr=_interval_bars(es), capsize=2, label=op, alpha=0.8)
+            for x, (_, s, _) in zip(xs, at):
+                pts = [r[m] for r in runs if r["op"] == op and r["stride"] == s]
+                ax.scatter([x] * len(pts), pts, s=7, color="k", zorder=3, linewidths=0)
         ax.set_xticks(range(len(strides)))
         ax.set_xticklabels([f"stride {s}" for s in strides])
-        ax.set_title(f"mask {m if m != 'mIoU' else 'IoU'} (x100; bars: 95% bootstrap over test images)", fontsize=9)
+        ax.set_title(f"mask {m if m != 'mIoU' else 'IoU'} (x100; bars: 95% two-level; dots: seeds)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
     _save(plt, fig, path, f"Level 3 ({dataset}): a small Mask R-CNN trained end to end with each op")
 
 
+def plot_curves(summary, runs, path, dataset=""):
+    """AP against training steps per op, one panel per stride: each seed's curve thin, the seed mean thick."""
+    plt = _plt()
+    strides = sorted({c["stride"] for c in summary["curves"]})
+    fig, axes = plt.subplots(1, len(strides), figsize=(6.5 * len(strides), 4.2), sharey=True, squeeze=False)
+    colors = {}
+    for ax, s in zip(axes[0], strides):
+        for c in (c for c in summary["curves"] if c["stride"] == s):
+            color = colors.setdefault(c["op"], f"C{len(colors)}")
+            for r in runs:
+                if r["op"] == c["op"] and r["stride"] == s:
+                    ax.plot(
+                        [p["step"] for p in r["curve"]], [p["AP"] for p in r["curve"]], color=color, lw=0.5, alpha=0.4
+                    )
+            ax.plot(c["steps"], c["AP"], color=color, lw=2, marker="o", ms=3, label=c["op"])
+            ax.fill_between(c["steps"], c["lo"], c["hi"], color=color, alpha=0.15)
+        ax.set_title(f"stride {s}")
+        ax.set_xlabel("training steps")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("mask AP (x100)")
+    axes[0, 0].legend(fontsize=7)
+    _save(plt, fig, path, f"Level 3 ({dataset}): learning curves (thin: seeds; band: 95% over seeds)")
+
+
 def plot_size_map(size_map, path, dataset=""):
-    """The gap (RoIAlign avg - RoIPool) against object size in feature cells, one curve per stride, and the
-    stride trend against object size with the crossover marked."""
+    """The gap (RoIAlign avg - RoIPool) against object size in feature cells, both strides on one axis, and
+    the stride trend at equal pixels against object size in px with the crossover and its interval."""
     plt = _plt()
     bins, strides = size_map["bins"], size_map["strides"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 8))
@@ -157,34 +184,26 @@ def plot_size_map(size_map, path, dataset=""):
             ax = axes[row, 1]
             es = [e[f"trend_{m}"] for e in bins]
             ax.errorbar(
-                [e["median_px"] / strides[-1] for e in bins],
+                [e["median_px"] for e in bins],
                 [e["mean"] for e in es],
                 yerr=_interval_bars(es),
                 marker="o",
                 capsize=3,
                 color="tab:purple",
             )
-            cross = size_map_crossover(size_map, m)
-            if cross:
-                ax.axvline(
-                    cross / strides[-1],
-                    color="tab:red",
-                    ls="--",
-                    label=f"crossover {cross:.0f} px = {cross / strides[-1]:.1f} cells at stride {strides[-1]}",
-                )
+            c = size_map["crossover"][m]
+            if c["px"] == c["px"]:
+                ax.axvline(c["px"], color="tab:red", ls="--", label=f"crossover {c['px']:.0f} px")
+                if c["lo"] == c["lo"]:
+                    ax.axvspan(c["lo"], c["hi"], color="tab:red", alpha=0.1, label="its 95% interval")
                 ax.legend(fontsize=8)
             ax.axhline(0, color="0.5", lw=0.8)
             ax.set_xscale("log", base=2)
-            ax.set_xlabel(f"object size in cells at stride {strides[-1]}")
+            ax.set_xlabel("object size (px, median of the size range)")
             ax.set_ylabel(f"gap at stride {strides[-1]} minus gap at stride {strides[0]}")
-            ax.set_title("> 0: the gap grows with the stride (the paper's direction)", fontsize=9)
+            ax.set_title("> 0: the gap grows with the stride at equal pixels", fontsize=9)
             ax.grid(alpha=0.3)
-    _save(
-        plt,
-        fig,
-        path,
-        f"{dataset}: where RoIAlign's gain comes from, the gap by object size (bars: 95% bootstrap over test images)",
-    )
+    _save(plt, fig, path, f"{dataset}: the gap by object size (bars: 95% two-level bootstrap, seeds and test images)")
 
 
 def plot_article(ex, path):

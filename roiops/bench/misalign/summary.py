@@ -1,115 +1,187 @@
-"""Level-3 statistics: every op against RoIPool paired by seed, intervals over seeds and over test images, and
-the object-size map (the gap per size range, per stride, and where the stride trend changes sign).
+"""Level-3 statistics: every number with a two-level bootstrap interval (seeds, then test images; see
+stats.two_level), paired across ops by seed and by resample; the learning curves and their plateau; and the
+object-size map in feature cells with the stride x cells estimates and the pixel crossover.
 
-Two intervals are given for each number, answering different questions:
-- over seeds (Student t on the per-seed values or paired differences): how much training randomness moves it;
-- over test images (bootstrap percentile interval of the seed mean, the same resamples for every run, so gaps
-  and stride differences stay paired): how much the particular test images move it.
-Which of the two is wider depends on how far training has converged; the report counts it.
+Each entry (stats.summarize_two_level) also carries the SDs with only the seeds or only the test images
+resampled, so the report can say which source of variance dominates and which interval decided a verdict.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from .level3_learned import BASELINE, REFERENCE
-from .stats import mean_ci, percentile_interval
+from .stats import percentile_interval, seed_draws, summarize_two_level, two_level
 
 METRICS = ("AP", "AP50", "AP75", "mIoU")
+CONST = ("constAP", "constAP50", "constAP75")  # the same AP with every detection scored equal
 # differences between two ops other than the gap to RoIPool, each answering one question of the paper's Table 2c
 CONTRASTS = (
     (REFERENCE, "RoIWarp"),  # what is left once the box is not rounded: the bins' own quantization and max
-    (REFERENCE, "RoIAlign aligned=False"),  # the cost of the half-cell shift
+    (REFERENCE, "RoIAlign aligned=False"),  # the half-cell shift
     (REFERENCE, "RoIAlign max"),  # avg against max aggregation
 )
+MIN_BIN_OBJECTS = 20  # a size range with fewer test objects is shown but left out of the stride x cells estimates
 
 
-def _seed_mean(
-    boot: Dict[tuple, Dict[str, np.ndarray]],
-    stride: int,
-    op: str,
-    metric: str,
-    seeds: Sequence[int],
-    minus: Optional[str] = None,
-) -> np.ndarray:
-    """[1 + B] seed mean of a metric (row 0 the point estimate, rows 1.. the resamples), optionally minus the
-    same for the op ``minus`` (paired by seed and by resample)."""
-    rows = [boot[(stride, op, s)][metric] - (boot[(stride, minus, s)][metric] if minus else 0.0) for s in seeds]
-    return np.mean(rows, axis=0)
+class Runs:
+    """The per-seed bootstrap values of one level-3 result: ``res["bootstrap"][(stride, op, seed)][metric]``."""
+
+    def __init__(self, res: dict):
+        self.boot = res["bootstrap"]
+
+    def seeds(self, stride: int, *ops: str) -> List[int]:
+        """The seeds every op in ``ops`` was trained with at ``stride`` (pairing by seed needs common ones)."""
+        sets = [{s for (st, o, s) in self.boot if st == stride and o == op} for op in ops]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def values(self, stride: int, op: str, metric: str, seeds: Sequence[int]) -> np.ndarray:
+        """[n_seeds, 1 + B]"""
+        return np.stack([self.boot[(stride, op, s)][metric] for s in seeds])
 
 
-def _entry(per_seed: List[float], resampled: np.ndarray) -> dict:
-    mean, ci = mean_ci(per_seed)
-    ci = ci if len(per_seed) > 1 else float("nan")  # one seed: no interval over seeds
-    lo, hi = percentile_interval(resampled[1:])
-    return dict(mean=mean, seed_ci=ci, boot_lo=lo, boot_hi=hi)
+def entry(per_seed: np.ndarray) -> dict:
+    return summarize_two_level(two_level(per_seed), len(per_seed))
+
+
+def _gap(runs: Runs, stride: int, a: str, b: str, metric: str, seeds) -> np.ndarray:
+    return runs.values(stride, a, metric, seeds) - runs.values(stride, b, metric, seeds)
 
 
 def summarize(res: dict) -> dict:
-    """Rows per (stride, op) with every metric and its gap to RoIPool, and the size map."""
-    boot, seeds = res["bootstrap"], list(range(res["seeds"]))
+    runs, strides = Runs(res), sorted(res["strides"])
     rows = []
-    for stride in res["strides"]:
-        ops = [o["name"] for o in res["ops"] if (stride, o["name"], 0) in boot]  # the ops trained at this stride
-        for op in ops:
-            row = dict(stride=stride, op=op)
-            for m in METRICS:
-                values = [boot[(stride, op, s)][m][0] for s in seeds]
-                row[m] = _entry(values, _seed_mean(boot, stride, op, m, seeds))
-                if op != BASELINE and BASELINE in ops:
-                    diffs = [boot[(stride, op, s)][m][0] - boot[(stride, BASELINE, s)][m][0] for s in seeds]
-                    row["gap_" + m] = _entry(diffs, _seed_mean(boot, stride, op, m, seeds, minus=BASELINE))
-            rows.append(row)
-    contrasts = []
-    for stride in res["strides"]:
-        for a, b in CONTRASTS:
-            if (stride, a, 0) in boot and (stride, b, 0) in boot:
-                row = dict(stride=stride, op=a, minus=b)
+    for stride in strides:
+        for op in res["ops_at"][str(stride)]:
+            seeds = runs.seeds(stride, op)
+            row = dict(stride=stride, op=op, n_seeds=len(seeds))
+            for m in METRICS + CONST:
+                row[m] = entry(runs.values(stride, op, m, seeds))
+            row["ranking"] = entry(runs.values(stride, op, "AP", seeds) - runs.values(stride, op, "constAP", seeds))
+            common = runs.seeds(stride, op, BASELINE)
+            if op != BASELINE and common:
                 for m in METRICS:
-                    diffs = [boot[(stride, a, s)][m][0] - boot[(stride, b, s)][m][0] for s in seeds]
-                    row[m] = _entry(diffs, _seed_mean(boot, stride, a, m, seeds, minus=b))
-                contrasts.append(row)
-    out = dict(rows=rows, contrasts=contrasts)
-    if all((stride, op, 0) in boot for stride in res["strides"] for op in (BASELINE, REFERENCE)):
-        out["size_map"] = size_map(res, seeds)
-        strides = sorted(res["strides"])
-        if len(strides) > 1:  # the stride trend of the gap over all objects
-            out["trend"] = {}
-            for m in METRICS:
-                t = _seed_mean(boot, strides[-1], REFERENCE, m, seeds, minus=BASELINE) - _seed_mean(
-                    boot, strides[0], REFERENCE, m, seeds, minus=BASELINE
-                )
-                lo, hi = percentile_interval(t[1:])
-                out["trend"][m] = dict(mean=float(t[0]), boot_lo=lo, boot_hi=hi)
+                    row["gap_" + m] = entry(_gap(runs, stride, op, BASELINE, m, common))
+            rows.append(row)
+    out = dict(rows=rows, contrasts=[], claims={})
+    for stride in strides:
+        for a, b in CONTRASTS:
+            common = runs.seeds(stride, a, b)
+            if common:
+                c = dict(stride=stride, op=a, minus=b, n_seeds=len(common))
+                c.update({m: entry(_gap(runs, stride, a, b, m, common)) for m in METRICS})
+                out["contrasts"].append(c)
+        _claims(runs, stride, out["claims"])
+    if (
+        len(strides) > 1
+        and runs.seeds(strides[0], BASELINE, REFERENCE)
+        and runs.seeds(strides[-1], BASELINE, REFERENCE)
+    ):
+        lo, hi = strides[0], strides[-1]
+        common = sorted(set(runs.seeds(lo, BASELINE, REFERENCE)) & set(runs.seeds(hi, BASELINE, REFERENCE)))
+        out["trend"] = {
+            m: entry(_gap(runs, hi, REFERENCE, BASELINE, m, common) - _gap(runs, lo, REFERENCE, BASELINE, m, common))
+            for m in METRICS
+        }
+        both = sorted(set(runs.seeds(lo, REFERENCE)) & set(runs.seeds(hi, REFERENCE)))
+        out["regime"] = entry(runs.values(hi, REFERENCE, "AP", both) - runs.values(lo, REFERENCE, "AP", both))
+        out["size_map"] = size_map(res, runs, common)
+    out["curves"] = curves(res)
     return out
 
 
-def size_map(res: dict, seeds: Sequence[int]) -> dict:
-    """The gap (REFERENCE - BASELINE) per size range and stride, and the stride trend (largest stride's gap minus
-    the smallest's) per size range, for mask IoU and AP, with the crossover where the trend changes sign."""
-    boot, strides = res["bootstrap"], sorted(res["strides"])
-    bins = []
-    for b in range(res["n_bins"]):
-        entry = dict(
-            bin=b,
-            lo=res["data"]["size_edges"][b],
-            hi=res["data"]["size_edges"][b + 1],
-            n=res["data"]["objects_per_bin"][b],
-            median_px=res["data"]["bin_median_px"][b],
+def _claims(runs: Runs, stride: int, claims: dict) -> None:
+    """The statistics behind the paper's level-3 findings at one stride, each a quantity claimed positive."""
+    common = runs.seeds(stride, BASELINE, REFERENCE)
+    if not common:
+        return
+    claims[f"beats_{stride}"] = entry(_gap(runs, stride, REFERENCE, BASELINE, "AP", common))
+    claims[f"ap75_{stride}"] = entry(
+        _gap(runs, stride, REFERENCE, BASELINE, "AP75", common)
+        - _gap(runs, stride, REFERENCE, BASELINE, "AP50", common)
+    )
+    three = runs.seeds(stride, BASELINE, REFERENCE, "RoIWarp")
+    if three:
+        # RoIWarp nearer RoIPool than RoIAlign: (align - warp) - (warp - pool) > 0
+        align, warp, pool = (runs.values(stride, op, "AP", three) for op in (REFERENCE, "RoIWarp", BASELINE))
+        claims[f"warp_{stride}"] = entry(align + pool - 2 * warp)
+        # the share of RoIPool's loss that rounding the box explains: a ratio of two-level resampled means
+        num, den = two_level(align - warp), two_level(align - pool)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = {k: 100 * num[k] / den[k] for k in num}
+        claims[f"share_{stride}"] = summarize_two_level(share, len(three))
+
+
+def size_map(res: dict, runs: Runs, seeds: Sequence[int]) -> dict:
+    """Per size range (octaves of object size in px): the gap (REFERENCE - BASELINE) at each stride, the
+    stride trend at equal pixels and, where the ranges are octaves, the stride effect at equal size in cells
+    (the stride-32 range one octave above the stride-16 one) with its slope over log2 cells (the stride x
+    cells interaction); the pixel crossover of the trend with its own interval."""
+    strides = sorted(res["strides"])
+    lo, hi = strides[0], strides[-1]
+    d = res["data"]
+    n_bins = res["n_bins"]
+    bins, two = [], {}
+    for b in range(n_bins):
+        e = dict(bin=b, lo=d["size_edges"][b], hi=d["size_edges"][b + 1], n=d["objects_per_bin"][b])
+        e["median_px"] = d["bin_median_px"][b]
+        for m in ("mIoU", "AP"):
+            for s in strides:
+                two[(m, s, b)] = two_level(_gap(runs, s, REFERENCE, BASELINE, f"{m}@{b}", seeds))
+                e[f"gap_{m}_s{s}"] = summarize_two_level(two[(m, s, b)], len(seeds))
+            trend = {k: two[(m, hi, b)][k] - two[(m, lo, b)][k] for k in ("both", "seeds", "images")}
+            two[(m, "trend", b)] = trend
+            e[f"trend_{m}"] = summarize_two_level(trend, len(seeds))
+        bins.append(e)
+    out = dict(bins=bins, strides=strides, crossover={}, equal_cells={})
+    for m in ("mIoU", "AP"):
+        out["crossover"][m] = _crossover_entry(bins, [two[(m, "trend", b)] for b in range(n_bins)])
+    shift = int(round(math.log2(hi / lo)))
+    inner = d["size_edges"][1:-1]
+    octaves = all(abs(b / a - 2) < 1e-9 for a, b in zip(inner[:-1], inner[1:]))
+    pairs = [
+        (b, b + shift)
+        for b in range(n_bins - shift)
+        if octaves and min(bins[b]["n"], bins[b + shift]["n"]) >= MIN_BIN_OBJECTS
+    ]
+    if len(pairs) >= 2:
+        cells = np.array(
+            [math.log2(math.sqrt(bins[a]["median_px"] / lo * bins[c]["median_px"] / hi)) for a, c in pairs]
         )
         for m in ("mIoU", "AP"):
-            key = f"{m}@{b}"
-            gaps = {s: _seed_mean(boot, s, REFERENCE, key, seeds, minus=BASELINE) for s in strides}
-            for s in strides:
-                lo, hi = percentile_interval(gaps[s][1:])
-                entry[f"gap_{m}_s{s}"] = dict(mean=float(gaps[s][0]), boot_lo=lo, boot_hi=hi)
-            if len(strides) > 1:
-                trend = gaps[strides[-1]] - gaps[strides[0]]
-                lo, hi = percentile_interval(trend[1:])
-                entry[f"trend_{m}"] = dict(mean=float(trend[0]), boot_lo=lo, boot_hi=hi)
-        bins.append(entry)
-    return dict(bins=bins, strides=strides)
+            diffs = [
+                {k: two[(m, hi, c)][k] - two[(m, lo, a)][k] for k in ("both", "seeds", "images")} for a, c in pairs
+            ]
+            mean = {k: np.mean([x[k] for x in diffs], axis=0) for k in diffs[0]}
+            w = (cells - cells.mean()) / ((cells - cells.mean()) ** 2).sum()  # least-squares slope weights
+            slope = {k: sum(wi * x[k] for wi, x in zip(w, diffs)) for k in diffs[0]}
+            out["equal_cells"][m] = dict(
+                pairs=[
+                    dict(
+                        fine=a,
+                        coarse=c,
+                        cells_fine=bins[a]["median_px"] / lo,
+                        cells_coarse=bins[c]["median_px"] / hi,
+                        diff=summarize_two_level(x, len(seeds)),
+                    )
+                    for (a, c), x in zip(pairs, diffs)
+                ],
+                stride_effect=summarize_two_level(mean, len(seeds)),
+                interaction=summarize_two_level(slope, len(seeds)),
+            )
+    return out
+
+
+def _crossover_entry(bins: List[dict], trends: List[dict]) -> dict:
+    sizes = [e["median_px"] for e in bins]
+    point = crossover(sizes, [t["both"][0] for t in trends])
+    point = float("nan") if point is None else point  # (NaN, not None: the JSON's null reads back as NaN)
+    resampled = np.array(
+        [crossover(sizes, [t["both"][i] for t in trends]) or np.nan for i in range(1, len(trends[0]["both"]))]
+    )
+    lo, hi = percentile_interval(resampled)
+    return dict(px=point, lo=lo, hi=hi, found=float(np.mean(~np.isnan(resampled))))
 
 
 def crossover(sizes: Sequence[float], trend: Sequence[float]) -> Optional[float]:
@@ -125,18 +197,35 @@ def crossover(sizes: Sequence[float], trend: Sequence[float]) -> Optional[float]
     return float(math.exp(math.log(s0) + f * (math.log(s1) - math.log(s0))))
 
 
-def size_map_crossover(size_map: dict, metric: str) -> Optional[float]:
-    """The crossover of a size map's stride trend in ``metric`` ("mIoU" or "AP"), from its stored bins."""
-    if len(size_map["strides"]) < 2:
-        return None
-    bins = size_map["bins"]
-    return crossover([e["median_px"] for e in bins], [e[f"trend_{metric}"]["mean"] for e in bins])
+def curves(res: dict) -> List[dict]:
+    """Per (stride, op): the seed-mean AP at each checkpoint with a 95% interval over seeds (the checkpoints
+    are scored on the whole test set only), and the plateau step: the first checkpoint whose mean lies in the
+    final weights' two-level interval."""
+    out = []
+    for stride in sorted(res["strides"]):
+        for op in res["ops_at"][str(stride)]:
+            runs = [r for r in res["runs"] if r["stride"] == stride and r["op"] == op]
+            if not runs:
+                continue
+            steps = [p["step"] for p in runs[0]["curve"]]
+            ap = np.array([[p["AP"] for p in r["curve"]] for r in runs])  # [seeds, checkpoints]
+            draws = seed_draws(len(runs), 2000) @ ap / len(runs)
+            out.append(
+                dict(
+                    stride=stride,
+                    op=op,
+                    steps=steps,
+                    AP=ap.mean(0).tolist(),
+                    lo=[percentile_interval(draws[:, j])[0] for j in range(len(steps))],
+                    hi=[percentile_interval(draws[:, j])[1] for j in range(len(steps))],
+                )
+            )
+    return out
 
 
-def in_papers_regime(ap_fine: float, ap_coarse: float, tolerance: float = 0.1) -> bool:
-    """The regime check: in the paper RoIAlign's AP is about the same at stride 16 and 32 (30.3 vs 30.9), so the
-    stride-32 features carry an object's shape inside a cell. A run is in that regime when RoIAlign's AP at the
-    coarse stride is within ``tolerance`` (relative to the fine stride's AP) of its AP at the fine stride."""
-    if not (ap_fine == ap_fine and ap_coarse == ap_coarse) or ap_fine <= 0:
-        return False
-    return abs(ap_fine - ap_coarse) <= tolerance * ap_fine
+def plateau_step(curve: dict, final: dict) -> Optional[int]:
+    """The first checkpoint whose seed-mean AP is inside the final weights' two-level interval ``final``."""
+    for step, ap in zip(curve["steps"], curve["AP"]):
+        if final["lo"] <= ap <= final["hi"]:
+            return step
+    return None
