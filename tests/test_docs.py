@@ -24,8 +24,9 @@ DROP_IN = _python_blocks("docs/drop_in.md")
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("index", range(len(DEPLOY)))
 def test_readme_deploy_samples_run(index, tmp_path, monkeypatch):
-    if "torchvision" in DEPLOY[index]:
-        pytest.importorskip("torchvision")
+    for module in ("torchvision", "onnxruntime", "onnx"):
+        if module in DEPLOY[index]:
+            pytest.importorskip(module)
     monkeypatch.chdir(tmp_path)
     exec(compile(DEPLOY[index], f"README.md:Deploy[{index}]", "exec"), {"__name__": "readme_sample"})
 
