@@ -28,10 +28,17 @@ std::vector<std::vector<int64_t>> boxes_by_level(const Tensor& levels, size_t nu
   return by_level;
 }
 
-Tensor index_tensor(const std::vector<int64_t>& index, const Tensor& like) {
-  Tensor t = empty_1d(static_cast<int64_t>(index.size()), ScalarType::Long, like);
-  std::copy(index.begin(), index.end(), t.mutable_data_ptr<int64_t>());
-  return t;
+// Rows `index` of a [K, width] box tensor. (Copied by hand: index_select is not in the stable API of
+// torch 2.13, the oldest torch this library supports.)
+Tensor box_rows(const Tensor& rois, const std::vector<int64_t>& index) {
+  const Tensor r = make_contiguous(rois);
+  const int64_t width = r.size(1), bytes = width * static_cast<int64_t>(r.element_size());
+  Tensor rows =
+      torch::stable::empty({static_cast<int64_t>(index.size()), width}, r.scalar_type(), std::nullopt, r.device());
+  const char* from = static_cast<const char*>(r.const_data_ptr());
+  char* to = static_cast<char*>(rows.mutable_data_ptr());
+  for (size_t i = 0; i < index.size(); ++i) std::memcpy(to + i * bytes, from + index[i] * bytes, bytes);
+  return rows;
 }
 
 // dst[rows[i]] = src[i] (or dst[i] = src[rows[i]] with gather) for 4-D tensors of one shape but the
@@ -81,7 +88,7 @@ std::tuple<Tensor, Tensor> multilevel_pool_cpu(std::vector<Tensor> features, con
   const auto by_level = boxes_by_level(levels, features.size());
   for (size_t l = 0; l < features.size(); ++l) {
     if (by_level[l].empty()) continue;
-    const Tensor rois_l = torch::stable::index_select(rois, 0, index_tensor(by_level[l], rois));
+    const Tensor rois_l = box_rows(rois, by_level[l]);
     const auto [out_l, arg_l] =
         call.mode == MultilevelMode::kPool
             ? roi_pool_forward_cpu(features[l], rois_l, spatial_scales[l], pooled_height, pooled_width)
@@ -105,7 +112,7 @@ std::vector<Tensor> multilevel_pool_backward_cpu(const Tensor& grad, const Tenso
   const auto by_level = boxes_by_level(levels, heights.size());
   std::vector<Tensor> grads;
   for (size_t l = 0; l < heights.size(); ++l) {
-    const Tensor rois_l = torch::stable::index_select(rois, 0, index_tensor(by_level[l], rois));
+    const Tensor rois_l = box_rows(rois, by_level[l]);
     const Tensor grad_l = gather_rows(grad, by_level[l]);
     const Tensor arg_l = call.mode == MultilevelMode::kAlignAvg ? argmax : gather_rows(argmax, by_level[l]);
     grads.push_back(call.mode == MultilevelMode::kPool
