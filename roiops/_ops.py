@@ -285,13 +285,19 @@ def _quantized_kernel(spec: OpSpec, op):
     return kernel
 
 
+# (dispatch key, autocast device type); AutocastCUDA only where the CUDA kernels are compiled in.
+_AUTOCAST_KEYS = (("AutocastCPU", "cpu"), ("AutocastCUDA", "cuda")) if _C.with_cuda else (("AutocastCPU", "cpu"),)
+
+
+def _register_autocast(name: str) -> None:
+    op = getattr(ops, name).default
+    for key, device_type in _AUTOCAST_KEYS:
+        _library_impls.impl(name, _autocast_kernel(op, device_type), key)
+
+
 def _register_dispatch_kernels(spec: OpSpec) -> None:
-    # AutocastCUDA only where the CUDA kernels are compiled in.
-    autocast = (("AutocastCPU", "cpu"), ("AutocastCUDA", "cuda")) if _C.with_cuda else (("AutocastCPU", "cpu"),)
     for name in (spec.name, spec.backward_name):
-        op = getattr(ops, name).default
-        for key, device_type in autocast:
-            _library_impls.impl(name, _autocast_kernel(op, device_type), key)
+        _register_autocast(name)
     if spec.quantized:
         _library_impls.impl(spec.name, _quantized_kernel(spec, getattr(ops, spec.name).default), "QuantizedCPU")
 
@@ -412,7 +418,5 @@ torch.library.register_autograd(
     _multilevel_no_double_backward,
     setup_context=lambda ctx, inputs, output: None,
 )
-_autocast_keys = (("AutocastCPU", "cpu"), ("AutocastCUDA", "cuda")) if _C.with_cuda else (("AutocastCPU", "cpu"),)
 for _name in MULTILEVEL_OPS:
-    for _key, _device_type in _autocast_keys:
-        _library_impls.impl(_name, _autocast_kernel(getattr(ops, _name).default, _device_type), _key)
+    _register_autocast(_name)
