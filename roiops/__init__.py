@@ -6,7 +6,7 @@ pooled = roiops.roi_align(features, boxes, output_size=7, spatial_scale=0.25, sa
 
 from . import _library, _onnx
 from ._library import _C
-from ._ops import deterministic_backward, set_deterministic_backward, set_device_box_checks
+from ._ops import deterministic_backward, device_box_checks, set_deterministic_backward, set_device_box_checks
 from ._validation import BoxesShapeError, KernelValueError
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
@@ -49,6 +49,7 @@ __all__ = [
     "build_info",
     "deterministic_backward",
     "set_deterministic_backward",
+    "device_box_checks",
     "set_device_box_checks",
     "__version__",
 ]

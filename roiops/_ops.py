@@ -188,13 +188,25 @@ def deterministic_backward(mode=True):
 
 def set_device_box_checks(enabled: bool) -> bool:
     """Whether the CUDA forward checks box values (finite, a valid batch index, adaptive sampling within
-    the limit) with one host sync per call and the same errors as on the CPU (default True; the
-    environment variable ROIOPS_DEVICE_BOX_CHECKS=0 starts with False). Off, the CUDA path never
-    syncs, and a bad box gives NaN with no gradient instead of an error. The check is skipped anyway
-    while a CUDA graph is being captured; CPU tensors are always checked. Returns the previous setting."""
+    the limit) with one blocking host sync per call, raising the same errors as on the CPU. Off by
+    default (the environment variable ROIOPS_DEVICE_BOX_CHECKS=1 starts with it on): the CUDA path then
+    never waits for the GPU, and a bad box gives a NaN output row and no gradient instead of an error,
+    so the NaN reaches the loss (in eager and in a replayed CUDA graph alike). The check is skipped
+    anyway while a CUDA graph is being captured; CPU tensors are always checked (free there). Returns
+    the previous setting."""
     if not isinstance(enabled, bool):
         raise TypeError(f"set_device_box_checks: enabled must be True or False, but got {enabled!r}")
     return ops.set_device_box_checks(enabled)
+
+
+@contextlib.contextmanager
+def device_box_checks(enabled=True):
+    """Context manager form of :func:`set_device_box_checks` (process-wide, as the setting is)."""
+    previous = set_device_box_checks(enabled)
+    try:
+        yield
+    finally:
+        set_device_box_checks(previous)
 
 
 def _deterministic() -> bool:

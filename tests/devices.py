@@ -38,7 +38,8 @@ class Device:
     """Where the CUDA kernels under test run.
 
     ops: the op namespace to call directly; to(x): a CPU tensor there; python_layer(): a context in
-    which roiops.roi_align & co. (autograd included) use these kernels."""
+    which roiops.roi_align & co. (autograd included) use these kernels; box_checks(): a context with
+    the CUDA box value check on."""
 
     def __init__(self, name, torch_device, namespace):
         self.name = name
@@ -58,6 +59,15 @@ class Device:
 
     def python_layer(self):
         return _RouteTo(self.namespace) if self.emulated else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def box_checks(self, enabled=True):
+        """The blocking box value check of these kernels on (CUDA's default is off: NaN rows)."""
+        previous = self.ops.set_device_box_checks(enabled)
+        try:
+            yield self
+        finally:
+            self.ops.set_device_box_checks(previous)
 
     def __repr__(self):
         return self.name

@@ -239,11 +239,15 @@ def test_python_limits_are_the_compiled_ones():
 
 
 def test_set_device_box_checks_round_trip():
-    # The setting itself is exercised on the (emulated) CUDA path in test_cuda.py; here the public switch.
-    assert roiops.set_device_box_checks(False) is True
+    # The setting itself is exercised on the (emulated) CUDA path in test_cuda.py; here the public switch,
+    # off by default (the sync-free CUDA path), and its context-manager form.
+    assert roiops.set_device_box_checks(True) is False
     try:
-        assert roiops.set_device_box_checks(False) is False
+        assert roiops.set_device_box_checks(True) is True
     finally:
-        assert roiops.set_device_box_checks(True) is False
+        assert roiops.set_device_box_checks(False) is True
+    with roiops.device_box_checks():
+        assert roiops.set_device_box_checks(True) is True
+    assert roiops.set_device_box_checks(False) is False
     with pytest.raises(TypeError, match="enabled must be True or False"):
         roiops.set_device_box_checks(0)

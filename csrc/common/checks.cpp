@@ -46,7 +46,7 @@ void check_rois(const Tensor& rois, const Tensor& like, int64_t batch_size, int 
 std::atomic<bool>& device_box_checks_flag() {
   static std::atomic<bool> flag{[] {
     const char* env = std::getenv("ROIOPS_DEVICE_BOX_CHECKS");
-    return env == nullptr || std::string(env) != "0";
+    return env != nullptr && std::string(env) == "1";
   }()};
   return flag;
 }

@@ -53,9 +53,10 @@ void check_argmax(const Tensor& argmax, const Tensor& grad, const char* op_name)
 [[noreturn]] void fail_nonfinite_box(const char* op_name, int64_t k, double value, int column);
 [[noreturn]] void fail_batch_index(const char* op_name, int64_t k, double value, int64_t batch_size);
 
-// Whether the CUDA forward checks box values (one host sync per call; never during CUDA-graph
-// capture). On by default; ROIOPS_DEVICE_BOX_CHECKS=0 in the environment or
-// torch.ops.roiops.set_device_box_checks(False) turns it off. Returns the previous setting.
+// Whether the CUDA forward checks box values with a blocking host sync per call (never during
+// CUDA-graph capture). Off by default, so the CUDA path never stalls the host: a bad box then gives NaN
+// and no gradient. ROIOPS_DEVICE_BOX_CHECKS=1 in the environment or
+// torch.ops.roiops.set_device_box_checks(True) turns it on. Returns the previous setting.
 bool device_box_checks();
 bool set_device_box_checks(bool enabled);
 

@@ -1,9 +1,9 @@
-// Box value checks of the CUDA forward, on the device: one small kernel finds the first box that is
-// not finite, has a bad batch index, or breaks an op-specific limit, and the host reads the result
-// with a single sync (the only one of a forward call). None at all while a CUDA graph is being
-// captured or when the checks are off (set_device_box_checks): the kernels then skip such boxes
-// (box_usable) instead of reading out of bounds. The backward never checks: its boxes are those of
-// the forward that built the graph.
+// Box values on CUDA. By default nothing is checked on the host: the kernels meet a bad box
+// themselves (box_usable) and give it NaN and no gradient, never reading out of bounds, so a forward
+// call never waits for the GPU. On demand (set_device_box_checks(True)) one small kernel finds the
+// first box that is not finite, has a bad batch index, or breaks an op-specific limit, and the host
+// reads the result with a single sync to raise the CPU kernels' errors; never while a CUDA graph is
+// being captured. The backward never checks: its boxes are those of the forward that built the graph.
 #pragma once
 
 #include <cmath>
