@@ -10,6 +10,9 @@ Mapping (ONNX operator definitions of opset 16+):
   to at least one cell, as roiops does); ``sampling_ratio <= 0`` -> 0, ONNX's adaptive sampling, which
   is the same ceil(box size / output size) rule.
 - ``roi_pool`` -> ``MaxRoiPool`` (the same rounding of box and bins, and 0 for an empty bin).
+- ``multilevel_pool`` (one call for all FPN levels) is refused: ONNX has no such operator, and
+  ``roiops.MultiScaleRoIAlign`` exports as one standard ``RoiAlign`` (or ``MaxRoiPool``) per level
+  instead (it does not call the op while exporting).
 - ``roi_align`` max is refused: ONNX's ``RoiAlign`` max mode takes the maximum of the bilinear *taps*
   weighted by their weights (not of the interpolated samples), a different quantity; exporting it would
   silently change the model.
@@ -33,6 +36,12 @@ MAX_MODE_MESSAGE = (
     "of the bilinear taps scaled by their weights, not of the interpolated samples, so the exported model "
     "would compute something else. Export with pool_mode='avg', or keep the max-pooling model in "
     "PyTorch (TorchScript or torch.export)."
+)
+
+MULTILEVEL_MESSAGE = (
+    "roiops::multilevel_pool cannot be exported to ONNX: no ONNX operator pools several pyramid levels in "
+    "one call. Pool through roiops.MultiScaleRoIAlign, which exports as one standard RoiAlign (or "
+    "MaxRoiPool) node per level, with the same outputs."
 )
 
 
@@ -86,8 +95,12 @@ def _register_torchscript_symbolics() -> None:
         )
         return output, no_argmax(g)
 
+    def multilevel_pool(g, *args):
+        raise UnsupportedExportError(MULTILEVEL_MESSAGE)
+
     register_custom_op_symbolic("roiops::roi_align", roi_align, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::roi_pool", roi_pool, ONNX_MIN_OPSET)
+    register_custom_op_symbolic("roiops::multilevel_pool", multilevel_pool, ONNX_MIN_OPSET)
 
 
 # ---- dynamo=True: torch.export + ONNX translation table ---------------------------------------
@@ -138,6 +151,20 @@ def _register_dynamo_translations() -> None:
         output = op.MaxRoiPool(input, rois, pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale)
         return output, no_argmax()
 
+    @onnx_impl(torch.ops.roiops.multilevel_pool.default, trace_only=True)
+    def multilevel_pool(
+        features,
+        rois,
+        levels,
+        spatial_scales: list[float],
+        pooled_height: int,
+        pooled_width: int,
+        sampling_ratio: int,
+        aligned: bool,
+        mode: str,
+    ):
+        raise UnsupportedExportError(MULTILEVEL_MESSAGE)
+
 
 def register() -> None:
     """Registers the export rules (called once, when roiops is imported). The dynamo exporter's rules
@@ -159,7 +186,9 @@ def _register_dynamo_translations_or_warn() -> None:
 
 class _AfterOnnxscriptImport(importlib.abc.MetaPathFinder):
     """An import hook: once the module ``onnxscript`` has executed, registers the dynamo rules and
-    removes itself."""
+    removes itself. (No exporter hook does this: torch.onnx.export builds its table of translations
+    before it traces the model, so a fake kernel is too late, and ``custom_translation_table`` is per
+    call; registering at ``import roiops`` would import onnxscript for every user.)"""
 
     _searching = False
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import roiops
-from roiops._onnx import MAX_MODE_MESSAGE, ONNX_MIN_OPSET
+from roiops._onnx import MAX_MODE_MESSAGE, MULTILEVEL_MESSAGE, ONNX_MIN_OPSET
 from roiops.poolers import MultiScaleRoIAlign
 
 ort = pytest.importorskip("onnxruntime")
@@ -137,6 +137,24 @@ def test_multiscale_pooler_exports(tmp_path, exporter, options):
     for count in (3, 21):
         boxes = _boxes(count, count, 1, 120)[:, 1:]
         torch.testing.assert_close(_run(session, (*feats, boxes)), model(*feats, boxes), rtol=0, atol=1e-5)
+    # One standard pooling node per level, not the one-call op.
+    node = "MaxRoiPool" if options.get("op") == "roi_pool" else "RoiAlign"
+    assert [n.op_type for n in _onnx_nodes(tmp_path / "m.onnx")].count(node) == 3
+
+
+class _MultilevelOp(torch.nn.Module):
+    def forward(self, f0, f1, rois, levels):
+        return torch.ops.roiops.multilevel_pool([f0, f1], rois, levels, [0.25, 0.125], 2, 2, 2, True, "avg")[0]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_multilevel_op_export_is_refused_with_the_way_out(tmp_path, exporter):
+    feats = [torch.randn(1, 2, 16, 16), torch.randn(1, 2, 8, 8)]
+    rois, levels = _boxes(4, 1, 1, 60), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(Exception) as info:
+        _export(_MultilevelOp(), (*feats, rois, levels), tmp_path / "m.onnx", exporter, [[], [], [0], [0]])
+    assert any(MULTILEVEL_MESSAGE in str(e) for e in _error_chain(info.value)), str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.slow
