@@ -4,14 +4,17 @@ pooler's TorchScript/ONNX path) and, through it, the pure-PyTorch reference."""
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import roiops
 from roiops import reference
 from roiops.poolers import MultiScaleRoIAlign, _pool_per_level, assign_levels
 
-from devices import ALL_DEVICES, CUDA_DEVICES
+from devices import ALL_DEVICES, CPU, CUDA_DEVICES
 from helpers import make_input
+from test_properties import examples
 
 MODES = ["avg", "max", "roi_pool"]
 SIZES = [(16, 20), (8, 10), (4, 5)]
@@ -110,6 +113,77 @@ def test_level_out_of_range():
     for dev in [p.values[0] for p in CUDA_DEVICES if p.values[0] is not None and p.values[0].emulated]:
         out, _ = dev.ops.multilevel_pool(features, rois, levels, SCALES, 2, 2, 2, True, "max")
         assert out[2].isnan().all() and not out[[0, 1, 3]].isnan().any()  # harmless: NaN, never a crash
+
+
+HOSTILE_COORDINATES = (0.0, 3.5, -7.25, 19.0, 1e6, -1e6, 1e30, float("nan"), float("inf"), float("-inf"))
+
+
+@st.composite
+def hostile_multilevel_cases(draw):
+    """A pyramid with NaN / inf in its maps, boxes with hostile coordinates and batch indices, and levels
+    that may be out of range."""
+    features = _pyramid(torch.float64, draw(st.sampled_from(["contiguous", "channels_last"])), draw(st.integers(0, 99)))
+    for f in features:
+        density = draw(st.sampled_from((0.0, 0.1, 1.0)))
+        hit = torch.rand(f.shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))) < density
+        f[hit] = draw(st.sampled_from((float("nan"), float("inf"), float("-inf"))))
+    k = draw(st.integers(1, 6))
+    coordinate = st.one_of(st.floats(-8, 40), st.sampled_from(HOSTILE_COORDINATES))
+    rows = [
+        [draw(st.sampled_from((0.0, 1.0, 1.0, 0.0, 2.0, -1.0, 0.5, float("nan"))))]
+        + [draw(coordinate) for _ in range(4)]
+        for _ in range(k)
+    ]
+    levels = torch.tensor([draw(st.sampled_from((0, 1, 2, 2, 1, 0, 3, -1))) for _ in range(k)])
+    return features, torch.tensor(rows, dtype=torch.float64), levels, draw(st.sampled_from(MODES))
+
+
+def _usable(rois, levels, batch=2, num_levels=len(SIZES)):
+    """The boxes a kernel pools: finite, an integral batch index in range, a level in range."""
+    b = rois[:, 0]
+    return (
+        rois.isfinite().all(dim=1) & (b >= 0) & (b < batch) & (b == b.floor()) & (levels >= 0) & (levels < num_levels)
+    )
+
+
+@pytest.mark.parametrize("dev", ALL_DEVICES)
+@examples(25)
+@given(case=hostile_multilevel_cases())
+def test_hostile_values_match_the_composition_or_are_harmless(dev, case):
+    # CPU: the op raises where the per-level composition raises, and equals it elsewhere (forward and
+    # backward). CUDA (sync-free): a box the CPU refuses gives a NaN row and no gradient; the others
+    # equal the composition of the usable boxes.
+    features, rois, levels, mode = case
+    usable = _usable(rois, levels)
+    sizes = ([f.shape[2] for f in features], [f.shape[3] for f in features])
+    expected_rois, expected_levels = (rois, levels) if dev is CPU else (rois[usable], levels[usable])
+    if dev is CPU and not ((levels >= 0) & (levels < len(SIZES))).all():
+        with pytest.raises(RuntimeError, match="level|box"):  # (the composition just skips such boxes)
+            torch.ops.roiops.multilevel_pool(features, rois, levels, SCALES, 2, 3, 2, True, mode)
+        return
+    try:
+        leaves = [f.detach().requires_grad_(True) for f in features]
+        with roiops.deterministic_backward(True):
+            expected = _per_level(leaves, expected_rois, expected_levels, mode, size=(2, 3))
+            grad = torch.randn(expected.shape, dtype=expected.dtype, generator=torch.Generator().manual_seed(1))
+            if expected.numel():
+                (expected * grad).sum().backward()
+    except (RuntimeError, ValueError):
+        assert dev is CPU
+        with pytest.raises(RuntimeError):
+            torch.ops.roiops.multilevel_pool(features, rois, levels, SCALES, 2, 3, 2, True, mode)
+        return
+    out, argmax = dev.ops.multilevel_pool(features, rois, levels, SCALES, 2, 3, 2, True, mode)
+    assert out[~usable].isnan().all()
+    torch.testing.assert_close(out[usable], expected.detach(), rtol=0, atol=0, equal_nan=True)
+    full_grad = torch.zeros(out.shape, dtype=out.dtype)
+    full_grad[usable] = grad
+    grads = dev.ops._multilevel_pool_backward(
+        full_grad, rois, levels, argmax, SCALES, 2, 3, 2, 3, *sizes, 2, True, mode, True
+    )
+    for got, leaf in zip(grads, leaves):
+        want = torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 @pytest.mark.parametrize("dev", [p for p in CUDA_DEVICES if "emulated" in str(p.id)])
