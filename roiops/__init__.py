@@ -9,6 +9,7 @@ from ._library import _C
 from ._ops import deterministic_backward, device_box_checks, set_deterministic_backward, set_device_box_checks
 from ._validation import BoxesShapeError, KernelValueError
 from .paste import paste_masks
+from .position_sensitive import PSRoIAlign, PSRoIPool, ps_roi_align, ps_roi_pool
 from .roi_align import RoIAlign, roi_align
 from .roi_pool import RoIPool, roi_pool
 
@@ -40,6 +41,10 @@ __all__ = [
     "roi_pool",
     "RoIAlign",
     "RoIPool",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "PSRoIAlign",
+    "PSRoIPool",
     "MultiScaleRoIAlign",
     "BoxesShapeError",
     "KernelValueError",

@@ -13,6 +13,9 @@ Mapping (ONNX operator definitions of opset 16+):
 - ``multilevel_pool`` (one call for all FPN levels) is refused: ONNX has no such operator, and
   ``roiops.MultiScaleRoIAlign`` exports as one standard ``RoiAlign`` (or ``MaxRoiPool``) per level
   instead (it does not call the op while exporting).
+- ``ps_roi_align`` / ``ps_roi_pool`` (position-sensitive) are refused: no ONNX operator reads a
+  different input channel per bin, and a composition of standard nodes would be a silently different
+  graph to maintain.
 - ``roi_align`` max is refused: ONNX's ``RoiAlign`` max mode takes the maximum of the bilinear *taps*
   weighted by their weights (not of the interpolated samples), a different quantity; exporting it would
   silently change the model.
@@ -45,6 +48,14 @@ MULTILEVEL_MESSAGE = (
 )
 
 
+def position_sensitive_message(op: str) -> str:
+    return (
+        f"roiops::{op} cannot be exported to ONNX: no standard ONNX operator computes position-sensitive RoI "
+        "pooling (each bin reads its own input channel). Keep the model in PyTorch (TorchScript, torch.export "
+        "or AOTInductor), or export the layers before and after it and run the pooling outside ONNX."
+    )
+
+
 class UnsupportedExportError(RuntimeError):
     """An op configuration that has no exact ONNX equivalent."""
 
@@ -54,6 +65,13 @@ def _coordinate_mode(aligned: bool) -> str:
 
 
 # ---- dynamo=False: TorchScript-based exporter -------------------------------------------------
+
+
+def _refuse_position_sensitive(name: str):
+    def symbolic(g, *args):
+        raise UnsupportedExportError(position_sensitive_message(name))
+
+    return symbolic
 
 
 def _register_torchscript_symbolics() -> None:
@@ -101,6 +119,8 @@ def _register_torchscript_symbolics() -> None:
     register_custom_op_symbolic("roiops::roi_align", roi_align, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::roi_pool", roi_pool, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::multilevel_pool", multilevel_pool, ONNX_MIN_OPSET)
+    for name in ("ps_roi_align", "ps_roi_pool"):
+        register_custom_op_symbolic(f"roiops::{name}", _refuse_position_sensitive(name), ONNX_MIN_OPSET)
 
 
 # ---- dynamo=True: torch.export + ONNX translation table ---------------------------------------
@@ -150,6 +170,14 @@ def _register_dynamo_translations() -> None:
     def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
         output = op.MaxRoiPool(input, rois, pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale)
         return output, no_argmax()
+
+    @onnx_impl(torch.ops.roiops.ps_roi_align.default, trace_only=True)
+    def ps_roi_align(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, sampling_ratio: int):
+        raise UnsupportedExportError(position_sensitive_message("ps_roi_align"))
+
+    @onnx_impl(torch.ops.roiops.ps_roi_pool.default, trace_only=True)
+    def ps_roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        raise UnsupportedExportError(position_sensitive_message("ps_roi_pool"))
 
     @onnx_impl(torch.ops.roiops.multilevel_pool.default, trace_only=True)
     def multilevel_pool(

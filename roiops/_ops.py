@@ -9,6 +9,8 @@ that the schemas agree with the specs):
     <name>(input, rois, spatial_scale, pooled_height, pooled_width, *extra) -> (output, argmax)
     _<name>_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
                      batch_size, channels, height, width, *extra, deterministic) -> grad_input
+
+(argmax is channel_mapping for the position-sensitive ops.)
 """
 
 import contextlib
@@ -45,6 +47,14 @@ class OpSpec:
     check_extra: Callable[[str, dict], None] = _no_extra_checks
     # Whether a per-tensor-affine quantized CPU input is taken (dequantize -> op -> quantize).
     quantized: bool = True
+    # Whether output channel c of bin (i, j) reads input channel (c * PH + i) * PW + j (position-sensitive,
+    # csrc/common/position_sensitive.h): the output has C / (PH * PW) channels, and the second output
+    # is that channel ("channel_mapping") instead of an argmax.
+    position_sensitive: bool = False
+
+    @property
+    def second_output(self) -> str:
+        return "channel_mapping" if self.position_sensitive else "argmax"
 
     @property
     def backward_name(self) -> str:
@@ -56,7 +66,21 @@ class OpSpec:
 
     @property
     def backward_args(self) -> Tuple[str, ...]:
-        return ("grad", "rois", "argmax", *COMMON_PARAMS, *INPUT_SIZES, *self.extra_params, "deterministic")
+        return ("grad", "rois", self.second_output, *COMMON_PARAMS, *INPUT_SIZES, *self.extra_params, "deterministic")
+
+    def output_channels(self, op: str, channels, args: dict):
+        """The output's channels for an input of `channels` (the fake kernels' rule)."""
+        if not self.position_sensitive:
+            return channels
+        bins = args["pooled_height"] * args["pooled_width"]
+        torch._check_value(
+            channels % bins == 0,
+            lambda: (
+                f"{op}: input channels ({channels}) must be a multiple of output_size[0] * output_size[1] "
+                f"({args['pooled_height']} * {args['pooled_width']} = {bins})"
+            ),
+        )
+        return channels // bins
 
 
 def _check_align_extra(op: str, args: dict) -> None:
@@ -64,6 +88,10 @@ def _check_align_extra(op: str, args: dict) -> None:
     torch._check_value(
         pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
     )
+    _check_sampling_ratio(op, args)
+
+
+def _check_sampling_ratio(op: str, args: dict) -> None:
     sampling_ratio, limit = args["sampling_ratio"], _LIMITS["max_samples_per_bin"]
     torch._check_value(
         sampling_ratio <= 0 or sampling_ratio * sampling_ratio <= limit,
@@ -81,6 +109,14 @@ SPECS: Dict[str, OpSpec] = {
             check_extra=_check_align_extra,
         ),
         OpSpec("roi_pool"),
+        OpSpec(
+            "ps_roi_align",
+            extra_params=("sampling_ratio",),
+            check_extra=_check_sampling_ratio,
+            quantized=False,
+            position_sensitive=True,
+        ),
+        OpSpec("ps_roi_pool", quantized=False, position_sensitive=True),
     )
 }
 
@@ -133,7 +169,8 @@ def _register_fakes(spec: OpSpec) -> None:
             lambda: f"{spec.name}: input must be a floating-point tensor, but got {input.dtype}",
         )
         _check_common(spec, spec.name, rois, input, args)
-        shape = (rois.shape[0], input.shape[1], args["pooled_height"], args["pooled_width"])
+        channels = spec.output_channels(spec.name, input.shape[1], args)
+        shape = (rois.shape[0], channels, args["pooled_height"], args["pooled_width"])
         fmt = memory_format(input)
         output = torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=fmt)
         if spec.argmax_shaped(args):
@@ -147,7 +184,8 @@ def _register_fakes(spec: OpSpec) -> None:
         grad, rois = args["grad"], args["rois"]
         op = spec.backward_name
         _check_common(spec, op, rois, grad, args)
-        expected = (rois.shape[0], args["channels"], args["pooled_height"], args["pooled_width"])
+        channels = spec.output_channels(op, args["channels"], args)
+        expected = (rois.shape[0], channels, args["pooled_height"], args["pooled_width"])
         torch._check_value(
             tuple(grad.shape) == expected, lambda: f"{op}: grad must have shape {expected}, but got {tuple(grad.shape)}"
         )

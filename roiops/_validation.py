@@ -149,6 +149,17 @@ def check_sampling_ratio(op: str, sampling_ratio) -> int:
     return int(sampling_ratio)
 
 
+def check_ps_channels(op: str, channels: int, output_size: Tuple[int, int]) -> None:
+    """Position-sensitive ops: the input holds output_size[0] * output_size[1] channels per output channel
+    (the compiled builder's check, same words)."""
+    bins = output_size[0] * output_size[1]
+    if channels % bins != 0:
+        raise ValueError(
+            f"{op}: input channels ({channels}) must be a multiple of output_size[0] * output_size[1] "
+            f"({output_size[0]} * {output_size[1]} = {bins})"
+        )
+
+
 def check_aligned(op: str, aligned) -> bool:
     if not isinstance(aligned, bool):
         raise TypeError(f"{op}: aligned must be a bool, but got {aligned!r}")

@@ -20,7 +20,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align_reference", "roi_pool_reference"]
+__all__ = ["roi_align_reference", "roi_pool_reference", "ps_roi_align_reference", "ps_roi_pool_reference"]
 
 # Upper bound on the number of gathered elements held per chunk (per tap).
 _CHUNK_ELEMENTS = 1 << 22
@@ -282,3 +282,76 @@ def roi_pool_reference(
         pieces.append((idx, out))
 
     return _assemble(pieces, (K, C, ph, pw), input).contiguous()
+
+
+def _ps_pick(pooled: Tensor, ph: int, pw: int) -> Tensor:
+    """From [K, C, ph, pw] pooled over every input channel, the position-sensitive output
+    [K, C / (ph * pw), ph, pw]: bin (i, j) of channel c is bin (i, j) of input channel (c * ph + i) * pw + j."""
+    K, C = pooled.shape[:2]
+    grouped = pooled.reshape(K, C // (ph * pw), ph * pw, ph * pw)  # [K, c, input channel (i, j), bin (i, j)]
+    return grouped.diagonal(dim1=2, dim2=3).reshape(K, C // (ph * pw), ph, pw)
+
+
+def ps_roi_align_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+) -> Tensor:
+    """Position-sensitive RoIAlign in pure PyTorch: RoIAlign (avg, aligned=True) of every input channel,
+    of which bin (i, j) of output channel c keeps input channel (c * ph + i) * pw + j.
+
+    Args:
+        input: Tensor[N, C, H, W], C a multiple of ph * pw. rois: Tensor[K, 5]. Not validated.
+
+    Returns:
+        Tensor[K, C / (ph * pw), ph, pw] (contiguous), differentiable w.r.t. ``input``.
+    """
+    ph, pw = _pair(output_size)
+    pooled = roi_align_reference(input, rois, (ph, pw), spatial_scale, sampling_ratio, True, "avg")
+    return _ps_pick(pooled, ph, pw).contiguous()
+
+
+def ps_roi_pool_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """Position-sensitive RoIPool in pure PyTorch, box by box and bin by bin: the box rounded to whole
+    cells (C round), of extent end - start (at least 1), cut into ph x pw bins with floor/ceil edges
+    clamped to the map; bin (i, j) of output channel c is the mean of input channel (c * ph + i) * pw + j
+    over the bin's cells, 0 for an empty bin.
+
+    Args:
+        input: Tensor[N, C, H, W], C a multiple of ph * pw. rois: Tensor[K, 5]. Not validated.
+
+    Returns:
+        Tensor[K, C / (ph * pw), ph, pw] (contiguous), differentiable w.r.t. ``input``.
+    """
+    ph, pw = _pair(output_size)
+    N, C, H, W = input.shape
+    cdtype = _compute_dtype(input.dtype)
+    feat = input.to(cdtype)
+    r = rois.detach().to(cdtype).cpu()
+    channels = torch.arange(C // (ph * pw), device=input.device) * (ph * pw)
+    rows = []
+    for k in range(r.shape[0]):
+        b = int(r[k, 0])
+        x1, y1, x2, y2 = (int(_c_round(v * spatial_scale)) for v in r[k, 1:])
+        bin_w = torch.tensor(max(x2 - x1, 1), dtype=cdtype) / pw
+        bin_h = torch.tensor(max(y2 - y1, 1), dtype=cdtype) / ph
+        bins = []
+        for i in range(ph):
+            h0 = min(max(int(torch.floor(i * bin_h)) + y1, 0), H)
+            h1 = min(max(int(torch.ceil((i + 1) * bin_h)) + y1, 0), H)
+            for j in range(pw):
+                w0 = min(max(int(torch.floor(j * bin_w)) + x1, 0), W)
+                w1 = min(max(int(torch.ceil((j + 1) * bin_w)) + x1, 0), W)
+                cells = feat[b, channels + i * pw + j, h0:h1, w0:w1]
+                bins.append(cells.mean(dim=(1, 2)) if cells[0].numel() else _zeros(feat, (channels.numel(),)))
+        rows.append(torch.stack(bins, dim=1).reshape(-1, ph, pw))
+    if not rows:
+        return _zeros(feat, (0, C // (ph * pw), ph, pw)).to(input.dtype)
+    return torch.stack(rows).to(input.dtype).contiguous()

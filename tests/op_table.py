@@ -45,6 +45,19 @@ class OpConfig:
         """The public function's keyword arguments: the defaults with overrides."""
         return {**self.defaults, **overrides}
 
+    @property
+    def position_sensitive(self) -> bool:
+        return SPECS[self.name].position_sensitive
+
+    def channels(self, out_channels, **overrides):
+        """The input channels that give out_channels output channels under these overrides: the same for
+        most ops; output_size[0] * output_size[1] per output channel for a position-sensitive one."""
+        if not self.position_sensitive:
+            return out_channels
+        size = self.kwargs(**overrides)["output_size"]
+        height, width = (size, size) if isinstance(size, int) else size
+        return out_channels * height * width
+
     def __call__(self, x, boxes, **overrides):
         return self.public(x, boxes, **self.kwargs(**overrides))
 
@@ -96,6 +109,13 @@ _ALIGN_ARGUMENT_ERRORS = (
 )
 
 
+# Position-sensitive ops: the input holds output_size[0] * output_size[1] channels per output channel.
+_PS_ARGUMENT_ERRORS = (
+    (dict(input=torch.randn(2, 13, 8, 8), output_size=(3, 4)), ValueError, r"input channels \(13\) must be a multiple"),
+    (dict(input=torch.randn(2, 12, 8, 8), output_size=5), ValueError, r"output_size\[0\] \* output_size\[1\]"),
+)
+
+
 def _roi_align(mode):
     return OpConfig(
         id=f"roi_align-{mode}",
@@ -125,6 +145,28 @@ OP_TABLE = (
         exact_forward=True,
         distinct_input=True,
         gradcheck_sweep=(dict(spatial_scale=1.0), dict(spatial_scale=0.5)),
+    ),
+    OpConfig(
+        id="ps_roi_align",
+        name="ps_roi_align",
+        public=roiops.ps_roi_align,
+        reference=reference.ps_roi_align_reference,
+        defaults=dict(output_size=(3, 4), spatial_scale=0.5, sampling_ratio=2),
+        sweep=tuple(dict(sampling_ratio=sr) for sr in (-1, 0, 1, 2, 3)),
+        short_sweep=(dict(sampling_ratio=-1), dict(sampling_ratio=2)),
+        gradcheck_sweep=(dict(sampling_ratio=-1), dict(sampling_ratio=2)),
+        argument_errors=_PS_ARGUMENT_ERRORS + _ALIGN_ARGUMENT_ERRORS[:3],
+    ),
+    OpConfig(
+        id="ps_roi_pool",
+        name="ps_roi_pool",
+        public=roiops.ps_roi_pool,
+        reference=reference.ps_roi_pool_reference,
+        defaults=dict(output_size=(3, 4), spatial_scale=0.5),
+        # Its own parameters are the common ones, which the tests vary (a single input serves one
+        # output size, so there is no sweep over bin counts as roi_pool's).
+        gradcheck_sweep=(dict(spatial_scale=1.0), dict(spatial_scale=0.5)),
+        argument_errors=_PS_ARGUMENT_ERRORS,
     ),
 )
 OPS = {op.id: op for op in OP_TABLE}

@@ -106,7 +106,7 @@ def test_direct_op_call_other_checks():
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_thread_count_independent(op, layout, restore_threads):
-    x = make_input((2, 16, 20, 24), layout=layout, seed=61, distinct=op.distinct_input)
+    x = make_input((2, op.channels(16, output_size=5), 20, 24), layout=layout, seed=61, distinct=op.distinct_input)
     rois = make_rois(60, 2, 20, 24, 0.5, "mixed", seed=62)
     rois = torch.cat([rois, make_rois(60, 2, 20, 24, 0.5, "inside", seed=63)])
     for kwargs in over(op.short_sweep, output_size=5, spatial_scale=0.5):
@@ -128,7 +128,7 @@ def test_thread_count_independent(op, layout, restore_threads):
 
 
 def test_list_of_boxes_equals_k5(op):
-    x = make_input((3, 2, 8, 8), seed=75)
+    x = make_input((3, op.channels(2, output_size=2), 8, 8), seed=75)
     per_image = [make_rois(n, 1, 8, 8, 1.0, "mixed", seed=76 + n)[:, 1:] for n in (3, 0, 4)]
     rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(per_image)])
     kwargs = dict(output_size=2, spatial_scale=1.0)

@@ -147,7 +147,7 @@ def _over_ops(test):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_deterministic_backward_is_bitwise_repeatable(dev, dtype, op, channels_last):
     (N, C, H, W), rois = _crowded(dtype, seed=seed_of(op.id))
-    x = make_input((N, C, H, W), dtype, seed=1, distinct=True)
+    x = make_input((N, op.channels(C, output_size=5), H, W), dtype, seed=1, distinct=True)
     x_dev = on_device(dev, x, "channels_last" if channels_last else "contiguous")
     grad = random_grad((rois.shape[0], C, 5, 5), dtype, 7, channels_last)
     backward, oracle = _backward_on(dev, op, x_dev, dev.to(rois), grad)
@@ -169,7 +169,7 @@ def test_thread_order_changes_no_deterministic_bit(emu, dtype, op):
     # float-atomic backward may (that is why the deterministic one exists), within tolerance.
     dev = emu
     (N, C, H, W), rois = _crowded(dtype, num=300, seed=seed_of("order", op.id))
-    x_dev = dev.to(make_input((N, C, H, W), dtype, seed=2, distinct=True))
+    x_dev = dev.to(make_input((N, op.channels(C, output_size=5), H, W), dtype, seed=2, distinct=True))
     grad = random_grad((rois.shape[0], C, 5, 5), dtype, 8)
     results = {}
     for order, seed in (("forward", 0), ("reversed", 0), ("shuffled", 1), ("shuffled", 2)):
@@ -236,7 +236,7 @@ def test_deterministic_backward_float64_extremes(dev, magnitude):
 def test_deterministic_backward_nan_and_inf(dev, op):
     # NaN and inf in grad cannot be held in fixed point; they must come out where float sums put them.
     (N, C, H, W), rois = _crowded(torch.float32, num=40, seed=3)
-    x_dev = on_device(dev, make_input((N, C, H, W), torch.float32, seed=2, distinct=True))
+    x_dev = on_device(dev, make_input((N, op.channels(C, output_size=3), H, W), torch.float32, seed=2, distinct=True))
     grad = random_grad((40, C, 3, 3), torch.float32, 9)
     grad[0, 0, 0, 0] = float("nan")
     grad[1, 1, 1, 1] = float("inf")
@@ -256,11 +256,12 @@ def test_python_layer_passes_the_deterministic_flag(dev, deterministic_algorithm
     # torch.use_deterministic_algorithms(True) must reach the kernels: autograd's result is then the
     # deterministic kernel's, bit for bit.
     (N, C, H, W), rois = _crowded(torch.float32, num=300, seed=5)
-    x = on_device(dev, make_input((N, C, H, W), torch.float32, seed=6)).requires_grad_(True)
+    x_all = on_device(dev, make_input((N, 25 * C, H, W), torch.float32, seed=6))
     r_dev = dev.to(rois)
     torch.use_deterministic_algorithms(True)
     kwargs = dict(output_size=5, spatial_scale=1.0)
     for op in OP_TABLE:
+        x = x_all[:, : op.channels(C, **kwargs)].detach().requires_grad_(True)
         with dev.python_layer():
             out = op(x, r_dev, **kwargs)
             grad = dev.to(torch.randn(out.shape))
@@ -268,7 +269,7 @@ def test_python_layer_passes_the_deterministic_flag(dev, deterministic_algorithm
             (g2,) = torch.autograd.grad(out, x, grad)
         assert torch.equal(g1, g2)
         arg = op.forward_op(dev)(x.detach(), r_dev, *op.op_args(**kwargs))[1]
-        direct = op.backward_op(dev)(grad, r_dev, arg, *op.backward_args((N, C, H, W), True, **kwargs))
+        direct = op.backward_op(dev)(grad, r_dev, arg, *op.backward_args(x.shape, True, **kwargs))
         assert torch.equal(g1, direct), op.id
 
 
@@ -277,15 +278,16 @@ def test_python_layer_passes_the_deterministic_flag(dev, deterministic_algorithm
 
 def _sync_cases(dev):
     """(name, forward(), backward(deterministic, argmax)) of every op of the table, in each setting, on dev."""
-    x = dev.to(make_input((2, 3, 9, 11), torch.float32, seed=1))
+    x_all = dev.to(make_input((2, 36, 9, 11), torch.float32, seed=1))
     rois = dev.to(make_rois(12, 2, 9, 11, 0.5, "mixed", torch.float32, seed=1))
     grad = dev.to(random_grad((12, 3, 3, 4), torch.float32, 2))
     cases = []
     for op in OP_TABLE:
         for kwargs in over(op.short_sweep, output_size=(3, 4), spatial_scale=0.5):
-            fwd = lambda op=op, kwargs=kwargs: op.forward_op(dev)(x, rois, *op.op_args(**kwargs))
-            bwd = lambda det, arg, op=op, kwargs=kwargs: op.backward_op(dev)(
-                grad, rois, arg, *op.backward_args((2, 3, 9, 11), det, **kwargs)
+            x = x_all[:, : op.channels(3, **kwargs)].contiguous()
+            fwd = lambda op=op, kwargs=kwargs, x=x: op.forward_op(dev)(x, rois, *op.op_args(**kwargs))
+            bwd = lambda det, arg, op=op, kwargs=kwargs, x=x: op.backward_op(dev)(
+                grad, rois, arg, *op.backward_args(x.shape, det, **kwargs)
             )
             cases.append((f"{op.id} {kwargs}", fwd, bwd))
     return cases
@@ -308,7 +310,7 @@ def test_host_syncs_none_by_default_one_forward_on_demand(device_box_checks):
         out, arg = fwd()
         for det in (False, True):
             gin = bwd(det, arg)
-            assert gin.shape == (2, 3, 9, 11) and out.numel() > 0
+            assert gin.shape[0] == 2 and gin.shape[2:] == (9, 11) and out.numel() > 0
         assert dev.ops.host_sync_count() == before, name
         # The blocking check on demand: one sync in the forward, none in the backward ...
         dev.ops.set_device_box_checks(True)

@@ -542,7 +542,7 @@ def test_boxes_that_require_grad_get_no_gradient(op):
     boxes.grad as None, the input gradient is the same as with plain boxes, asking autograd.grad for
     the boxes' gradient raises "not used in the graph" (or gives None / zeros with allow_unused /
     materialize_grads), and the list-of-boxes form behaves the same."""
-    x = make_input((2, 4, 8, 9), torch.float64, seed=10)
+    x = make_input((2, op.channels(4, output_size=3), 8, 9), torch.float64, seed=10)
     rois = make_rois(10, 2, 8, 9, 0.5, "mixed", torch.float64, seed=10)
 
     def run(inp, boxes):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import roiops
-from roiops._onnx import MAX_MODE_MESSAGE, MULTILEVEL_MESSAGE, ONNX_MIN_OPSET
+from roiops._onnx import MAX_MODE_MESSAGE, MULTILEVEL_MESSAGE, ONNX_MIN_OPSET, position_sensitive_message
 from roiops.poolers import MultiScaleRoIAlign
 
 ort = pytest.importorskip("onnxruntime")
@@ -228,3 +228,15 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
     assert "RoiAlign" in [n.op_type for n in _onnx_nodes(tmp_path / "m.onnx")]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("op", ["ps_roi_align", "ps_roi_pool"])
+def test_position_sensitive_export_is_refused_with_the_reason(tmp_path, exporter, op):
+    model = _Op(getattr(roiops, op), output_size=2, spatial_scale=1.0)
+    x = torch.randn(2, 8, 12, 12)
+    with pytest.raises(Exception) as info:
+        _export(model, (x, _boxes(3, 0)), tmp_path / "m.onnx", exporter, [[], [0]])
+    message = position_sensitive_message(op)
+    assert any(message in str(e) for e in _error_chain(info.value)), str(info.value)
+    assert not (tmp_path / "m.onnx").exists()

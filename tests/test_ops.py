@@ -48,7 +48,7 @@ def cuda_dev(request):
 @pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"scale{s:g}")
 def test_random_boxes_match_the_oracle(op, dev, dtype, scale):
     seed = seed_of(op.id, str(dtype), scale)
-    x = make_input((2, 3, 9, 11), dtype, seed=seed, distinct=op.distinct_input)
+    x = make_input((2, op.channels(3), 9, 11), dtype, seed=seed, distinct=op.distinct_input)
     rois = make_rois(20, 2, 9, 11, scale, "mixed", dtype, seed=seed)
     for kwargs in over(op.sweep, spatial_scale=scale):
         check_against_oracle(op, dev, x, rois, seed=seed, **kwargs)
@@ -56,7 +56,7 @@ def test_random_boxes_match_the_oracle(op, dev, dtype, scale):
 
 @pytest.mark.parametrize("kind", BOX_KINDS)
 def test_box_kinds_match_the_oracle(op, dev, kind):
-    x = make_input((2, 4, 8, 10), seed=3, distinct=op.distinct_input)
+    x = make_input((2, op.channels(4, output_size=(2, 3)), 8, 10), seed=3, distinct=op.distinct_input)
     rois = make_rois(12, 2, 8, 10, 0.5, kind, seed=BOX_KINDS.index(kind))
     for kwargs in over(op.sweep, output_size=(2, 3)):
         out, gx = check_against_oracle(op, dev, x, rois, **kwargs)
@@ -77,7 +77,7 @@ def test_box_kinds_match_the_oracle(op, dev, kind):
 )
 def test_shapes_match_the_oracle(op, dev, shape, output_size):
     N, C, H, W = shape
-    x = make_input(shape, seed=H * W, distinct=op.distinct_input)
+    x = make_input((N, op.channels(C, output_size=output_size), H, W), seed=H * W, distinct=op.distinct_input)
     rois = make_rois(10, N, H, W, 0.25, "mixed", seed=C)
     for kwargs in over(op.short_sweep, output_size=output_size, spatial_scale=0.25):
         check_against_oracle(op, dev, x, rois, **kwargs)
@@ -87,7 +87,7 @@ def test_shapes_match_the_oracle(op, dev, shape, output_size):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_half_dtypes_match_the_oracle(op, dev, dtype, layout):
     # The reference runs in float32 on the same (rounded) inputs and boxes; a max is exact even so.
-    x = make_input((2, 3, 9, 11), dtype, seed=11, distinct=op.distinct_input)
+    x = make_input((2, op.channels(3, output_size=3), 9, 11), dtype, seed=11, distinct=op.distinct_input)
     rois = make_rois(16, 2, 9, 11, 0.5, "mixed", dtype, seed=12)
     for kwargs in over(op.short_sweep, output_size=3):
         check_against_oracle(op, dev, x, rois, layout, torch.float32, **kwargs)
@@ -96,7 +96,7 @@ def test_half_dtypes_match_the_oracle(op, dev, dtype, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_dtype_id)
 def test_layouts_match_the_oracle(op, dev, layout, dtype):
-    x = make_input((2, 5, 7, 9), dtype, seed=21, distinct=op.distinct_input)
+    x = make_input((2, op.channels(5, output_size=(2, 3)), 7, 9), dtype, seed=21, distinct=op.distinct_input)
     rois = make_rois(14, 2, 7, 9, 1.0, "mixed", dtype, seed=22)
     ref_dtype = torch.float32 if dtype == torch.bfloat16 else None
     for kwargs in over(op.short_sweep, output_size=(2, 3), spatial_scale=1.0):
@@ -107,7 +107,7 @@ def test_layouts_match_the_oracle(op, dev, layout, dtype):
 def test_any_grad_output_layout_gives_the_same_gradient(op, dev, in_layout):
     # The upstream gradient NCHW, channels-last, a strided view or expanded (stride 0): the same input
     # gradient whatever the input's layout (bit for bit for a max: the same cells in the same order).
-    x = make_input((2, 4, 6, 7), seed=5, distinct=op.distinct_input)
+    x = make_input((2, op.channels(4, output_size=3), 6, 7), seed=5, distinct=op.distinct_input)
     rois = make_rois(9, 2, 6, 7, 1.0, "partial", seed=6)
     kwargs = dict(output_size=3, spatial_scale=1.0)
     check_against_oracle(op, dev, x, rois, in_layout, **kwargs)
@@ -127,7 +127,7 @@ def test_any_grad_output_layout_gives_the_same_gradient(op, dev, in_layout):
 
 def test_many_rois_on_one_image_match_the_oracle(op, dev):
     # The backward accumulates the contributions of many RoIs into the same cells.
-    x = make_input((1, 3, 12, 12), seed=8, distinct=op.distinct_input)
+    x = make_input((1, op.channels(3, output_size=4), 12, 12), seed=8, distinct=op.distinct_input)
     rois = make_rois(200, 1, 12, 12, 1.0, "inside", seed=9)
     for kwargs in over(op.short_sweep, output_size=4, spatial_scale=1.0):
         check_against_oracle(op, dev, x, rois, **kwargs)
@@ -145,7 +145,7 @@ def assert_same_layout(dev_tensor, cpu_tensor):
 
 def _check_ops_against_cpu(op, dev, dtype, layout, seed, shape=(2, 5, 9, 11), num=24, **overrides):
     """The forward and both backward kernels (fast, deterministic) of dev against the CPU kernels."""
-    N, C, H, W = shape
+    N, C, H, W = shape = (shape[0], op.channels(shape[1], **overrides), *shape[2:])
     scale = op.kwargs(**overrides)["spatial_scale"]
     x = make_input(shape, dtype, seed=seed, distinct=op.distinct_input)
     rois = make_rois(num, N, H, W, scale, "mixed", dtype, seed=seed)

@@ -42,7 +42,8 @@ def test_gradcheck(op, dev, deterministic, restore_threads, deterministic_algori
     torch.set_num_threads(1)  # hundreds of tiny calls: no thread-pool overhead on a busy machine
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     # Distinct, well separated values keep a max away from ties; otherwise the ops are linear in input.
-    x = on_device(dev, make_input((1, 2, 6, 7), torch.float64, seed=31, distinct=True)).requires_grad_(True)
+    x = make_input((1, op.channels(2, output_size=(2, 3)), 6, 7), torch.float64, seed=31, distinct=True)
+    x = on_device(dev, x).requires_grad_(True)
     # The deterministic backward must also be exactly reentrant (nondet_tol=0); float atomics need not be.
     nondet_tol = 0.0 if deterministic else 1e-10
     for kwargs in over(op.gradcheck_sweep, output_size=(2, 3), spatial_scale=1.0):
@@ -61,7 +62,8 @@ def test_gradcheck(op, dev, deterministic, restore_threads, deterministic_algori
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_opcheck(op, dev, layout):
     _needs_registrations(dev, "opcheck")
-    x = on_device(dev, make_input((2, 3, 6, 7), seed=51, distinct=True), layout).requires_grad_(True)
+    x = make_input((2, op.channels(3, output_size=(2, 3)), 6, 7), seed=51, distinct=True)  # (both sizes: 6 bins)
+    x = on_device(dev, x, layout).requires_grad_(True)
     rois = dev.to(make_rois(5, 2, 6, 7, 1.0, "mixed", seed=52))
     for kwargs in (
         dict(output_size=(2, 3), spatial_scale=1.0),
@@ -79,7 +81,7 @@ def test_compile_fullgraph_channels_last_list_of_boxes(op, dev):
         return op(x, [b0, b1], output_size=2, spatial_scale=1.0)
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    x = on_device(dev, make_input((2, 3, 8, 8), seed=93, distinct=True), "channels_last")
+    x = on_device(dev, make_input((2, op.channels(3, output_size=2), 8, 8), seed=93, distinct=True), "channels_last")
     b0 = dev.to(make_rois(3, 1, 8, 8, 1.0, "inside", seed=94)[:, 1:])
     b1 = dev.to(make_rois(2, 1, 8, 8, 1.0, "partial", seed=95)[:, 1:])
     xe = x.clone().requires_grad_(True)
@@ -98,10 +100,11 @@ def test_inductor_compiles_every_op_in_one_graph(dev):
     torch._dynamo.reset()
 
     def pooled_features(x, rois):
-        return tuple(op(x, rois) for op in OP_TABLE)
+        # (Each op reads the channels it needs: position-sensitive ops more than the others.)
+        return tuple(op(x[:, : op.channels(4)], rois) for op in OP_TABLE)
 
     compiled = torch.compile(pooled_features, fullgraph=True)
-    x = make_input((2, 4, 9, 11), seed=91, distinct=True)
+    x = make_input((2, max(op.channels(4) for op in OP_TABLE), 9, 11), seed=91, distinct=True)
     rois = make_rois(7, 2, 9, 11, 0.5, "mixed", seed=92)
     xe, xc = (dev.to(x).requires_grad_(True) for _ in range(2))
     eager = pooled_features(xe, dev.to(rois))
@@ -113,7 +116,7 @@ def test_inductor_compiles_every_op_in_one_graph(dev):
     torch.testing.assert_close(gc, torch.autograd.grad(eager, xe, grads)[0], rtol=1e-6, atol=1e-6)
     # Against the reference, too (the compiled graph runs the same kernels, so this pins the values).
     xr = x.clone().requires_grad_(True)
-    ref = tuple(op.call_reference(xr, rois) for op in OP_TABLE)
+    ref = tuple(op.call_reference(xr[:, : op.channels(4)], rois) for op in OP_TABLE)
     for c, r in zip(comp, ref):
         torch.testing.assert_close(c.cpu(), r, rtol=1e-5, atol=1e-5)
     g_ref = torch.autograd.grad(ref, xr, [g.cpu() for g in grads])[0]
@@ -132,10 +135,11 @@ def test_inductor_compiles_every_op_in_one_graph(dev):
 def test_empty_inputs(op, dev, shape, num, layout):
     # An empty map axis pools nothing: zeros, and no gradient; the compiled ops of every device give
     # what the CPU kernels give (argmax included), both backward kernels too.
+    kwargs = dict(output_size=(2, 3), spatial_scale=0.5)
     N, C, H, W = shape
+    shape = (N, op.channels(C, **kwargs), H, W)
     x = to_layout(torch.randn(shape), layout)
     rois = torch.tensor([[0, 0.5, 0.5, 4.0, 3.0]] * num).reshape(num, 5)
-    kwargs = dict(output_size=(2, 3), spatial_scale=0.5)
     x_dev, r_dev = on_device(dev, x, layout).requires_grad_(True), dev.to(rois)
     with dev.python_layer():
         out = op(x_dev, r_dev, **kwargs)
@@ -230,7 +234,8 @@ def _to(dev, value):
 
 def _check_argument_error(op, dev, case):
     overrides, exc, word = case
-    args = {**op.kwargs(output_size=2, spatial_scale=1.0), "input": X, "boxes": ROIS, **overrides}
+    x = X.repeat(1, op.channels(1, output_size=2), 1, 1)  # (channels for a position-sensitive op too)
+    args = {**op.kwargs(output_size=2, spatial_scale=1.0), "input": x, "boxes": ROIS, **overrides}
     with pytest.raises(exc, match=word), dev.python_layer(), dev.box_checks():
         op.public(**{name: _to(dev, value) for name, value in args.items()})
 
@@ -255,19 +260,22 @@ def test_inf_and_nan_features(op, dev, layout):
     # The max rule at its edges: bins of -inf (the first sample/cell counts: -inf, argmax 0), a NaN
     # that comes first or later (it wins either way), ties between equal values (the first wins); an
     # average of inf and -inf is NaN. Against the reference (cpu), the CPU kernels (argmax too) elsewhere.
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64).round().float()
-    x[:, 0, :4, :4] = float("-inf")
-    x[:, 1, 0, 0] = float("nan")
-    x[:, 2, 5, 5] = float("nan")
-    x[:, 2, 6, 1] = float("inf")
-    x[:, 3] = 1.0
+    # (Channels in groups of 4, as many as a position-sensitive op reads at both sizes: 4 * 36.)
+    x = torch.randn(1, op.channels(4, output_size=6), 8, 8, generator=torch.Generator().manual_seed(5))
+    x = x.double().round().float()
+    x[:, 0::4, :4, :4] = float("-inf")
+    x[:, 1::4, 0, 0] = float("nan")
+    x[:, 2::4, 5, 5] = float("nan")
+    x[:, 2::4, 6, 1] = float("inf")
+    x[:, 3::4] = 1.0
     rois = torch.tensor(
         [[0, 0, 0, 3, 3], [0, 0, 0, 7, 7], [0, 4, 4, 7, 7], [0, -2, -2, 2, 2], [0, 1.5, 0.5, 6.2, 5.1]],
         dtype=torch.float32,
     )
-    x_cpu, x_dev = to_layout(x, layout), on_device(dev, x, layout)
     for kwargs in [kw for size in (2, 3) for kw in over(op.sweep, output_size=size, spatial_scale=1.0)]:
         args = op.op_args(**kwargs)
+        channels = op.channels(4, **kwargs)
+        x_cpu, x_dev = to_layout(x[:, :channels], layout), on_device(dev, x[:, :channels], layout)
         out_d, arg_d = op.forward_op(dev)(x_dev, dev.to(rois), *args)
         if dev is CPU:
             ref = op.call_reference(x_cpu, rois, **kwargs)
@@ -286,7 +294,9 @@ def test_huge_boxes_far_outside_the_map_take_milliseconds(op, dev, layout):
     # which would take minutes here).
     if dev is CPU:
         pytest.skip("the CPU kernels are the oracle here; tests/test_absurd_boxes.py checks them")
-    x = make_input((1, 16, 64, 64), torch.float32, seed=4) - 1  # mostly negative: outside samples win max bins
+    x = (
+        make_input((1, op.channels(16, output_size=7), 64, 64), torch.float32, seed=4) - 1
+    )  # outside samples win max bins
     x_cpu, x_dev = to_layout(x, layout), on_device(dev, x, layout)
     rois = torch.tensor(
         [
@@ -324,7 +334,7 @@ def test_huge_boxes_far_outside_the_map_take_milliseconds(op, dev, layout):
 def test_autocast(op, dev, low):
     # Emulated CUDA runs on CPU tensors, so CPU autocast applies there (its kernels are the same).
     registered = op.forward_op(CPU)  # torch.ops.roiops: its autocast kernels (python_layer routes the rest)
-    x32 = dev.to(make_input((2, 3, 10, 12), torch.float32, seed=8, distinct=op.distinct_input))
+    x32 = dev.to(make_input((2, op.channels(3), 10, 12), torch.float32, seed=8, distinct=op.distinct_input))
     rois32 = dev.to(make_rois(10, 2, 10, 12, 0.5, "inside", torch.float32, seed=8))
     x_low = x32.to(low)
     args = op.op_args()

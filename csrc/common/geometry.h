@@ -331,6 +331,23 @@ ROIOPS_HOST_DEVICE BinSamples bin_samples(const AlignGeometry<T>& g, int ph, int
                      touching_samples(g.start_w, g.bin_w, pw, g.grid_w, width), g.grid_h, g.grid_w);
 }
 
+// The plain "visit every sample" path of an average: visit(taps) for each sample of bin (ph, pw) that
+// reads the map, in row-major order. Samples outside the map add nothing to a sum, so skipping them
+// (touching_samples) changes no result; an op that needs more (a max, separable caches) builds on the
+// pieces above instead.
+template <typename T, typename Visit>
+ROIOPS_HOST_DEVICE void for_each_map_sample(const AlignGeometry<T>& g, int ph, int pw, int height, int width,
+                                            const Visit& visit) {
+  const SampleRange rows = touching_samples(g.start_h, g.bin_h, ph, g.grid_h, height);
+  const SampleRange cols = touching_samples(g.start_w, g.bin_w, pw, g.grid_w, width);
+  for (int iy = rows.begin; iy < rows.end; ++iy) {
+    for (int ix = cols.begin; ix < cols.end; ++ix) {
+      const BilinearTaps<T> t = align_sample_taps(g, ph, pw, iy, ix, height, width);
+      if (t.valid) visit(t);
+    }
+  }
+}
+
 // One RoI of RoIPool: its box rounded to whole cells (C rounding, half away from zero).
 template <typename T>
 struct PoolGeometry {

@@ -1,0 +1,167 @@
+// Position-sensitive RoIAlign on the CPU. Forward: parallel over boxes; each bin's bilinear taps are
+// computed once and reused for every output channel. Backward: parallel over input channels, each of
+// which only its own (output channel, bin) writes, so the scatter is race-free and its order (box by
+// box) fixed: deterministic, with no extra path.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "../../common/checks.h"
+#include "../../common/cpu/parallel.h"
+#include "../../common/library.h"
+#include "../../common/tensor.h"
+#include "params.h"
+
+namespace roiops {
+namespace cpu {
+namespace {
+
+constexpr const char* kOp = "ps_roi_align";
+
+// Refuses (as roi_align does) a box whose adaptive grid would exceed kMaxSamplesPerBin.
+template <typename scalar_t>
+void check_sample_limits(const Tensor& rois, const PsAlignParams& p) {
+  using acc_t = opmath_t<scalar_t>;
+  const scalar_t* r = rois.const_data_ptr<scalar_t>();
+  for (int64_t k = 0; k < p.num_rois; ++k) {
+    acc_t box[kBoxWidth];
+    load_box<kBoxWidth>(r, k, box);
+    const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
+    if (!ps_within_sample_limit(g)) {
+      double b[kBoxWidth];
+      for (int j = 0; j < kBoxWidth; ++j) b[j] = static_cast<double>(box[j]);
+      fail_ps_samples_per_bin(b, static_cast<int64_t>(g.grid_h) * g.grid_w);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsAlignParams& p) {
+  using acc_t = opmath_t<scalar_t>;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* r = rois.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  int32_t* map = mapping.mutable_data_ptr<int32_t>();
+  const Strides4 at = strides_of(output);
+  const PsMapLayout layout(p);
+  const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+  const int64_t work = p.out_channels * p.pooled_h * p.pooled_w * 16;
+  parallel_for_each_dynamic(p.num_rois, work, [&](int64_t k) {
+    acc_t box[kBoxWidth];
+    load_box<kBoxWidth>(r, k, box);
+    const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
+    std::vector<BilinearTaps<acc_t>> taps;
+    for (int i = 0; i < p.pooled_h; ++i) {
+      for (int j = 0; j < p.pooled_w; ++j) {
+        taps.clear();
+        for_each_map_sample(g, i, j, H, W, [&](const BilinearTaps<acc_t>& t) { taps.push_back(t); });
+        for (int64_t c = 0; c < p.out_channels; ++c) {
+          const int64_t c_in = ps_input_channel(c, i, j, p.pooled_h, p.pooled_w);
+          const scalar_t* plane = in + layout.plane(g.batch, c_in);
+          const int64_t s = layout.cell;
+          acc_t sum = 0;
+          for (const BilinearTaps<acc_t>& t : taps) {
+            sum += t.w1 * static_cast<acc_t>(plane[t.o1 * s]) + t.w2 * static_cast<acc_t>(plane[t.o2 * s]) +
+                   t.w3 * static_cast<acc_t>(plane[t.o3 * s]) + t.w4 * static_cast<acc_t>(plane[t.o4 * s]);
+          }
+          const int64_t o = at.at(k, c, i, j);
+          out[o] = static_cast<scalar_t>(sum / g.count);
+          map[o] = static_cast<int32_t>(c_in);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward(const Tensor& grad, const Tensor& rois, Tensor& grad_in, const PsAlignParams& p) {
+  using acc_t = opmath_t<scalar_t>;
+  const scalar_t* gr = grad.const_data_ptr<scalar_t>();
+  const scalar_t* r = rois.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const Strides4 at = strides_of(grad);
+  const PsMapLayout layout(p);
+  const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+  const int64_t HW = p.height * p.width, bins = p.pooled_h * p.pooled_w;
+  parallel_for_ranges(p.channels, p.num_rois * 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sums(static_cast<size_t>(p.batch * HW));  // one input channel, every image
+    for (int64_t c_in = begin; c_in < end; ++c_in) {
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      const int64_t c = c_in / bins;
+      const int i = static_cast<int>(c_in % bins / p.pooled_w), j = static_cast<int>(c_in % p.pooled_w);
+      for (int64_t k = 0; k < p.num_rois; ++k) {
+        const acc_t gv = static_cast<acc_t>(gr[at.at(k, c, i, j)]);
+        if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
+        acc_t box[kBoxWidth];
+        load_box<kBoxWidth>(r, k, box);
+        const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
+        const acc_t share = gv / g.count;
+        acc_t* s = sums.data() + g.batch * HW;
+        for_each_map_sample(g, i, j, H, W, [&](const BilinearTaps<acc_t>& t) {
+          s[t.o1] += share * t.w1;
+          s[t.o2] += share * t.w2;
+          s[t.o3] += share * t.w3;
+          s[t.o4] += share * t.w4;
+        });
+      }
+      for (int64_t n = 0; n < p.batch; ++n) {
+        scalar_t* plane = gi + layout.plane(n, c_in);
+        for (int64_t cell = 0; cell < HW; ++cell)
+          plane[cell * layout.cell] = static_cast<scalar_t>(sums[n * HW + cell]);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> ps_roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                    int64_t pooled_height, int64_t pooled_width,
+                                                    int64_t sampling_ratio) {
+  const PsAlignParams p = ps_align_params(
+      ps_forward_call(input, rois, spatial_scale, pooled_height, pooled_width, kOp, /*check_values=*/true),
+      sampling_ratio, kOp);
+  const std::array<int64_t, 4> sizes{p.num_rois, p.out_channels, pooled_height, pooled_width};
+  Tensor output = empty_4d(sizes, input.scalar_type(), input, p.nhwc);
+  Tensor mapping = empty_4d(sizes, ScalarType::Int, input, p.nhwc);
+  if (output.numel() == 0) return {output, mapping};
+  const Tensor r = make_contiguous(rois);
+  const Tensor in = make_contiguous(input, p.nhwc);
+  dispatch_floating(input.scalar_type(), kOp, [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    check_sample_limits<scalar_t>(r, p);
+    forward<scalar_t>(in, r, output, mapping, p);
+  });
+  return {output, mapping};
+}
+
+Tensor ps_roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& channel_mapping,
+                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                 int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
+                                 bool /*deterministic: the CPU backward always is*/) {
+  const char* op = "_ps_roi_align_backward";
+  const PsAlignParams p = ps_align_params(ps_backward_call(grad, rois, spatial_scale, pooled_height, pooled_width,
+                                                           batch_size, channels, height, width, op, true),
+                                          sampling_ratio, op);
+  check_channel_mapping(channel_mapping, grad, op);
+  Tensor grad_in = empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, p.nhwc);
+  if (grad_in.numel() == 0) return grad_in;
+  if (grad.numel() == 0) return zero(grad_in);
+  const Tensor r = make_contiguous(rois);
+  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
+    check_sample_limits<scalar_t>(r, p);
+    backward<scalar_t>(grad, r, grad_in, p);
+  });
+  return grad_in;
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CPU, m) {
+  m.impl("ps_roi_align", TORCH_BOX(&ps_roi_align_forward_cpu));
+  m.impl("_ps_roi_align_backward", TORCH_BOX(&ps_roi_align_backward_cpu));
+}
+
+}  // namespace cpu
+}  // namespace roiops

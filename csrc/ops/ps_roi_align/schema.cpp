@@ -1,0 +1,17 @@
+// Schema of ps_roi_align (position-sensitive RoIAlign, R-FCN) and its backward, with torchvision's
+// argument order. Kernels register per device (cpu.cpp, cuda.cu beside this file); autograd, fake
+// kernels and argument defaults come from the op's spec in roiops/_ops.py.
+#include "../../common/library.h"
+#include "../../common/tensor.h"
+
+STABLE_TORCH_LIBRARY_FRAGMENT(ROIOPS_OP_NAMESPACE, m) {
+  // Returns (output, channel_mapping): output [K, C / (PH * PW), PH, PW], and for each of its elements
+  // the input channel it read (common/position_sensitive.h).
+  m.def(
+      "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int sampling_ratio) -> (Tensor, Tensor)");
+  m.def(
+      "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
+      "int pooled_height, int pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, "
+      "int sampling_ratio, bool deterministic) -> Tensor");
+}

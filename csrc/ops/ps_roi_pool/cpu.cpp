@@ -1,0 +1,138 @@
+// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: parallel over input
+// channels, each written only by its own (output channel, bin): race-free, in a fixed order, so
+// deterministic with no extra path.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "../../common/checks.h"
+#include "../../common/cpu/parallel.h"
+#include "../../common/library.h"
+#include "../../common/tensor.h"
+#include "params.h"
+
+namespace roiops {
+namespace cpu {
+namespace {
+
+constexpr const char* kOp = "ps_roi_pool";
+
+template <typename scalar_t>
+void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsCall& p) {
+  using acc_t = opmath_t<scalar_t>;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* r = rois.const_data_ptr<scalar_t>();
+  scalar_t* out = output.mutable_data_ptr<scalar_t>();
+  int32_t* map = mapping.mutable_data_ptr<int32_t>();
+  const Strides4 at = strides_of(output);
+  const PsMapLayout layout(p);
+  const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+  parallel_for_each_dynamic(p.num_rois, p.out_channels * p.pooled_h * p.pooled_w * 16, [&](int64_t k) {
+    acc_t box[kBoxWidth];
+    load_box<kBoxWidth>(r, k, box);
+    const PoolGeometry<acc_t> g = ps_pool_geometry(box, p);
+    for (int i = 0; i < p.pooled_h; ++i) {
+      const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
+      for (int j = 0; j < p.pooled_w; ++j) {
+        const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
+        const int64_t area = static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
+        for (int64_t c = 0; c < p.out_channels; ++c) {
+          const int64_t c_in = ps_input_channel(c, i, j, p.pooled_h, p.pooled_w);
+          const scalar_t* plane = in + layout.plane(g.batch, c_in);
+          acc_t sum = 0;
+          for (int h = rows.begin; h < rows.end; ++h) {
+            for (int w = cols.begin; w < cols.end; ++w) {
+              sum += static_cast<acc_t>(plane[(static_cast<int64_t>(h) * W + w) * layout.cell]);
+            }
+          }
+          const int64_t o = at.at(k, c, i, j);
+          out[o] = static_cast<scalar_t>(area > 0 ? sum / static_cast<acc_t>(area) : acc_t(0));
+          map[o] = static_cast<int32_t>(c_in);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward(const Tensor& grad, const Tensor& rois, Tensor& grad_in, const PsCall& p) {
+  using acc_t = opmath_t<scalar_t>;
+  const scalar_t* gr = grad.const_data_ptr<scalar_t>();
+  const scalar_t* r = rois.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const Strides4 at = strides_of(grad);
+  const PsMapLayout layout(p);
+  const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+  const int64_t HW = p.height * p.width, bins = p.pooled_h * p.pooled_w;
+  parallel_for_ranges(p.channels, p.num_rois * 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sums(static_cast<size_t>(p.batch * HW));  // one input channel, every image
+    for (int64_t c_in = begin; c_in < end; ++c_in) {
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      const int64_t c = c_in / bins;
+      const int i = static_cast<int>(c_in % bins / p.pooled_w), j = static_cast<int>(c_in % p.pooled_w);
+      for (int64_t k = 0; k < p.num_rois; ++k) {
+        const acc_t gv = static_cast<acc_t>(gr[at.at(k, c, i, j)]);
+        if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
+        acc_t box[kBoxWidth];
+        load_box<kBoxWidth>(r, k, box);
+        const PoolGeometry<acc_t> g = ps_pool_geometry(box, p);
+        const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
+        const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
+        const int64_t area = static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
+        if (area <= 0) continue;
+        const acc_t share = gv / static_cast<acc_t>(area);
+        acc_t* s = sums.data() + g.batch * HW;
+        for (int h = rows.begin; h < rows.end; ++h) {
+          for (int w = cols.begin; w < cols.end; ++w) s[static_cast<int64_t>(h) * W + w] += share;
+        }
+      }
+      for (int64_t n = 0; n < p.batch; ++n) {
+        scalar_t* plane = gi + layout.plane(n, c_in);
+        for (int64_t cell = 0; cell < HW; ++cell)
+          plane[cell * layout.cell] = static_cast<scalar_t>(sums[n * HW + cell]);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> ps_roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
+                                                   int64_t pooled_height, int64_t pooled_width) {
+  const PsCall p = ps_forward_call(input, rois, spatial_scale, pooled_height, pooled_width, kOp, true);
+  const std::array<int64_t, 4> sizes{p.num_rois, p.out_channels, pooled_height, pooled_width};
+  Tensor output = empty_4d(sizes, input.scalar_type(), input, p.nhwc);
+  Tensor mapping = empty_4d(sizes, ScalarType::Int, input, p.nhwc);
+  if (output.numel() == 0) return {output, mapping};
+  const Tensor r = make_contiguous(rois);
+  const Tensor in = make_contiguous(input, p.nhwc);
+  dispatch_floating(input.scalar_type(), kOp,
+                    [&](auto type_tag) { forward<decltype(type_tag)>(in, r, output, mapping, p); });
+  return {output, mapping};
+}
+
+Tensor ps_roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Tensor& channel_mapping,
+                                double spatial_scale, int64_t pooled_height, int64_t pooled_width, int64_t batch_size,
+                                int64_t channels, int64_t height, int64_t width,
+                                bool /*deterministic: the CPU backward always is*/) {
+  const char* op = "_ps_roi_pool_backward";
+  const PsCall p = ps_backward_call(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                                    height, width, op, true);
+  check_channel_mapping(channel_mapping, grad, op);
+  Tensor grad_in = empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, p.nhwc);
+  if (grad_in.numel() == 0) return grad_in;
+  if (grad.numel() == 0) return zero(grad_in);
+  const Tensor r = make_contiguous(rois);
+  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) { backward<decltype(type_tag)>(grad, r, grad_in, p); });
+  return grad_in;
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(ROIOPS_OP_NAMESPACE, CPU, m) {
+  m.impl("ps_roi_pool", TORCH_BOX(&ps_roi_pool_forward_cpu));
+  m.impl("_ps_roi_pool_backward", TORCH_BOX(&ps_roi_pool_backward_cpu));
+}
+
+}  // namespace cpu
+}  // namespace roiops
