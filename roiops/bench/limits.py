@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .speed_cases import DTYPES, Case
+from .speed_cases import DTYPES, Case, pooled_channels
 
 
 @dataclass
@@ -56,17 +56,20 @@ def measure(device: str) -> Machine:
 
 def samples_per_call(case: Case) -> int:
     """Bilinear samples times channels (RoIAlign), or cells read times channels (RoIPool, approximate)."""
-    if case.op == "roi_pool":
+    channels = pooled_channels(case)
+    if case.op in ("roi_pool", "ps_roi_pool"):
         mean_box = (case.min_box + case.max_box) / 2 * case.spatial_scale
-        return int(case.num_rois * case.channels * (mean_box + 1) ** 2)
+        # (Position-sensitive: each output channel reads each cell of the box once, over its bins' channels.)
+        cells = (mean_box + 1) ** 2 if case.op == "roi_pool" else mean_box**2
+        return int(case.num_rois * channels * cells)
     grid = case.sampling_ratio if case.sampling_ratio > 0 else 2
-    return case.num_rois * case.channels * case.output_size**2 * grid * grid
+    return case.num_rois * channels * case.output_size**2 * grid * grid
 
 
 def touched_cells(case: Case, rois: torch.Tensor) -> int:
     """Feature cells (per channel) that at least one box reads: the union of the box footprints,
     widened by the one-cell reach of bilinear taps."""
-    offset = 0.5 if case.aligned and case.op != "roi_pool" else 0.0
+    offset = 0.5 if case.aligned and case.op not in ("roi_pool", "ps_roi_pool") else 0.0
     covered = torch.zeros(case.batch, case.height, case.width, dtype=torch.bool)
     for b, x1, y1, x2, y2 in rois.double().cpu().tolist():
         c0 = max(0, math.floor(x1 * case.spatial_scale - offset))
@@ -79,10 +82,12 @@ def touched_cells(case: Case, rois: torch.Tensor) -> int:
 
 def bound_ms(case: Case, rois: torch.Tensor, direction: str, machine: Machine) -> float:
     element = torch.tensor([], dtype=DTYPES[case.dtype]).element_size()
-    pooled = case.num_rois * case.channels * case.output_size**2 * element
+    pooled = case.num_rois * pooled_channels(case) * case.output_size**2 * element
+    # (A position-sensitive op reads each input channel in one bin of each box only.)
+    read_channels = case.channels / case.output_size**2 if case.op.startswith("ps_") else case.channels
     if direction == "forward":
-        moved = touched_cells(case, rois) * case.channels * element + pooled
+        moved = touched_cells(case, rois) * read_channels * element + pooled
     else:
         moved = pooled + case.batch * case.channels * case.height * case.width * element
-    flops = samples_per_call(case) * (1 if case.op == "roi_pool" else 8)
+    flops = samples_per_call(case) * (1 if case.op in ("roi_pool", "ps_roi_pool") else 8)
     return max(moved / (machine.stream_gbs * 1e9), flops / (machine.matmul_gflops * 1e9)) * 1e3

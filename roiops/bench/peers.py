@@ -99,12 +99,16 @@ def build(name: str, case, x: torch.Tensor, rois: torch.Tensor) -> Optional[Tupl
         a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale)
         if case.op == "roi_pool":
             return (lambda t, r: tv_ops.roi_pool(t, r, **a)), True
+        if case.op == "ps_roi_pool":
+            return (lambda t, r: tv_ops.ps_roi_pool(t, r, **a)), True
+        if case.op == "ps_roi_align":
+            return (lambda t, r: tv_ops.ps_roi_align(t, r, **a, sampling_ratio=case.sampling_ratio)), True
         return (
             lambda t, r: tv_ops.roi_align(t, r, **a, sampling_ratio=case.sampling_ratio, aligned=case.aligned),
             True,
         )
-    if case.dtype != "float32" or x.device.type != "cpu":
-        return None
+    if case.dtype != "float32" or x.device.type != "cpu" or case.op.startswith("ps_"):
+        return None  # (the runtimes: float32 on the CPU, and no position-sensitive operator)
     feeds = _feeds(case, x, rois)
     model = _onnx_model(case)
     if name == "onnxruntime":

@@ -66,18 +66,25 @@ def implementations(case: Case, with_reference: bool) -> Dict[str, Callable]:
     a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale)
     s = dict(sampling_ratio=case.sampling_ratio, aligned=case.aligned)
     impls: Dict[str, Callable] = {}
+    mode = "max" if case.op == "roi_align_max" else "avg"
     if case.op == "roi_pool":
         impls["roiops"] = lambda x, r: roiops.roi_pool(x, r, **a)
+    elif case.op == "ps_roi_pool":
+        impls["roiops"] = lambda x, r: roiops.ps_roi_pool(x, r, **a)
+    elif case.op == "ps_roi_align":
+        impls["roiops"] = lambda x, r: roiops.ps_roi_align(x, r, **a, sampling_ratio=case.sampling_ratio)
     else:
-        mode = "max" if case.op == "roi_align_max" else "avg"
         impls["roiops"] = lambda x, r: roiops.roi_align(x, r, **a, **s, pool_mode=mode)
     if with_reference:
-        from roiops.reference import roi_align_reference, roi_pool_reference
+        from roiops import reference
 
-        if case.op == "roi_pool":
-            impls["reference"] = lambda x, r: roi_pool_reference(x, r, **a)
-        else:
-            impls["reference"] = lambda x, r: roi_align_reference(x, r, **a, **s, pool_mode=mode)
+        impls["reference"] = {
+            "roi_pool": lambda x, r: reference.roi_pool_reference(x, r, **a),
+            "ps_roi_pool": lambda x, r: reference.ps_roi_pool_reference(x, r, **a),
+            "ps_roi_align": lambda x, r: reference.ps_roi_align_reference(
+                x, r, **a, sampling_ratio=case.sampling_ratio
+            ),
+        }.get(case.op, lambda x, r: reference.roi_align_reference(x, r, **a, **s, pool_mode=mode))
     return impls
 
 

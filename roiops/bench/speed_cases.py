@@ -1,5 +1,7 @@
 """The workloads of `roiops-bench speed`: an FPN P2 map of an 800x1088 image (stride 4) pooled by the
-box head (512 RoIs -> 7x7) and the mask head (100 RoIs -> 14x14) of a Mask R-CNN."""
+box head (512 RoIs -> 7x7) and the mask head (100 RoIs -> 14x14) of a Mask R-CNN; and the
+position-sensitive head of an R-FCN (300 RoIs -> 7x7 bins of 21 class maps, 21 * 49 = 1029 channels on
+the stride-16 map of the same image)."""
 
 from dataclasses import dataclass
 from typing import List, Optional
@@ -12,7 +14,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class Case:
     name: str
-    op: str  # "roi_align_avg", "roi_align_max" or "roi_pool"
+    op: str  # "roi_align_avg", "roi_align_max", "roi_pool", "ps_roi_align" or "ps_roi_pool"
     num_rois: int
     output_size: int
     batch: int = 2
@@ -27,6 +29,11 @@ class Case:
     threads: int = 2
     min_box: float = 16.0
     max_box: float = 400.0
+
+
+def pooled_channels(case: Case) -> int:
+    """The output's channels: a position-sensitive op has output_size**2 input channels per output one."""
+    return case.channels // case.output_size**2 if case.op.startswith("ps_") else case.channels
 
 
 def make_inputs(case: Case, device: str, seed: int = 0):
@@ -58,6 +65,12 @@ def standard_cases(full: bool, dtypes: Optional[List[str]] = None) -> List[Case]
                 for layout in ["nchw", "channels_last"]:
                     for t in threads:
                         cases.append(Case(name, op, k, size, dtype=dtype, layout=layout, threads=t))
+    rfcn = dict(channels=21 * 49, height=50, width=68, spatial_scale=1 / 16, min_box=32.0, max_box=512.0)
+    for op in ["ps_roi_align", "ps_roi_pool"]:
+        for dtype in dtypes:
+            for layout in ["nchw", "channels_last"]:
+                for t in threads:
+                    cases.append(Case("rfcn_ps_7x7", op, 300, 7, dtype=dtype, layout=layout, threads=t, **rfcn))
     return cases
 
 

@@ -1,7 +1,7 @@
 // Position-sensitive RoIAlign on the CPU. Forward: parallel over boxes; each bin's bilinear taps are
-// computed once and reused for every output channel. Backward: parallel over input channels, each of
-// which only its own (output channel, bin) writes, so the scatter is race-free and its order (box by
-// box) fixed: deterministic, with no extra path.
+// computed once and reused for every output channel. Backward: parallel over bins, whose input
+// channels no other bin writes, so the scatter is race-free and its order (box by box) fixed:
+// deterministic, with no extra path.
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -75,44 +75,44 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
   });
 }
 
+// Parallel over bins: the input channels of bin (i, j) are written by that bin only. Sums in opmath
+// (float for the half types), box by box, so in a fixed order.
 template <typename scalar_t>
-void backward(const Tensor& grad, const Tensor& rois, Tensor& grad_in, const PsAlignParams& p) {
+Tensor backward(const Tensor& grad, const Tensor& rois, const PsAlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
+  Tensor sums = zero(empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc));
+  acc_t* gi = sums.mutable_data_ptr<acc_t>();
   const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
-  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const Strides4 at = strides_of(grad);
   const PsMapLayout layout(p);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
-  const int64_t HW = p.height * p.width, bins = p.pooled_h * p.pooled_w;
-  parallel_for_ranges(p.channels, p.num_rois * 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sums(static_cast<size_t>(p.batch * HW));  // one input channel, every image
-    for (int64_t c_in = begin; c_in < end; ++c_in) {
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      const int64_t c = c_in / bins;
-      const int i = static_cast<int>(c_in % bins / p.pooled_w), j = static_cast<int>(c_in % p.pooled_w);
-      for (int64_t k = 0; k < p.num_rois; ++k) {
+  parallel_for_each_dynamic(p.pooled_h * p.pooled_w, p.num_rois * p.out_channels * 16, [&](int64_t bin) {
+    const int i = static_cast<int>(bin / p.pooled_w), j = static_cast<int>(bin % p.pooled_w);
+    std::vector<BilinearTaps<acc_t>> taps;
+    for (int64_t k = 0; k < p.num_rois; ++k) {
+      acc_t box[kBoxWidth];
+      load_box<kBoxWidth>(r, k, box);
+      const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
+      taps.clear();
+      for_each_map_sample(g, i, j, H, W, [&](const BilinearTaps<acc_t>& t) { taps.push_back(t); });
+      if (taps.empty()) continue;
+      for (int64_t c = 0; c < p.out_channels; ++c) {
         const acc_t gv = static_cast<acc_t>(gr[at.at(k, c, i, j)]);
         if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-        acc_t box[kBoxWidth];
-        load_box<kBoxWidth>(r, k, box);
-        const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
         const acc_t share = gv / g.count;
-        acc_t* s = sums.data() + g.batch * HW;
-        for_each_map_sample(g, i, j, H, W, [&](const BilinearTaps<acc_t>& t) {
-          s[t.o1] += share * t.w1;
-          s[t.o2] += share * t.w2;
-          s[t.o3] += share * t.w3;
-          s[t.o4] += share * t.w4;
-        });
-      }
-      for (int64_t n = 0; n < p.batch; ++n) {
-        scalar_t* plane = gi + layout.plane(n, c_in);
-        for (int64_t cell = 0; cell < HW; ++cell)
-          plane[cell * layout.cell] = static_cast<scalar_t>(sums[n * HW + cell]);
+        acc_t* plane = gi + layout.plane(g.batch, ps_input_channel(c, i, j, p.pooled_h, p.pooled_w));
+        const int64_t s = layout.cell;
+        for (const BilinearTaps<acc_t>& t : taps) {
+          plane[t.o1 * s] += share * t.w1;
+          plane[t.o2 * s] += share * t.w2;
+          plane[t.o3 * s] += share * t.w3;
+          plane[t.o4 * s] += share * t.w4;
+        }
       }
     }
   });
+  return grad.scalar_type() == sums.scalar_type() ? sums : to_dtype(sums, grad.scalar_type());
 }
 
 std::tuple<Tensor, Tensor> ps_roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
@@ -151,7 +151,7 @@ Tensor ps_roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const T
   dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
     using scalar_t = decltype(type_tag);
     check_sample_limits<scalar_t>(r, p);
-    backward<scalar_t>(grad, r, grad_in, p);
+    grad_in = backward<scalar_t>(grad, r, p);
   });
   return grad_in;
 }

@@ -1,6 +1,6 @@
-// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: parallel over input
-// channels, each written only by its own (output channel, bin): race-free, in a fixed order, so
-// deterministic with no extra path.
+// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: parallel over bins,
+// whose input channels no other bin writes: race-free, in a fixed order, so deterministic with no
+// extra path.
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -56,45 +56,40 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
   });
 }
 
+// Parallel over bins: the input channels of bin (i, j) are written by that bin only. Sums in opmath
+// (float for the half types), box by box, so in a fixed order.
 template <typename scalar_t>
-void backward(const Tensor& grad, const Tensor& rois, Tensor& grad_in, const PsCall& p) {
+Tensor backward(const Tensor& grad, const Tensor& rois, const PsCall& p) {
   using acc_t = opmath_t<scalar_t>;
+  Tensor sums = zero(empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc));
+  acc_t* gi = sums.mutable_data_ptr<acc_t>();
   const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
-  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const Strides4 at = strides_of(grad);
   const PsMapLayout layout(p);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
-  const int64_t HW = p.height * p.width, bins = p.pooled_h * p.pooled_w;
-  parallel_for_ranges(p.channels, p.num_rois * 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sums(static_cast<size_t>(p.batch * HW));  // one input channel, every image
-    for (int64_t c_in = begin; c_in < end; ++c_in) {
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      const int64_t c = c_in / bins;
-      const int i = static_cast<int>(c_in % bins / p.pooled_w), j = static_cast<int>(c_in % p.pooled_w);
-      for (int64_t k = 0; k < p.num_rois; ++k) {
+  parallel_for_each_dynamic(p.pooled_h * p.pooled_w, p.num_rois * p.out_channels * 16, [&](int64_t bin) {
+    const int i = static_cast<int>(bin / p.pooled_w), j = static_cast<int>(bin % p.pooled_w);
+    for (int64_t k = 0; k < p.num_rois; ++k) {
+      acc_t box[kBoxWidth];
+      load_box<kBoxWidth>(r, k, box);
+      const PoolGeometry<acc_t> g = ps_pool_geometry(box, p);
+      const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
+      const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
+      const int64_t area = static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
+      if (area <= 0) continue;
+      for (int64_t c = 0; c < p.out_channels; ++c) {
         const acc_t gv = static_cast<acc_t>(gr[at.at(k, c, i, j)]);
         if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-        acc_t box[kBoxWidth];
-        load_box<kBoxWidth>(r, k, box);
-        const PoolGeometry<acc_t> g = ps_pool_geometry(box, p);
-        const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
-        const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
-        const int64_t area = static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
-        if (area <= 0) continue;
         const acc_t share = gv / static_cast<acc_t>(area);
-        acc_t* s = sums.data() + g.batch * HW;
+        acc_t* plane = gi + layout.plane(g.batch, ps_input_channel(c, i, j, p.pooled_h, p.pooled_w));
         for (int h = rows.begin; h < rows.end; ++h) {
-          for (int w = cols.begin; w < cols.end; ++w) s[static_cast<int64_t>(h) * W + w] += share;
+          for (int w = cols.begin; w < cols.end; ++w) plane[(static_cast<int64_t>(h) * W + w) * layout.cell] += share;
         }
-      }
-      for (int64_t n = 0; n < p.batch; ++n) {
-        scalar_t* plane = gi + layout.plane(n, c_in);
-        for (int64_t cell = 0; cell < HW; ++cell)
-          plane[cell * layout.cell] = static_cast<scalar_t>(sums[n * HW + cell]);
       }
     }
   });
+  return grad.scalar_type() == sums.scalar_type() ? sums : to_dtype(sums, grad.scalar_type());
 }
 
 std::tuple<Tensor, Tensor> ps_roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
@@ -123,7 +118,7 @@ Tensor ps_roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Te
   if (grad_in.numel() == 0) return grad_in;
   if (grad.numel() == 0) return zero(grad_in);
   const Tensor r = make_contiguous(rois);
-  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) { backward<decltype(type_tag)>(grad, r, grad_in, p); });
+  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) { grad_in = backward<decltype(type_tag)>(grad, r, p); });
   return grad_in;
 }
 
