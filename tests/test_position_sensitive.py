@@ -8,11 +8,16 @@ import inspect
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from test_properties_values import hostile_maps
 
 import roiops
-from roiops.reference import ps_roi_pool_reference
+from roiops.reference import ps_roi_align_reference, ps_roi_pool_reference
 
+from devices import ALL_DEVICES
 from helpers import make_input, make_rois
+from test_properties import SCALES, _refused_adaptive, _tolerance, examples, rois_on
 
 tv_ops = pytest.importorskip("torchvision.ops")
 
@@ -120,3 +125,47 @@ def test_torchscript_and_fx():
         assert [n.target for n in graph.nodes if n.op == "call_function"] == [
             getattr(roiops.position_sensitive, type(module).__name__.replace("PSRoI", "ps_roi_").lower())
         ]
+
+
+@st.composite
+def hostile_ps_cases(draw):
+    """A map with NaN / inf at random (its channels repeated to fill the bins), boxes of every kind."""
+    output_size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    x = draw(hostile_maps())
+    x = x.repeat(1, output_size[0] * output_size[1], 1, 1)
+    scale = draw(st.sampled_from(SCALES))
+    rois = draw(rois_on(x, scale, draw(st.integers(0, 5))))
+    return x, rois, output_size, scale, draw(st.sampled_from((-1, 0, 1, 2, 3))), draw(st.sampled_from(DEVICES))
+
+
+DEVICES = [p.values[0] for p in ALL_DEVICES if p.values[0] is not None and p.values[0].torch_device == "cpu"]
+
+
+@examples(40)
+@given(case=hostile_ps_cases(), seed=st.integers(0, 2**16))
+def test_hostile_values_match_the_reference(case, seed):
+    # CPU kernels against the reference, emulated CUDA against the CPU kernels (NaN for NaN).
+    x, rois, output_size, scale, sampling_ratio, dev = case
+    calls = {
+        "ps_roi_align": (roiops.ps_roi_align, ps_roi_align_reference, dict(sampling_ratio=sampling_ratio)),
+        "ps_roi_pool": (roiops.ps_roi_pool, ps_roi_pool_reference, {}),
+    }
+    if _refused_adaptive(rois, output_size, scale, sampling_ratio, True, x.dtype):
+        # Bounded cost: the CPU refuses the grid; CUDA (no blocking check by default) gives NaN rows.
+        with dev.python_layer():
+            if dev.emulated:
+                assert roiops.ps_roi_align(x, rois, output_size, scale, sampling_ratio).isnan().any()
+            else:
+                with pytest.raises(ValueError, match="samples per bin"):
+                    roiops.ps_roi_align(x, rois, output_size, scale, sampling_ratio)
+        del calls["ps_roi_align"]
+    for public, ref_fn, extra in calls.values():
+        with dev.python_layer():
+            out = public(x, rois, output_size, scale, **extra)
+        rd = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        if dev.emulated:
+            expected = public(x, rois, output_size, scale, **extra)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+        else:
+            expected = ref_fn(x.to(rd), rois.to(rd), output_size, scale, **extra).to(x.dtype)
+            torch.testing.assert_close(out, expected, equal_nan=True, **_tolerance(x.dtype))
