@@ -10,6 +10,7 @@ from ._ops import deterministic_backward, device_box_checks, set_deterministic_b
 from ._validation import BoxesShapeError, KernelValueError
 from .paste import paste_masks
 from .roi_align import RoIAlign, roi_align
+from .roi_align_rotated import RoIAlignRotated, roi_align_rotated
 from .roi_pool import RoIPool, roi_pool
 
 __version__ = _C.__version__
@@ -38,8 +39,10 @@ def build_info() -> dict:
 __all__ = [
     "roi_align",
     "roi_pool",
+    "roi_align_rotated",
     "RoIAlign",
     "RoIPool",
+    "RoIAlignRotated",
     "MultiScaleRoIAlign",
     "BoxesShapeError",
     "KernelValueError",

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Tuple
 import torch
 
 from ._library import _C, NAMESPACE
-from ._validation import POOL_MODES
+from ._validation import BOX_COLUMNS, POOL_MODES
 
 ops = torch.ops.roiops
 _LIMITS = _C.limits
@@ -59,16 +59,20 @@ class OpSpec:
         return ("grad", "rois", "argmax", *COMMON_PARAMS, *INPUT_SIZES, *self.extra_params, "deterministic")
 
 
-def _check_align_extra(op: str, args: dict) -> None:
-    pool_mode = args["pool_mode"]
-    torch._check_value(
-        pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
-    )
+def _check_sampling_ratio(op: str, args: dict) -> None:
     sampling_ratio, limit = args["sampling_ratio"], _LIMITS["max_samples_per_bin"]
     torch._check_value(
         sampling_ratio <= 0 or sampling_ratio * sampling_ratio <= limit,
         lambda: f"{op}: sampling_ratio {sampling_ratio} would take {sampling_ratio**2} samples per bin (limit {limit})",
     )
+
+
+def _check_align_extra(op: str, args: dict) -> None:
+    pool_mode = args["pool_mode"]
+    torch._check_value(
+        pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
+    )
+    _check_sampling_ratio(op, args)
 
 
 SPECS: Dict[str, OpSpec] = {
@@ -81,6 +85,15 @@ SPECS: Dict[str, OpSpec] = {
             check_extra=_check_align_extra,
         ),
         OpSpec("roi_pool"),
+        # Average pooling only: argmax is always empty. No quantized kernel.
+        OpSpec(
+            "roi_align_rotated",
+            extra_params=("sampling_ratio", "aligned", "clockwise"),
+            box_width=6,
+            argmax_shaped=lambda args: False,
+            check_extra=_check_sampling_ratio,
+            quantized=False,
+        ),
     )
 }
 
@@ -100,9 +113,10 @@ def memory_format(t: torch.Tensor) -> torch.memory_format:
 
 def _check_common(spec: OpSpec, op: str, rois, like, args: dict) -> None:
     width = spec.box_width
+    columns = BOX_COLUMNS[width]
     torch._check_value(
         rois.dim() == 2 and rois.shape[1] == width,
-        lambda: f"{op}: boxes must have shape [K, {width}] (batch index, x1, y1, x2, y2), but got {tuple(rois.shape)}",
+        lambda: f"{op}: boxes must have shape [K, {width}] {columns}, but got {tuple(rois.shape)}",
     )
     torch._check_type(
         rois.dtype == like.dtype,
