@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "../../common/checks.h"
+#include "../../common/cpu/channel_blocks.h"
+#include "../../common/cpu/output_parts.h"
 #include "../../common/cpu/parallel.h"
 #include "../../common/cpu/tuning.h"
 #include "../../common/cpu/vector_loops.h"
@@ -69,14 +71,15 @@ void for_each_tap_chunk(const RotatedGeometry<acc_t>& g, int ph, int pw, const R
   if (!buffer.empty()) visit(buffer.data(), static_cast<int64_t>(buffer.size()));
 }
 
+// Pools every RoI from `map` ([N, H, W, channels] with each cell's channels contiguous when nhwc,
+// else [N, channels, H, W]) into output channels [c0, c0 + channels).
 template <typename scalar_t>
-void forward(const Tensor& input, const std::vector<RotatedGeometry<opmath_t<scalar_t>>>& geometry, Tensor& output,
-             const RotatedParams& p) {
+void forward_channels(const scalar_t* map, bool nhwc, int64_t channels, int64_t c0,
+                      const std::vector<RotatedGeometry<opmath_t<scalar_t>>>& geometry, Tensor& output,
+                      const RotatedParams& p) {
   using acc_t = opmath_t<scalar_t>;
-  const Tensor in = make_contiguous(input, p.nhwc);
-  const scalar_t* in_data = in.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-  const int64_t C = p.channels, HW = p.height * p.width;
+  const int64_t C = channels, HW = p.height * p.width;
   const Strides4 out_at = strides_of(output);
   parallel_for_each_dynamic_with(
       static_cast<int64_t>(geometry.size()), C * p.pooled_h * p.pooled_w * 4,
@@ -84,12 +87,12 @@ void forward(const Tensor& input, const std::vector<RotatedGeometry<opmath_t<sca
       [&](auto& scratch, int64_t k) {
         auto& [acc, taps] = scratch;
         const RotatedGeometry<acc_t>& g = geometry[k];
-        const scalar_t* image = in_data + g.batch * C * HW;
+        const scalar_t* image = map + g.batch * C * HW;
         for (int ph = 0; ph < p.pooled_h; ++ph) {
           for (int pw = 0; pw < p.pooled_w; ++pw) {
             std::fill(acc.begin(), acc.end(), acc_t(0));
             for_each_tap_chunk(g, ph, pw, p, taps, [&](const BilinearTaps<acc_t>* t, int64_t n) {
-              if (p.nhwc) {
+              if (nhwc) {
                 bin_sum_nhwc(image, C, t, n, /*first=*/false, acc.data());
                 return;
               }
@@ -103,11 +106,40 @@ void forward(const Tensor& input, const std::vector<RotatedGeometry<opmath_t<sca
                 acc[c] = sum;
               }
             });
-            for (int64_t c = 0; c < C; ++c) out_data[out_at.at(k, c, ph, pw)] = static_cast<scalar_t>(acc[c] / g.count);
+            for (int64_t c = 0; c < C; ++c) {
+              out_data[out_at.at(k, c0 + c, ph, pw)] = static_cast<scalar_t>(acc[c] / g.count);
+            }
           }
         }
       });
 }
+
+// Channels-last maps are pooled as they are. An NCHW map that the samples read densely is packed one
+// block of channels at a time (channel_blocks.h, tuning.h: kPackSampleFraction): a bin's samples then
+// read contiguous channel vectors of a block that stays in cache, instead of one cell of every plane.
+template <typename scalar_t>
+void forward(const Tensor& input, const std::vector<RotatedGeometry<opmath_t<scalar_t>>>& geometry, Tensor& output,
+             const RotatedParams& p) {
+  const Tensor in = make_contiguous(input, p.nhwc);
+  if (p.nhwc) return forward_channels(in.const_data_ptr<scalar_t>(), true, p.channels, 0, geometry, output, p);
+  double samples = 0;
+  for (const auto& g : geometry) samples += rotated_samples_per_box(g, p.pooled_h, p.pooled_w);
+  if (p.channels < kMinPackedChannels ||
+      samples * kPackSampleFraction < static_cast<double>(p.batch * p.height * p.width)) {
+    return forward_channels(in.const_data_ptr<scalar_t>(), false, p.channels, 0, geometry, output, p);
+  }
+  for_each_channel_block<scalar_t>(in, false, [&](const scalar_t* block, int64_t c0, int64_t n) {
+    forward_channels(block, true, n, c0, geometry, output, p);
+  });
+}
+
+// A sample's taps as the backward holds them: int32 offsets within a plane (a plane has fewer than
+// 2^31 cells), 32 bytes in float, so that a chunk read once per channel stays small.
+template <typename acc_t>
+struct PlaneTaps {
+  int32_t o1, o2, o3, o4;
+  acc_t w1, w2, w3, w4;
+};
 
 // A run of consecutive taps of one bin, in a chunk of the backward.
 struct Run {
@@ -118,7 +150,8 @@ struct Run {
 
 // The gradient in acc_t, NCHW or channels-last like grad: the taps of all RoIs, in (RoI, bin, sample)
 // order, gathered in chunks of at most kSharedTaps; each chunk is scattered by threads that each own a
-// range of channels.
+// range of channels. grad_in comes zeroed if channels-last; NCHW planes are zeroed by the thread that
+// owns them, in its first round, while they are in its cache (no separate pass over the gradient).
 template <typename scalar_t>
 void backward(const Tensor& grad, const std::vector<RotatedGeometry<opmath_t<scalar_t>>>& geometry, Tensor& grad_in,
               const RotatedParams& p) {
@@ -127,15 +160,24 @@ void backward(const Tensor& grad, const std::vector<RotatedGeometry<opmath_t<sca
   acc_t* gi_data = grad_in.mutable_data_ptr<acc_t>();
   const int64_t C = p.channels, HW = p.height * p.width;
   const Strides4 grad_at = strides_of(grad);
-  std::vector<BilinearTaps<acc_t>> taps, bin_taps;
+  std::vector<PlaneTaps<acc_t>> taps;
+  std::vector<BilinearTaps<acc_t>> bin_taps;
   std::vector<Run> runs;
+  bool zeroed = p.nhwc;
 
   const auto scatter = [&] {
     parallel_for_ranges(C, static_cast<int64_t>(taps.size()) * 4, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1 && !zeroed; ++c) {
+        for (int64_t b = 0; b < p.batch; ++b) {
+          acc_t* plane = gi_data + (b * C + c) * HW;
+          prefault(plane, HW * sizeof(acc_t));
+          std::fill_n(plane, HW, acc_t(0));
+        }
+      }
       std::vector<acc_t> gs(p.nhwc ? c1 - c0 : 0);
       for (const Run& r : runs) {
         const RotatedGeometry<acc_t>& g = geometry[r.k];
-        const BilinearTaps<acc_t>* t = taps.data();
+        const PlaneTaps<acc_t>* t = taps.data();
         if (!p.nhwc) {
           for (int64_t c = c0; c < c1; ++c) {
             const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(r.k, c, r.ph, r.pw)]);
@@ -167,6 +209,7 @@ void backward(const Tensor& grad, const std::vector<RotatedGeometry<opmath_t<sca
     });
     taps.clear();
     runs.clear();
+    zeroed = true;
   };
 
   for (int64_t k = 0; k < static_cast<int64_t>(geometry.size()); ++k) {
@@ -175,12 +218,17 @@ void backward(const Tensor& grad, const std::vector<RotatedGeometry<opmath_t<sca
         for_each_tap_chunk(geometry[k], ph, pw, p, bin_taps, [&](const BilinearTaps<acc_t>* t, int64_t n) {
           if (static_cast<int64_t>(taps.size()) + n > kSharedTaps) scatter();
           runs.push_back(Run{k, ph, pw, static_cast<int64_t>(taps.size()), static_cast<int64_t>(taps.size()) + n});
-          taps.insert(taps.end(), t, t + n);
+          for (int64_t i = 0; i < n; ++i) {
+            taps.push_back(PlaneTaps<acc_t>{static_cast<int32_t>(t[i].o1), static_cast<int32_t>(t[i].o2),
+                                            static_cast<int32_t>(t[i].o3), static_cast<int32_t>(t[i].o4), t[i].w1,
+                                            t[i].w2, t[i].w3, t[i].w4});
+          }
         });
       }
     }
   }
   if (!taps.empty()) scatter();
+  if (!zeroed) zero(grad_in);  // (no sample touched the map)
 }
 
 std::tuple<Tensor, Tensor> roi_align_rotated_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
@@ -222,7 +270,8 @@ Tensor roi_align_rotated_backward_cpu(const Tensor& grad, const Tensor& rois, co
     using scalar_t = decltype(type_tag);
     const auto geometry = all_geometry<scalar_t>(r, p, kBackwardOp);
     // Accumulated in opmath (float for the half types), converted once at the end.
-    grad_in = zero(empty_4d(sizes, opmath_type(dtype), grad, p.nhwc));
+    grad_in = empty_4d(sizes, opmath_type(dtype), grad, p.nhwc);
+    if (p.nhwc) zero(grad_in);
     backward<scalar_t>(grad, geometry, grad_in, p);
   });
   return to_dtype(grad_in, dtype);
