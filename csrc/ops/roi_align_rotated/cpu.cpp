@@ -167,19 +167,17 @@ void backward(const Tensor& grad, const std::vector<RotatedGeometry<opmath_t<sca
 
   const auto scatter = [&] {
     parallel_for_ranges(C, static_cast<int64_t>(taps.size()) * 4, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1 && !zeroed; ++c) {
-        for (int64_t b = 0; b < p.batch; ++b) {
-          acc_t* plane = gi_data + (b * C + c) * HW;
-          prefault(plane, HW * sizeof(acc_t));
-          std::fill_n(plane, HW, acc_t(0));
-        }
-      }
-      std::vector<acc_t> gs(p.nhwc ? c1 - c0 : 0);
-      for (const Run& r : runs) {
-        const RotatedGeometry<acc_t>& g = geometry[r.k];
-        const PlaneTaps<acc_t>* t = taps.data();
-        if (!p.nhwc) {
-          for (int64_t c = c0; c < c1; ++c) {
+      const PlaneTaps<acc_t>* t = taps.data();
+      if (!p.nhwc) {
+        // Channel by channel: the planes of one channel stay in cache while every run is scattered.
+        for (int64_t c = c0; c < c1; ++c) {
+          for (int64_t b = 0; b < p.batch && !zeroed; ++b) {
+            acc_t* plane = gi_data + (b * C + c) * HW;
+            prefault(plane, HW * sizeof(acc_t));
+            std::fill_n(plane, HW, acc_t(0));
+          }
+          for (const Run& r : runs) {
+            const RotatedGeometry<acc_t>& g = geometry[r.k];
             const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(r.k, c, r.ph, r.pw)]);
             if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
             const acc_t s = gv / g.count;
@@ -191,13 +189,18 @@ void backward(const Tensor& grad, const std::vector<RotatedGeometry<opmath_t<sca
               plane[t[i].o4] += t[i].w4 * s;
             }
           }
-          continue;
         }
+        return;
+      }
+      // Channels-last: run by run, each tap a vector of this thread's channels.
+      std::vector<acc_t> gs(c1 - c0);
+      const int64_t n = c1 - c0;
+      for (const Run& r : runs) {
+        const RotatedGeometry<acc_t>& g = geometry[r.k];
         for (int64_t c = c0; c < c1; ++c) {
           gs[c - c0] = static_cast<acc_t>(grad_data[grad_at.at(r.k, c, r.ph, r.pw)]) / g.count;
         }
         acc_t* image = gi_data + g.batch * HW * C + c0;
-        const int64_t n = c1 - c0;
         for (int64_t i = r.begin; i < r.end; ++i) {
           // One tap after the other: taps may coincide (clamped at the border).
           scaled_add(image + t[i].o1 * C, t[i].w1, gs.data(), n);
