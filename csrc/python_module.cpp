@@ -26,5 +26,6 @@ PYBIND11_MODULE(_C, m) {
   pybind11::dict limits;
   limits["max_pooled_size"] = roiops::kMaxPooledSize;
   limits["max_samples_per_bin"] = roiops::kMaxSamplesPerBin;
+  limits["max_rotated_samples_per_box"] = roiops::kMaxRotatedSamplesPerBox;
   m.attr("limits") = limits;
 }

@@ -11,6 +11,7 @@ from ._validation import BoxesShapeError, KernelValueError
 from .paste import paste_masks
 from .position_sensitive import PSRoIAlign, PSRoIPool, ps_roi_align, ps_roi_pool
 from .roi_align import RoIAlign, roi_align
+from .roi_align_rotated import RoIAlignRotated, roi_align_rotated
 from .roi_pool import RoIPool, roi_pool
 
 __version__ = _C.__version__
@@ -39,8 +40,10 @@ def build_info() -> dict:
 __all__ = [
     "roi_align",
     "roi_pool",
+    "roi_align_rotated",
     "RoIAlign",
     "RoIPool",
+    "RoIAlignRotated",
     "ps_roi_align",
     "ps_roi_pool",
     "PSRoIAlign",

@@ -16,6 +16,9 @@ Mapping (ONNX operator definitions of opset 16+):
 - ``ps_roi_align`` / ``ps_roi_pool`` (position-sensitive) are refused: no ONNX operator reads a
   different input channel per bin, and a composition of standard nodes would be a silently different
   graph to maintain.
+- ``roi_align_rotated`` is refused: no standard ONNX operator samples oriented boxes (``RoiAlign``
+  takes axis-aligned ones; ROIAlignRotated exists only as a vendor extension, e.g. OpenVINO's), so an
+  export could only be a different computation or a custom node no standard runtime runs.
 - ``roi_align`` max is refused: ONNX's ``RoiAlign`` max mode takes the maximum of the bilinear *taps*
   weighted by their weights (not of the interpolated samples), a different quantity; exporting it would
   silently change the model.
@@ -45,6 +48,13 @@ MULTILEVEL_MESSAGE = (
     "roiops::multilevel_pool cannot be exported to ONNX: no ONNX operator pools several pyramid levels in "
     "one call. Pool through roiops.MultiScaleRoIAlign, which exports as one standard RoiAlign (or "
     "MaxRoiPool) node per level, with the same outputs."
+)
+
+
+ROTATED_MESSAGE = (
+    "roiops::roi_align_rotated cannot be exported to ONNX: no standard ONNX operator pools rotated boxes "
+    "(RoiAlign takes axis-aligned boxes only), so the exported model would compute something else. Keep "
+    "the rotated pooling in PyTorch (TorchScript or torch.export), or export the model up to the pooling."
 )
 
 
@@ -116,7 +126,11 @@ def _register_torchscript_symbolics() -> None:
     def multilevel_pool(g, *args):
         raise UnsupportedExportError(MULTILEVEL_MESSAGE)
 
+    def roi_align_rotated(g, *args):
+        raise UnsupportedExportError(ROTATED_MESSAGE)
+
     register_custom_op_symbolic("roiops::roi_align", roi_align, ONNX_MIN_OPSET)
+    register_custom_op_symbolic("roiops::roi_align_rotated", roi_align_rotated, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::roi_pool", roi_pool, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::multilevel_pool", multilevel_pool, ONNX_MIN_OPSET)
     for name in ("ps_roi_align", "ps_roi_pool"):
@@ -192,6 +206,19 @@ def _register_dynamo_translations() -> None:
         mode: str,
     ):
         raise UnsupportedExportError(MULTILEVEL_MESSAGE)
+
+    @onnx_impl(torch.ops.roiops.roi_align_rotated.default, trace_only=True)
+    def roi_align_rotated(
+        input,
+        rois,
+        spatial_scale: float,
+        pooled_height: int,
+        pooled_width: int,
+        sampling_ratio: int,
+        aligned: bool,
+        clockwise: bool,
+    ):
+        raise UnsupportedExportError(ROTATED_MESSAGE)
 
 
 def register() -> None:

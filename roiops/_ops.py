@@ -22,7 +22,7 @@ from typing import Callable, Dict, Tuple
 import torch
 
 from ._library import _C, NAMESPACE
-from ._validation import POOL_MODES
+from ._validation import BOX_COLUMNS, POOL_MODES
 
 ops = torch.ops.roiops
 _LIMITS = _C.limits
@@ -99,6 +99,14 @@ def _check_sampling_ratio(op: str, args: dict) -> None:
     )
 
 
+def _check_align_extra(op: str, args: dict) -> None:
+    pool_mode = args["pool_mode"]
+    torch._check_value(
+        pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
+    )
+    _check_sampling_ratio(op, args)
+
+
 SPECS: Dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
@@ -117,6 +125,15 @@ SPECS: Dict[str, OpSpec] = {
             position_sensitive=True,
         ),
         OpSpec("ps_roi_pool", quantized=False, position_sensitive=True),
+        # Average pooling only: argmax is always empty. No quantized kernel.
+        OpSpec(
+            "roi_align_rotated",
+            extra_params=("sampling_ratio", "aligned", "clockwise"),
+            box_width=6,
+            argmax_shaped=lambda args: False,
+            check_extra=_check_sampling_ratio,
+            quantized=False,
+        ),
     )
 }
 
@@ -136,9 +153,10 @@ def memory_format(t: torch.Tensor) -> torch.memory_format:
 
 def _check_common(spec: OpSpec, op: str, rois, like, args: dict) -> None:
     width = spec.box_width
+    columns = BOX_COLUMNS[width]
     torch._check_value(
         rois.dim() == 2 and rois.shape[1] == width,
-        lambda: f"{op}: boxes must have shape [K, {width}] (batch index, x1, y1, x2, y2), but got {tuple(rois.shape)}",
+        lambda: f"{op}: boxes must have shape [K, {width}] {columns}, but got {tuple(rois.shape)}",
     )
     torch._check_type(
         rois.dtype == like.dtype,

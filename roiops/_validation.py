@@ -24,6 +24,11 @@ from ._library import _C
 BoxesArg = Union[Tensor, List[Tensor]]
 
 POOL_MODES = ("avg", "max")
+# The columns of a row of rois, by its width (the compiled checks' words, csrc/common/checks.cpp).
+BOX_COLUMNS = {
+    5: "(batch index, x1, y1, x2, y2)",
+    6: "(batch index, centre x, centre y, width, height, angle)",
+}
 # The limits of the compiled checks (csrc/common/limits.h), checked here too so that modules refuse
 # them when constructed.
 MAX_POOLED_SIZE = _C.limits["max_pooled_size"]
@@ -66,26 +71,32 @@ def check_input(op: str, input) -> None:
         raise TypeError(f"{op}: input must be a floating-point tensor (or a quantized one), but got {input.dtype}")
 
 
-def check_boxes(op: str, boxes, input: Tensor) -> None:
-    """Type, shape, dtype and device of ``boxes``: Tensor[K, 5] or a list/tuple of Tensor[L, 4]."""
+def check_boxes(op: str, boxes, input: Tensor, width: int = 5) -> None:
+    """Type, shape, dtype and device of ``boxes``: Tensor[K, width] (a batch index, then a box) or a
+    list/tuple of Tensor[L, width - 1] (the boxes of each image)."""
+    columns = BOX_COLUMNS[width]
+    per_image = "(" + columns[len("(batch index, ") :]
     if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.shape[1] != 5:
+        if boxes.dim() != 2 or boxes.shape[1] != width:
             raise BoxesShapeError(
-                f"{op}: boxes must be a Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L, 4], "
+                f"{op}: boxes must be a Tensor[K, {width}] {columns} or a list of Tensor[L, {width - 1}], "
                 f"but got a tensor of shape {tuple(boxes.shape)}"
             )
         _check_like_input(op, "boxes", boxes, input)
     elif isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
             if not isinstance(b, Tensor):
-                raise TypeError(f"{op}: boxes[{i}] must be a Tensor[L, 4], but got {type(b).__name__}")
-            if b.dim() != 2 or b.shape[1] != 4:
+                raise TypeError(f"{op}: boxes[{i}] must be a Tensor[L, {width - 1}], but got {type(b).__name__}")
+            if b.dim() != 2 or b.shape[1] != width - 1:
                 raise BoxesShapeError(
-                    f"{op}: boxes[{i}] must be a Tensor[L, 4] (x1, y1, x2, y2), but got shape {tuple(b.shape)}"
+                    f"{op}: boxes[{i}] must be a Tensor[L, {width - 1}] {per_image}, but got shape {tuple(b.shape)}"
                 )
             _check_like_input(op, f"boxes[{i}]", b, input)
     else:
-        raise TypeError(f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], but got {type(boxes).__name__}")
+        raise TypeError(
+            f"{op}: boxes must be a Tensor[K, {width}] or a list of Tensor[L, {width - 1}], "
+            f"but got {type(boxes).__name__}"
+        )
 
 
 def _check_like_input(op: str, name: str, t: Tensor, input: Tensor) -> None:
@@ -101,13 +112,14 @@ def _check_like_input(op: str, name: str, t: Tensor, input: Tensor) -> None:
         raise ValueError(f"{op}: {name} must be on the device of input ({input.device}), but is on {t.device}")
 
 
-def boxes_to_rois(boxes: BoxesArg, input: Tensor) -> Tensor:
-    """Boxes as one Tensor[K, 5] (batch index, x1, y1, x2, y2). TorchScript-compatible."""
+def boxes_to_rois(boxes: BoxesArg, input: Tensor, width: int = 5) -> Tensor:
+    """Boxes as one Tensor[K, width] (batch index, then the box: x1, y1, x2, y2 for width 5).
+    TorchScript-compatible."""
     if isinstance(boxes, Tensor):
         return boxes
     if len(boxes) == 0:
         return torch.zeros(
-            (0, 5), dtype=input.dtype if input.is_floating_point() else torch.float32, device=input.device
+            (0, width), dtype=input.dtype if input.is_floating_point() else torch.float32, device=input.device
         )
     index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
     return torch.cat([torch.cat(index, dim=0), torch.cat(boxes, dim=0)], dim=1)
@@ -164,6 +176,12 @@ def check_aligned(op: str, aligned) -> bool:
     if not isinstance(aligned, bool):
         raise TypeError(f"{op}: aligned must be a bool, but got {aligned!r}")
     return aligned
+
+
+def check_bool(op: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, but got {value!r}")
+    return value
 
 
 def check_pool_mode(op: str, pool_mode) -> str:

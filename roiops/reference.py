@@ -15,12 +15,19 @@ evaluated with batched gathers, in chunks of bounded memory. It is much slower t
 kernels, but fast enough for tests and for benchmarking as a baseline.
 """
 
+import math
 from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["roi_align_reference", "roi_pool_reference", "ps_roi_align_reference", "ps_roi_pool_reference"]
+__all__ = [
+    "roi_align_reference",
+    "roi_align_rotated_reference",
+    "roi_pool_reference",
+    "ps_roi_align_reference",
+    "ps_roi_pool_reference",
+]
 
 # Upper bound on the number of gathered elements held per chunk (per tap).
 _CHUNK_ELEMENTS = 1 << 22
@@ -194,6 +201,115 @@ def roi_align_reference(
             win = _max_rule(s.detach())
             out = s.gather(-1, win).squeeze(-1)
         pieces.append((idx, out))
+
+    output = _assemble(pieces, (K, C, ph, pw), feat)
+    return output.to(input.dtype).contiguous()
+
+
+def roi_align_rotated_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    clockwise: bool = False,
+) -> Tensor:
+    """Rotated RoIAlign in pure PyTorch (reference path), from its definition in docs/semantics.md.
+
+    Each box is laid out about its centre: bin (ph, pw) holds a grid of samples at (yy, xx) =
+    (-h/2 + ph * bin_h + (iy + 0.5) * bin_h / grid_h, the same along x) relative to the centre; each
+    sample is turned by the angle, y = yy cos - xx sin + centre y, x = yy sin + xx cos + centre x, and
+    read by roi_align's bilinear rule (0 outside [-1, H] x [-1, W]). A bin is the mean of its samples.
+
+    Args:
+        input: Tensor[N, C, H, W] of a floating dtype.
+        rois: Tensor[K, 6] of (batch index, centre x, centre y, width, height, angle in degrees). Not
+            validated.
+        output_size: int or (pooled_h, pooled_w).
+        spatial_scale: feature-map cells per image pixel.
+        sampling_ratio: samples per bin and axis; <= 0 for adaptive, ceil(roi size / pooled size).
+        aligned: shift the centre by -0.5 cell; otherwise sizes are at least 1 cell.
+        clockwise: negate the angle.
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] (contiguous), differentiable w.r.t. ``input``.
+    """
+    ph, pw = _pair(output_size)
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    cdtype = _compute_dtype(input.dtype)
+    feat = input.to(cdtype)
+    r = rois.detach().to(device=input.device, dtype=cdtype)
+
+    offset = 0.5 if aligned else 0.0
+    batch = r[:, 0].long()
+    center_x = r[:, 1] * spatial_scale - offset
+    center_y = r[:, 2] * spatial_scale - offset
+    roi_w = r[:, 3] * spatial_scale
+    roi_h = r[:, 4] * spatial_scale
+    if not aligned:
+        roi_w = roi_w.clamp(min=1)
+        roi_h = roi_h.clamp(min=1)
+    # Degrees to radians in float64, rounded once to the compute dtype; cos and sin of that angle in
+    # float64, rounded once (the kernels' arithmetic).
+    theta = (r[:, 5].double() * math.pi / 180.0).to(cdtype)
+    if clockwise:
+        theta = -theta
+    cos_t = torch.cos(theta.double()).to(cdtype)
+    sin_t = torch.sin(theta.double()).to(cdtype)
+    start_y, start_x = -roi_h / 2, -roi_w / 2
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = torch.full((K,), sampling_ratio, dtype=torch.long, device=r.device)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / ph).clamp(min=0).long()
+        grid_w = torch.ceil(roi_w / pw).clamp(min=0).long()
+    count = (grid_h * grid_w).clamp(min=1)
+    keys = torch.stack([grid_h, grid_w], dim=1)
+
+    ar_h = torch.arange(ph, device=r.device, dtype=cdtype)
+    ar_w = torch.arange(pw, device=r.device, dtype=cdtype)
+    pieces = []
+    for (gh, gw), idx in _groups(keys, lambda k: k[0] * k[1] * ph * pw * C):
+        G = idx.numel()
+        if gh == 0 or gw == 0:
+            pieces.append((idx, _zeros(feat, (G, C, ph, pw))))
+            continue
+        bh, bw = bin_h[idx], bin_w[idx]
+        sub_y = torch.arange(gh, device=r.device, dtype=cdtype) + 0.5
+        sub_x = torch.arange(gw, device=r.device, dtype=cdtype) + 0.5
+        # In the box, about its centre: [G, ph, gh] and [G, pw, gw].
+        yy = (start_y[idx][:, None] + ar_h[None, :] * bh[:, None])[:, :, None] + (sub_y[None, :] * bh[:, None] / gh)[
+            :, None, :
+        ]
+        xx = (start_x[idx][:, None] + ar_w[None, :] * bw[:, None])[:, :, None] + (sub_x[None, :] * bw[:, None] / gw)[
+            :, None, :
+        ]
+        # Turned and moved: [G, ph, gh, pw, gw].
+        c = cos_t[idx][:, None, None, None, None]
+        s = sin_t[idx][:, None, None, None, None]
+        yy = yy[:, :, :, None, None]
+        xx = xx[:, None, None, :, :]
+        y = yy * c - xx * s + center_y[idx][:, None, None, None, None]
+        x = yy * s + xx * c + center_x[idx][:, None, None, None, None]
+        y_lo, y_hi, hy, ly, vy = _axis_taps(y, H)
+        x_lo, x_hi, hx, lx, vx = _axis_taps(x, W)
+        b = batch[idx][:, None, None, None, None]
+
+        def tap(yi, xi):
+            return feat[b, :, yi, xi]  # [G, ph, gh, pw, gw, C]
+
+        val = (
+            (hy * hx)[..., None] * tap(y_lo, x_lo)
+            + (hy * lx)[..., None] * tap(y_lo, x_hi)
+            + (ly * hx)[..., None] * tap(y_hi, x_lo)
+            + (ly * lx)[..., None] * tap(y_hi, x_hi)
+        )
+        val = torch.where((vy & vx)[..., None], val, torch.zeros((), dtype=cdtype, device=val.device))
+        out = val.sum(dim=(2, 4)) / count[idx].to(cdtype)[:, None, None, None]
+        pieces.append((idx, out.permute(0, 3, 1, 2)))
 
     output = _assemble(pieces, (K, C, ph, pw), feat)
     return output.to(input.dtype).contiguous()

@@ -18,6 +18,30 @@ from roiops._ops import SPECS
 from helpers import input_grad, is_channels_last, on_device, random_grad, to_layout, tolerances
 
 
+def _same(boxes):
+    return boxes
+
+
+def rotated_from_axis_aligned(boxes):
+    """The rotated rows of the tests' axis-aligned ones (helpers.make_rois, the tables of boxes): in each
+    2-D tensor of at least 4 columns (alone, or in a list), the last four, x1, y1, x2, y2, become the
+    centre, the size (negative for an inverted box) and an angle in degrees spread over [-180, 180)
+    that depends on the row. Values are rounded through bfloat16, so that a row means the same box in
+    every dtype (the half-precision tests run the reference in float32 on the same boxes). Anything
+    else (wrong shapes, non-tensors) is returned as it is, for the argument error tests."""
+    if isinstance(boxes, (list, tuple)):
+        return [rotated_from_axis_aligned(b) for b in boxes]
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] < 4:
+        return boxes
+    b = boxes.to(torch.float64)
+    x1, y1, x2, y2 = b[:, -4], b[:, -3], b[:, -2], b[:, -1]
+    angle = torch.remainder(x1 * 37.0 + y1 * 91.0 + 17.0, 360.0) - 180.0
+    angle = torch.where(torch.isfinite(angle), angle, x1 + y1)  # (a NaN or inf box stays so)
+    columns = [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, angle]
+    rotated = torch.cat([b[:, :-4], torch.stack(columns, dim=1)], dim=1)
+    return rotated.to(torch.bfloat16).to(boxes.dtype)
+
+
 @dataclass(frozen=True)
 class OpConfig:
     id: str  # the one spelling of this configuration in test ids and messages
@@ -40,6 +64,14 @@ class OpConfig:
     # Errors of the op's own arguments: (overrides, exception, word of the message), as the common
     # ones of test_ops_edges.py.
     argument_errors: Tuple = ()
+    # The op's rois from the tests' axis-aligned ones ([K, 5] tensors or lists of [L, 4]): applied by
+    # __call__ and call_reference; a test that calls the compiled op directly applies it itself.
+    rois: Callable = _same
+    # Boxes wholly outside the map pool nothing (rotated boxes of the "outside" kind may reach into it).
+    outside_stays_outside: bool = True
+    # Whether far-outside samples are clipped (cost bounded by the map); otherwise absurd boxes are
+    # refused by a sampling limit, tested in the op's own file.
+    clips_samples: bool = True
 
     def kwargs(self, **overrides):
         """The public function's keyword arguments: the defaults with overrides."""
@@ -59,10 +91,10 @@ class OpConfig:
         return out_channels * height * width
 
     def __call__(self, x, boxes, **overrides):
-        return self.public(x, boxes, **self.kwargs(**overrides))
+        return self.public(x, self.rois(boxes), **self.kwargs(**overrides))
 
     def call_reference(self, x, boxes, **overrides):
-        return self.reference(x, boxes, **self.kwargs(**overrides))
+        return self.reference(x, self.rois(boxes), **self.kwargs(**overrides))
 
     def forward_op(self, dev):
         """The compiled forward, torch.ops.<dev.namespace>.<name>."""
@@ -131,6 +163,16 @@ def _roi_align(mode):
     )
 
 
+_ROTATED_ARGUMENT_ERRORS = (
+    (dict(sampling_ratio=2.0), TypeError, "sampling_ratio"),
+    (dict(sampling_ratio=True), TypeError, "sampling_ratio"),
+    (dict(sampling_ratio=5000), ValueError, "sampling_ratio"),
+    (dict(aligned=1), TypeError, "aligned"),
+    (dict(aligned=None), TypeError, "aligned"),
+    (dict(clockwise=0), TypeError, "clockwise"),
+    (dict(clockwise="yes"), TypeError, "clockwise"),
+)
+
 OP_TABLE = (
     _roi_align("avg"),
     _roi_align("max"),
@@ -145,6 +187,23 @@ OP_TABLE = (
         exact_forward=True,
         distinct_input=True,
         gradcheck_sweep=(dict(spatial_scale=1.0), dict(spatial_scale=0.5)),
+    ),
+    OpConfig(
+        id="roi_align_rotated",
+        name="roi_align_rotated",
+        public=roiops.roi_align_rotated,
+        reference=reference.roi_align_rotated_reference,
+        defaults=dict(output_size=(3, 4), spatial_scale=0.5, sampling_ratio=2, aligned=True, clockwise=False),
+        sweep=tuple(
+            dict(sampling_ratio=sr, aligned=a, clockwise=cw)
+            for sr, a, cw in ((0, True, False), (0, False, True), (1, True, True), (2, False, False), (3, True, False))
+        ),
+        short_sweep=(dict(sampling_ratio=0, aligned=True), dict(sampling_ratio=2, aligned=False, clockwise=True)),
+        gradcheck_sweep=(dict(sampling_ratio=0), dict(sampling_ratio=2, aligned=False, clockwise=True)),
+        argument_errors=_ROTATED_ARGUMENT_ERRORS,
+        rois=rotated_from_axis_aligned,
+        outside_stays_outside=False,
+        clips_samples=False,
     ),
     OpConfig(
         id="ps_roi_align",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import roiops
-from roiops.bench import cli, limits, peers
+from roiops.bench import cli, limits, peers, speed
 from roiops.bench.speed_cases import Case, make_inputs
 
 SMALL = dict(num_rois=6, output_size=3, batch=2, channels=4, height=12, width=16, min_box=8.0, max_box=30.0)
@@ -136,3 +136,11 @@ def test_slow_peers_get_fewer_repeats_unless_full(tmp_path, monkeypatch):
     payload = _tiny_run(monkeypatch, tmp_path, {}, "--repeats", "3", "--peers", "torchvision", "--full")
     times = {r["direction"]: r["times_ms"] for r in payload["results"]}
     assert len(times["forward"]["torchvision"]) == 3 and len(times["backward"]["torchvision"]) == 3
+
+
+def test_rotation_cost_times_both_ops_on_the_same_boxes():
+    args = cli.build_parser().parse_args(["speed", "--rotated", "--repeats", "1", "--warmup", "0"])
+    rows = speed.rotation_cost(args, [Case("small", "roi_align_rotated", **SMALL)])
+    assert [r["direction"] for r in rows] == ["forward", "backward"]
+    assert all(r["rotated_ms"] > 0 and r["roi_align_ms"] > 0 for r in rows)
+    assert rows[0]["max_diff"] < 1e-5  # angle 0 is roi_align

@@ -128,6 +128,7 @@ def _backward_on(dev, op, x_dev, r_dev, grad, pooled=5):
     """backward(deterministic) of op (a row of the op table) on dev for an upstream gradient (a CPU
     tensor), and the CPU oracle."""
     kwargs = dict(output_size=pooled, spatial_scale=1.0)
+    r_dev = op.rois(r_dev)  # (the compiled op's own rows)
     _, arg = op.forward_op(dev)(x_dev, r_dev, *op.op_args(**kwargs))
     oracle = op.backward_op(CPU)(grad, r_dev.cpu(), arg.cpu(), *op.backward_args(x_dev.shape, False, **kwargs))
     grad_d = dev.to(grad)
@@ -175,7 +176,7 @@ def test_thread_order_changes_no_deterministic_bit(emu, dtype, op):
     for order, seed in (("forward", 0), ("reversed", 0), ("shuffled", 1), ("shuffled", 2)):
         dev.ops.set_launch_order(order, seed)
         backward, oracle = _backward_on(dev, op, x_dev, dev.to(rois), grad)
-        forward = op.forward_op(dev)(x_dev, dev.to(rois), *op.op_args(output_size=5, spatial_scale=1.0))
+        forward = op.forward_op(dev)(x_dev, dev.to(op.rois(rois)), *op.op_args(output_size=5, spatial_scale=1.0))
         results[order, seed] = forward, backward(True), backward(False)
     (out0, arg0), det0, fast0 = results["forward", 0]
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else tolerances(dtype)
@@ -268,8 +269,8 @@ def test_python_layer_passes_the_deterministic_flag(dev, deterministic_algorithm
             (g1,) = torch.autograd.grad(out, x, grad, retain_graph=True)
             (g2,) = torch.autograd.grad(out, x, grad)
         assert torch.equal(g1, g2)
-        arg = op.forward_op(dev)(x.detach(), r_dev, *op.op_args(**kwargs))[1]
-        direct = op.backward_op(dev)(grad, r_dev, arg, *op.backward_args(x.shape, True, **kwargs))
+        arg = op.forward_op(dev)(x.detach(), op.rois(r_dev), *op.op_args(**kwargs))[1]
+        direct = op.backward_op(dev)(grad, op.rois(r_dev), arg, *op.backward_args(x.shape, True, **kwargs))
         assert torch.equal(g1, direct), op.id
 
 
@@ -285,9 +286,10 @@ def _sync_cases(dev):
     for op in OP_TABLE:
         for kwargs in over(op.short_sweep, output_size=(3, 4), spatial_scale=0.5):
             x = x_all[:, : op.channels(3, **kwargs)].contiguous()
-            fwd = lambda op=op, kwargs=kwargs, x=x: op.forward_op(dev)(x, rois, *op.op_args(**kwargs))
-            bwd = lambda det, arg, op=op, kwargs=kwargs, x=x: op.backward_op(dev)(
-                grad, rois, arg, *op.backward_args(x.shape, det, **kwargs)
+            r = op.rois(rois)
+            fwd = lambda op=op, kwargs=kwargs, x=x, r=r: op.forward_op(dev)(x, r, *op.op_args(**kwargs))
+            bwd = lambda det, arg, op=op, kwargs=kwargs, x=x, r=r: op.backward_op(dev)(
+                grad, r, arg, *op.backward_args(x.shape, det, **kwargs)
             )
             cases.append((f"{op.id} {kwargs}", fwd, bwd))
     return cases

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 import roiops
-from roiops._onnx import MAX_MODE_MESSAGE, MULTILEVEL_MESSAGE, ONNX_MIN_OPSET, position_sensitive_message
+from roiops._onnx import (
+    MAX_MODE_MESSAGE,
+    MULTILEVEL_MESSAGE,
+    ONNX_MIN_OPSET,
+    ROTATED_MESSAGE,
+    position_sensitive_message,
+)
 from roiops.poolers import MultiScaleRoIAlign
 
 ort = pytest.importorskip("onnxruntime")
@@ -115,6 +121,16 @@ def test_max_mode_export_is_refused_with_the_reason(tmp_path, exporter):
     with pytest.raises(Exception) as info:
         _export(model, (X, _boxes(3, 0)), tmp_path / "m.onnx", exporter, [[], [0]])
     assert any(MAX_MODE_MESSAGE in str(e) for e in _error_chain(info.value)), str(info.value)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_rotated_export_is_refused_with_the_reason(tmp_path, exporter):
+    model = _Op(roiops.roi_align_rotated, output_size=2, sampling_ratio=2)
+    rois = torch.tensor([[0, 8.0, 9.0, 6.0, 4.0, 30.0], [1, 12.0, 5.0, 3.0, 7.0, -45.0]])
+    with pytest.raises(Exception) as info:
+        _export(model, (X, rois), tmp_path / "m.onnx", exporter, [[], [0]])
+    assert any(ROTATED_MESSAGE in str(e) for e in _error_chain(info.value)), str(info.value)
     assert not (tmp_path / "m.onnx").exists()
 
 

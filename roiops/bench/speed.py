@@ -21,7 +21,7 @@ import torch
 import roiops
 
 from . import limits, peers
-from .speed_cases import DTYPES, Case, make_inputs, standard_cases, sweep_cases
+from .speed_cases import DTYPES, Case, make_inputs, rotated_cases, rotated_rois, standard_cases, sweep_cases
 
 __all__ = ["Case", "Result", "implementations", "make_inputs", "standard_cases", "run"]
 
@@ -270,12 +270,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", default="", help="comma-separated substrings: only cases whose name/op matches")
     p.add_argument("--peers", default=",".join(peers.PEERS), help="comma-separated peers to time")
     p.add_argument("--json", default="", help="write machine-readable results here")
+    p.add_argument(
+        "--rotated",
+        action="store_true",
+        help="only the cost of rotation: roi_align_rotated at angle 0 against roi_align on the same boxes",
+    )
+
+
+def rotation_cost(args, cases: Optional[List[Case]] = None) -> List[dict]:
+    """roi_align_rotated at angle 0 and roi_align (avg) on the same boxes, timed round-robin; prints a
+    table with the ratio (rotated time / roi_align time) and returns its rows."""
+    rows = []
+    print(
+        f"{'case':<16} {'layout':<13} {'dir':<4} {'roi_align ms':>12} {'rotated ms':>11} {'ratio':>6} {'max diff':>9}"
+    )
+    for case in cases or rotated_cases():
+        torch.set_num_threads(case.threads)
+        x, rois = make_inputs(case, args.device)
+        rotated = rotated_rois(rois)
+        a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale, sampling_ratio=case.sampling_ratio)
+        fns = {
+            "roi_align": lambda t, r: roiops.roi_align(t, r, **a, aligned=case.aligned),
+            "rotated": lambda t, r: roiops.roi_align_rotated(t, rotated, **a, aligned=case.aligned),
+        }
+        with torch.no_grad():
+            diff = float((fns["rotated"](x, rois) - fns["roi_align"](x, rois)).abs().max())
+        for direction in ["forward"] if args.forward_only else ["forward", "backward"]:
+            steps = {name: STEPS[direction](fn, x, rois, args.device) for name, fn in fns.items()}
+            times = measure(steps, args.repeats, args.warmup)
+            plain, rot = statistics.median(times["roi_align"]), statistics.median(times["rotated"])
+            rows.append(
+                dict(
+                    case=case.name,
+                    layout=case.layout,
+                    direction=direction,
+                    roi_align_ms=plain,
+                    rotated_ms=rot,
+                    ratio=rot / plain,
+                    max_diff=diff,
+                )
+            )
+            print(
+                f"{case.name:<16} {case.layout:<13} {direction[:3]:<4} {plain:>12.1f} {rot:>11.1f} "
+                f"{rot / plain:>6.2f} {diff:>9.1e}"
+            )
+    print("ratio: rotated time over roi_align time on the same boxes (angle 0); max diff: forward |difference|")
+    return rows
 
 
 def run(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("speed: --device cuda asked for, but no CUDA device is available")
         return 2
+    if args.rotated:
+        threads_before = torch.get_num_threads()
+        try:
+            rows = rotation_cost(args)
+        finally:
+            torch.set_num_threads(threads_before)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(
+                    {"roiops": roiops.__version__, "torch": torch.__version__, "rotation_cost": rows}, f, indent=1
+                )
+        return 0
     dtypes = [d for d in args.dtypes.split(",") if d] or None
     unknown = [d for d in dtypes or [] if d not in DTYPES]
     if unknown:

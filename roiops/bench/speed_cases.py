@@ -14,7 +14,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class Case:
     name: str
-    op: str  # "roi_align_avg", "roi_align_max", "roi_pool", "ps_roi_align" or "ps_roi_pool"
+    op: str  # "roi_align_avg", "roi_align_max", "roi_pool", "roi_align_rotated", "ps_roi_align" or "ps_roi_pool"
     num_rois: int
     output_size: int
     batch: int = 2
@@ -79,3 +79,20 @@ def sweep_cases() -> List[Case]:
     cases = [Case(f"rois_{k}", "roi_align_avg", k, 7) for k in (16, 64, 256, 1024, 2048)]
     cases += [Case(f"channels_{c}", "roi_align_avg", 512, 7, channels=c) for c in (16, 64, 256)]
     return cases
+
+
+def rotated_cases() -> List[Case]:
+    """The cost of rotation: roi_align_rotated at angle 0 beside roi_align (avg) on the same boxes, box
+    head and mask head, both layouts."""
+    heads = [("box_head_7x7", 512, 7), ("mask_head_14x14", 100, 14)]
+    return [
+        Case(name, "roi_align_rotated", k, size, layout=layout)
+        for name, k, size in heads
+        for layout in ("nchw", "channels_last")
+    ]
+
+
+def rotated_rois(rois: torch.Tensor) -> torch.Tensor:
+    """(batch index, x1, y1, x2, y2) rows as rotated ones at angle 0: the same boxes."""
+    b, x1, y1, x2, y2 = rois.unbind(1)
+    return torch.stack([b, (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(b)], dim=1)

@@ -29,17 +29,17 @@ __device__ __forceinline__ bool box_usable(const acc_t (&box)[kWidth], int64_t b
 }
 
 // first_bad[0 / 1 / 2]: the lowest index of a box that is not finite / has a bad batch index / is
-// refused by `limit` (a functor on the box's 5 values in acc_t); K where there is none.
-template <typename scalar_t, typename Limit>
+// refused by `limit` (a functor on the box's kWidth values in acc_t); K where there is none.
+template <typename scalar_t, typename Limit, int kWidth>
 __global__ void __launch_bounds__(kThreads)
     find_bad_boxes_kernel(int64_t K, const scalar_t* rois, int64_t batch_size, Limit limit, long long* first_bad) {
   using acc_t = opmath_t<scalar_t>;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
        k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    acc_t roi[kBoxWidth];
-    load_box<kBoxWidth>(rois, k, roi);
+    acc_t roi[kWidth];
+    load_box<kWidth>(rois, k, roi);
     bool finite = true;
-    for (int j = 0; j < kBoxWidth; ++j) finite = finite && std::isfinite(roi[j]);
+    for (int j = 0; j < kWidth; ++j) finite = finite && std::isfinite(roi[j]);
     if (!finite) {
       atomicMin(first_bad, static_cast<long long>(k));
     } else if (!box_usable(roi, batch_size)) {
@@ -58,17 +58,17 @@ struct NoLimit {
   }
 };
 
-// Checks the values of `rois` (contiguous, [K, 5], K > 0) on the device. Throws the CPU kernels'
+// Checks the values of `rois` (contiguous, [K, kWidth], K > 0) on the device. Throws the CPU kernels'
 // errors for non-finite boxes and bad batch indices; returns the first box `limit` refuses (for the
 // caller's own message), or nothing. Skipped (returns nothing) when the checks are off or the
 // stream is capturing a CUDA graph.
-template <typename scalar_t, typename Limit>
+template <typename scalar_t, typename Limit, int kWidth = kBoxWidth>
 std::optional<int64_t> check_boxes_on_device(const Tensor& rois, int64_t batch_size, const Limit& limit,
                                              const char* op_name, cudaStream_t stream) {
   if (!device_box_checks() || stream_is_capturing(stream)) return std::nullopt;
   const int64_t K = rois.size(0);
   Tensor first_bad = fill(empty_1d(3, ScalarType::Long, rois), static_cast<double>(K));
-  ROIOPS_LAUNCH(num_blocks(K), kThreads, stream, find_bad_boxes_kernel<scalar_t, Limit>)(
+  ROIOPS_LAUNCH(num_blocks(K), kThreads, stream, find_bad_boxes_kernel<scalar_t, Limit, kWidth>)(
       K, rois.const_data_ptr<scalar_t>(), batch_size, limit,
       reinterpret_cast<long long*>(first_bad.mutable_data_ptr<int64_t>()));
   ROIOPS_KERNEL_LAUNCH_CHECK();
@@ -79,7 +79,7 @@ std::optional<int64_t> check_boxes_on_device(const Tensor& rois, int64_t batch_s
   if (bad[0] < K && bad[0] <= bad[1]) {
     const std::vector<double> r = row_on_host(rois, bad[0]);
     int j = 0;
-    while (j < kBoxWidth - 1 && std::isfinite(r[j])) ++j;
+    while (j < kWidth - 1 && std::isfinite(r[j])) ++j;
     fail_nonfinite_box(op_name, bad[0], r[j], j);
   }
   if (bad[1] < K) fail_batch_index(op_name, bad[1], row_on_host(rois, bad[1])[0], batch_size);
