@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N[,N32]",
         help="level-3 training steps per run at stride 16 and, if given, at stride 32 (default per dataset: "
-        + "; ".join(f"{k} {c.steps},{c.steps_coarse}" for k, c in DEFAULTS.items())
+        + "; ".join(f"{k} {c.steps_at(16)},{c.steps_at(32)}" for k, c in DEFAULTS.items())
         + ")",
     )
     parser.add_argument(

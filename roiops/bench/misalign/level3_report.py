@@ -146,7 +146,23 @@ def level3_section(r3: dict) -> List[str]:
     if summ.get("size_map"):
         L += _size_map_lines(summ["size_map"], name)
     L += ["### Every run", ""] + tab.runs_table(r3["runs"]) + [""]
+    L += [_cost_text(r3), ""]
     return L
+
+
+def _cost_text(r3: dict) -> str:
+    """What a run cost, per stride, and so what one more op in the op table adds."""
+    per = []
+    for s in sorted(r3["strides"]):
+        secs = [r["seconds"] for r in r3["runs"] if r["stride"] == s]
+        per.append(f"{sum(secs) / len(secs):.0f} s at stride {s} ({r3['steps'][str(s)]} steps)")
+    return (
+        "Seconds are each run's training and learning-curve scoring to its nominal steps, in a worker process of "
+        "one thread, while other work shared the machine. A run took on average " + ", ".join(per) + ". An op "
+        "joins the comparison as one row of `level3_learned.OPS` and costs only its own runs: its seeds times "
+        "these, at stride 16 only or at both strides (the statistics, the plateau check and the report add no "
+        "training per op)."
+    )
 
 
 def _size_map_lines(sm: dict, name: str) -> List[str]:
@@ -320,9 +336,16 @@ def level3_findings(r3: dict) -> List[str]:
                 f"{e['mean']:+.1f} [{e['lo']:+.1f}, {e['hi']:+.1f}] AP after step {c['nominal']}, so the AP they "
                 f"reach, {final['mean'] + e['mean']:.1f}, is "
                 + (
-                    f"inside the {c['nominal']}-step interval {fmt_entry(final)}: at its plateau within its interval."
+                    f"inside the {c['nominal']}-step interval {fmt_entry(final)}: within its interval of the AP "
+                    "further on"
                     if check
-                    else f"outside the {c['nominal']}-step interval {fmt_entry(final)}: NOT yet at its plateau."
+                    else f"outside the {c['nominal']}-step interval {fmt_entry(final)}: NOT yet at its plateau"
+                )
+                + (
+                    ", but the change's interval excludes 0: the curve still rises, so this is near a plateau, not "
+                    "on it, and slower-training ops may gain more with more steps."
+                    if e["lo"] > 0
+                    else "."
                 )
             )
         else:
