@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 import roiops  # noqa: E402
 from roiops.bench import misalign as m  # noqa: E402
-from roiops.bench.misalign import coco, level3_report, level3_runs, plots, stats, summary  # noqa: E402
+from roiops.bench.misalign import coco, level3_report, level3_runs, level3_tables, plots, stats, summary  # noqa: E402
 from roiops.bench.misalign import data as bdata  # noqa: E402
 from roiops.bench.misalign import level3_learned as l3  # noqa: E402
 from roiops.models import round_boxes_to_grid  # noqa: E402
@@ -252,7 +252,7 @@ def _synthetic_result(gap, strides=(16, 32), seeds=4, B=300, medians=(12.0, 24.0
                 for metric in summary.METRICS + summary.CONST:
                     vals[metric] = 50.0 + g + noise
                 boot[(s, op, seed)] = vals
-                runs.append(dict(stride=s, op=op, seed=seed, curve=[dict(step=10, AP=vals["AP"][0])]))
+                runs.append(dict(stride=s, op=op, seed=seed, steps=10, curve=[dict(step=10, AP=vals["AP"][0])]))
     data = dict(
         size_edges=[0.0, 16.0, 32.0, 64.0, 128.0, 1e4],
         objects_per_bin=[100] * len(medians),
@@ -319,6 +319,7 @@ TINY = l3.Config(
     bootstrap=40,
     size_edges=(0.0, 8.0, 16.0, 32.0, 1e4),
     curve_points=2,
+    plateau_seeds=2,
 )
 
 
@@ -341,8 +342,11 @@ def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
         (s, op, seed) for s in (16, 32) for op in ("RoIPool", "RoIAlign avg") for seed in (0, 1, 2)
     }
     for r in r3["runs"]:
-        assert [p["step"] for p in r["curve"]] == [2, 4] and r["steps"] == 4
-        assert r["curve"][-1]["AP"] == r["AP"]
+        # RoIAlign avg's first TINY.plateau_seeds seeds train on to 8 steps for the plateau check
+        on = r["op"] == l3.REFERENCE and r["seed"] < TINY.plateau_seeds
+        assert [p["step"] for p in r["curve"]] == ([2, 4, 6, 8] if on else [2, 4]) and r["steps"] == 4
+        assert r["trained"] == (8 if on else 4)
+        assert r["curve"][1]["AP"] == r["AP"]  # the result is the EMA at the nominal steps
         for k in ("AP", "AP50", "AP75", "mIoU", "constAP", "AP@0", "mIoU@1"):
             assert r[k] is None or 0.0 <= r[k] <= 100.0
     gap = next(r for r in r3["summary"]["rows"] if r["op"] == "RoIAlign avg")["gap_AP"]
@@ -351,6 +355,8 @@ def test_tiny_level3_run_writes_every_key_and_the_report(tmp_path, monkeypatch):
     assert len(sm["bins"]) == 4 and set(sm["crossover"]) == {"mIoU", "AP"}
     report = (out / "REPORT.md").read_text()
     for heading in (
+        "Plateau check",
+        "changed by",
         "Table 2c",
         "Table 2d",
         "Learning curves",
@@ -474,3 +480,62 @@ def test_stratified_test_objects_spread_over_the_log_size_range():
     counts = np.histogram(sizes, bins=(8, 16, 32, 64, 128))[0]
     assert counts.sum() >= 0.97 * len(sizes) and (counts > 0.15 * len(sizes)).all()
     assert [len(s.instances) for s in bdata.make_shapes(80, **kw)] == [len(s.instances) for s in samples]
+
+
+def test_an_extended_run_is_the_nominal_run_up_to_its_nominal_steps():
+    """The plateau check's runs train on past the nominal steps; their weights at the nominal steps must be
+    exactly those of a run that stops there (the warm-up and the data stream do not depend on the extension)."""
+    train, _ = l3.make_datasets(TINY)
+    op = next(o for o in l3.OPS if o.name == l3.REFERENCE)
+    assert TINY.extends(op, 0) and not TINY.extends(op, TINY.plateau_seeds) and not TINY.extends(l3.OPS[0], 0)
+    plain = l3.train(op, 16, 0, train, TINY).state_dict()
+    seen = {}
+
+    def keep(step, model):
+        seen[step] = copy.deepcopy(model.state_dict())
+
+    longer = l3.train(op, 16, 0, train, TINY, keep, extended=True)
+    assert sorted(seen) == [2, 4, 6]  # and it stops at 8, the returned model
+    for k, v in plain.items():
+        torch.testing.assert_close(seen[4][k], v, rtol=0, atol=0)
+    assert any(not torch.equal(longer.state_dict()[k], v) for k, v in plain.items() if v.is_floating_point())
+
+
+def _curve_runs(extended):
+    """Three seeds at 5 and 10 (nominal) steps; the seeds in ``extended`` also at 15 and 20, AP up by 1 + seed
+    and then 2 + seed since step 10."""
+    runs = []
+    for seed, (a5, a10) in enumerate([(10.0, 20.0), (12.0, 26.0), (11.0, 23.0)]):
+        curve = [dict(step=5, AP=a5), dict(step=10, AP=a10)]
+        if seed in extended:
+            curve += [dict(step=15, AP=a10 + 1 + seed), dict(step=20, AP=a10 + 2 + seed)]
+        runs.append(dict(stride=16, op=l3.REFERENCE, seed=seed, steps=10, curve=curve))
+    return dict(strides=[16], ops_at={"16": [l3.REFERENCE]}, runs=runs)
+
+
+def test_curves_add_the_paired_change_of_the_seeds_that_trained_on():
+    (c,) = summary.curves(_curve_runs({0, 1}))
+    assert c["nominal"] == 10 and c["steps"] == [5, 10, 15, 20]
+    assert c["AP"][:2] == pytest.approx([11.0, 23.0])
+    # past 10: the 3-seed mean at 10 plus the mean change of seeds 0 and 1 (1, 2 then 2, 3)
+    assert c["AP"][2:] == pytest.approx([23.0 + 1.5, 23.0 + 2.5])
+    assert [(e["step"], e["n_seeds"], e["mean"]) for e in c["extra"]] == [(15, 2, 1.5), (20, 2, 2.5)]
+    assert c["extra"][-1]["lo"] == pytest.approx(2.0) and c["extra"][-1]["hi"] == pytest.approx(3.0)
+    final = dict(mean=23.0, lo=21.0, hi=26.0)
+    assert summary.at_plateau(c, final) is True  # 25.5 inside [21, 26]
+    assert summary.at_plateau(c, dict(final, hi=25.0)) is False
+    assert summary.plateau_step(c, final) == 10  # 11 at step 5 is outside; the estimates past 10 do not count
+    (plain,) = summary.curves(_curve_runs(set()))
+    assert plain["steps"] == [5, 10] and plain["extra"] == [] and summary.at_plateau(plain, final) is None
+
+
+def test_curves_table_reads_fractions_of_the_nominal_steps():
+    summ = dict(
+        curves=summary.curves(_curve_runs({0, 1})),
+        rows=[dict(stride=16, op=l3.REFERENCE, AP=dict(mean=23.0, lo=21.0, hi=26.0))],
+    )
+    head, _, row = level3_tables.curves_table(summ)
+    assert head.startswith("| stride | op | N | AP @ 0.5 N | AP @ 1 N | AP @ 1.5 N (2 seeds, paired) |")
+    assert row.startswith("| 16 | RoIAlign avg | 10 | 11.0 [") and row.endswith(
+        "| 24.5 [24.0, 25.0] | 25.5 [25.0, 26.0] | 10 |"
+    )

@@ -52,11 +52,14 @@ from .tables import article_lines, level1_table, level2_sampling_table, level2_t
 
 # The default level-3 settings per dataset (REPORT.md says why). Synthetic: objects of 12-150 px on 160 px images
 # (boxes of about 0.25-4.5 cells at stride 32, 0.5-9 at stride 16, so three octaves of cells are seen at both
-# strides); 8 seeds for the ops trained at both strides, 2 for the others; 320 steps, what 30 minutes on 2 cores
-# allow for 52 runs (the learning curves in REPORT.md show how far that is from the plateau). stardist (one image,
-# 18 test tiles) is not in the default run: at the seeds the budget allows its intervals decide nothing.
+# strides); 8 seeds for the ops trained at both strides, 2 for the others. Steps per stride from pilot learning
+# curves (constant rate, EMA weights): by 640 steps at stride 16 and 480 at stride 32 RoIAlign's AP has passed
+# the knee of its curve, and a stride-32 step costs about 1.7 stride-16 steps; that is what 30 minutes on 2
+# cores allow for 52 runs plus the plateau check (3 seeds trained on to 1.5x), which says how far from the
+# plateau they are. stardist (one image, 18 test tiles) is not in the default run: at the seeds the budget
+# allows its intervals decide nothing.
 DEFAULTS = {
-    "synthetic": Config(seeds=8, seeds_single=2, steps=320),
+    "synthetic": Config(seeds=8, seeds_single=2, steps=640, steps_coarse=480),
     "stardist": Config(
         dataset="stardist",
         seeds=3,
@@ -69,7 +72,15 @@ DEFAULTS = {
 # --quick (CI): every code path of level 3 in about a minute; its numbers only show that things run
 QUICK = {
     "synthetic": Config(
-        steps=40, train_images=48, test_images=48, image_size=128, diameter=(12.0, 120.0), bootstrap=200, curve_points=2
+        steps=40,
+        train_images=48,
+        test_images=48,
+        image_size=128,
+        diameter=(12.0, 120.0),
+        bootstrap=200,
+        curve_points=2,
+        plateau_seeds=1,
+        plateau_checkpoints=1,
     ),
     "stardist": Config(
         dataset="stardist",
@@ -78,6 +89,8 @@ QUICK = {
         stardist_crops=32,
         bootstrap=200,
         curve_points=2,
+        plateau_seeds=1,
+        plateau_checkpoints=1,
         size_edges=(0.0, 32.0, 64.0, 128.0, 1e4),
     ),
 }
@@ -111,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N[,N32]",
         help="level-3 training steps per run at stride 16 and, if given, at stride 32 (default per dataset: "
-        + "; ".join(f"{k} {c.steps},{c.steps_coarse}" for k, c in DEFAULTS.items())
+        + "; ".join(f"{k} {c.steps_at(16)},{c.steps_at(32)}" for k, c in DEFAULTS.items())
         + ")",
     )
     parser.add_argument(

@@ -75,7 +75,12 @@ class Config:
     steps: int = 300  # at the finest stride (16)
     steps_coarse: Optional[int] = None  # at every coarser stride (32); None: the same as ``steps``
     curve_points: int = 4  # learning curve: the EMA weights scored (point estimates) at steps k/curve_points
-    warmup: float = 0.1  # fraction of the steps with a linear warm-up; constant learning rate after it
+    # the plateau check: the first plateau_seeds seeds of REFERENCE train on for plateau_checkpoints more
+    # checkpoints (to 1.5x the steps by default); their result is still the EMA at the nominal steps, which the
+    # constant rate makes identical to a run of that length, so the check costs only the extra steps
+    plateau_seeds: int = 3
+    plateau_checkpoints: int = 2
+    warmup: float = 0.1  # fraction of the (nominal) steps with a linear warm-up; constant learning rate after it
     images_per_step: int = 4
     rois_per_image: int = 32
     random_boxes_per_image: int = 6
@@ -107,9 +112,15 @@ class Config:
     def seeds_for(self, op: "PoolOp") -> int:
         return self.seeds if op.across_strides else min(self.seeds, self.seeds_single)
 
-    def checkpoints(self, stride: int) -> List[int]:
+    def extends(self, op: "PoolOp", seed: int) -> bool:
+        """Whether this run trains on past its nominal steps for the plateau check."""
+        return op.name == REFERENCE and seed < self.plateau_seeds and self.plateau_checkpoints > 0
+
+    def checkpoints(self, stride: int, extended: bool = False) -> List[int]:
+        """The steps at which a run's EMA weights are scored; the last one is where it stops."""
         steps = self.steps_at(stride)
-        return sorted({max(1, round(k * steps / self.curve_points)) for k in range(1, self.curve_points + 1)})
+        k_max = self.curve_points + (self.plateau_checkpoints if extended else 0)
+        return sorted({max(1, round(k * steps / self.curve_points)) for k in range(1, k_max + 1)})
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -227,22 +238,31 @@ def fixed_test_proposals(test: L3Data, jitter: float) -> List[torch.Tensor]:
 
 # ----------------------------------------------------------------------------------------- training
 def train(
-    op: PoolOp, stride: int, seed: int, data: L3Data, cfg: Config, at_checkpoint: Optional[Callable] = None
+    op: PoolOp,
+    stride: int,
+    seed: int,
+    data: L3Data,
+    cfg: Config,
+    at_checkpoint: Optional[Callable] = None,
+    extended: bool = False,
 ) -> nn.Module:
     """AdamW, a linear warm-up then a constant learning rate; returns the exponential moving average of the
     weights (BatchNorm statistics averaged with them), which is what is evaluated. A constant rate (not a
-    schedule that anneals at the end) makes the EMA weights at step n a fair stand-in for a run of n steps, so
-    ``at_checkpoint(step, ema_model)``, called at ``cfg.checkpoints(stride)``, traces the learning curve."""
+    schedule that anneals at the end) makes the EMA weights at step n the weights of a run of n steps, so
+    ``at_checkpoint(step, ema_model)``, called at ``cfg.checkpoints(stride, extended)`` but the last, traces
+    the learning curve; ``extended`` trains on past the nominal steps (the plateau check)."""
     torch.manual_seed(seed)
     model = MaskRCNNStage(op, stride, data.num_classes, cfg)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
     )
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.steps_at(stride)
-    warm = max(1, round(cfg.warmup * steps))
+    # fused: one kernel over all parameters (the per-parameter loop is a sixth of a stride-32 step on CPU)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    # the warm-up depends on the nominal steps only: an extended run is a nominal one up to its nominal end
+    warm = max(1, round(cfg.warmup * cfg.steps_at(stride)))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda i: min(1.0, (i + 1) / warm))
-    checkpoints = set(cfg.checkpoints(stride)) - {steps}
+    *earlier, steps = cfg.checkpoints(stride, extended)
+    checkpoints = set(earlier)
     gen = torch.Generator().manual_seed(10_000 + seed)
     hw = tuple(data.images.shape[1:])
     with_objects = [i for i, b in enumerate(data.boxes) if len(b)]

@@ -9,7 +9,7 @@ from .level3_learned import BASELINE, REFERENCE
 from .level3_tables import fmt_entry
 from .paper import TABLE_2C, TABLE_2D
 from .stats import verdict
-from .summary import plateau_step
+from .summary import at_plateau, plateau_step
 
 
 def _data_text(r3: dict) -> str:
@@ -82,7 +82,16 @@ def level3_section(r3: dict) -> List[str]:
         f"({steps}; lr {cfg['lr']:g} after a linear warm-up over {cfg['warmup']:.0%} of them, then constant; "
         f"weight decay {cfg['weight_decay']:g}) of {cfg['images_per_step']} images; the evaluated weights are an "
         f"exponential moving average (decay {cfg['ema_decay']}), scored also at {cfg['curve_points'] - 1} earlier "
-        "checkpoints for the learning curves.",
+        "checkpoints for the learning curves. "
+        + (
+            f"Plateau check: the first {cfg['plateau_seeds']} seeds of {REFERENCE} train on for "
+            f"{cfg['plateau_checkpoints']} more checkpoints (to "
+            f"{(cfg['curve_points'] + cfg['plateau_checkpoints']) / cfg['curve_points']:g}x the steps); their "
+            "result is still their EMA weights at the nominal steps, which the constant rate makes those of a run "
+            "of that length."
+            if cfg.get("plateau_seeds") and cfg.get("plateau_checkpoints")
+            else ""
+        ),
         "",
         _data_text(r3),
         "",
@@ -127,15 +136,33 @@ def level3_section(r3: dict) -> List[str]:
         L += [
             "### Learning curves",
             "",
-            "Seed-mean AP of the EMA weights at each checkpoint [95% interval over seeds]; the plateau is the first "
-            "checkpoint whose mean lies inside the final weights' two-level interval.",
+            "Seed-mean AP of the EMA weights at each checkpoint [95% interval over seeds], at fractions of each "
+            "stride's nominal steps N; past N, the nominal mean plus the paired change of the seeds that trained "
+            "on [interval over those seeds]. 'Plateau from' is the first checkpoint whose mean lies inside the "
+            "N-step two-level interval.",
             "",
         ]
         L += tab.curves_table(summ) + ["", f"![learning curves, {name}](level3_{name}_curves.png)", ""]
     if summ.get("size_map"):
         L += _size_map_lines(summ["size_map"], name)
     L += ["### Every run", ""] + tab.runs_table(r3["runs"]) + [""]
+    L += [_cost_text(r3), ""]
     return L
+
+
+def _cost_text(r3: dict) -> str:
+    """What a run cost, per stride, and so what one more op in the op table adds."""
+    per = []
+    for s in sorted(r3["strides"]):
+        secs = [r["seconds"] for r in r3["runs"] if r["stride"] == s]
+        per.append(f"{sum(secs) / len(secs):.0f} s at stride {s} ({r3['steps'][str(s)]} steps)")
+    return (
+        "Seconds are each run's training and learning-curve scoring to its nominal steps, in a worker process of "
+        "one thread, while other work shared the machine. A run took on average " + ", ".join(per) + ". An op "
+        "joins the comparison as one row of `level3_learned.OPS` and costs only its own runs: its seeds times "
+        "these, at stride 16 only or at both strides (the statistics, the plateau check and the report add no "
+        "training per op)."
+    )
 
 
 def _size_map_lines(sm: dict, name: str) -> List[str]:
@@ -293,14 +320,35 @@ def level3_findings(r3: dict) -> List[str]:
         )
     finals = {(r["stride"], r["op"]): r["AP"] for r in summ["rows"]}
     for c in summ.get("curves", []):
-        if c["op"] == REFERENCE:
-            p = plateau_step(c, finals[(c["stride"], c["op"])])
-            last = c["steps"][-1]
-            out.append(
-                f"Learning curve, stride {c['stride']}: RoIAlign's AP is inside its final interval from step "
-                f"{p} of {last}."
-                if p is not None and p < last
-                else f"Learning curve, stride {c['stride']}: RoIAlign's AP reaches its final interval only at the last "
-                f"checkpoint ({last} steps): not shown to have plateaued."
+        if c["op"] != REFERENCE:
+            continue
+        final = finals[(c["stride"], c["op"])]
+        p = plateau_step(c, final)
+        check = at_plateau(c, final)
+        text = f"Learning curve, stride {c['stride']}: RoIAlign's AP enters its {c['nominal']}-step interval " + (
+            f"at step {p}" if p is not None and p < c["nominal"] else "only at the last checkpoint"
+        )
+        if check is not None:
+            e = c["extra"][-1]
+            text += (
+                f"; the {e['n_seeds']} seed{'s' if e['n_seeds'] != 1 else ''} that trained on to step {e['step']} "
+                "changed by "
+                f"{e['mean']:+.1f} [{e['lo']:+.1f}, {e['hi']:+.1f}] AP after step {c['nominal']}, so the AP they "
+                f"reach, {final['mean'] + e['mean']:.1f}, is "
+                + (
+                    f"inside the {c['nominal']}-step interval {fmt_entry(final)}: within its interval of the AP "
+                    "further on"
+                    if check
+                    else f"outside the {c['nominal']}-step interval {fmt_entry(final)}: NOT yet at its plateau"
+                )
+                + (
+                    ", but the change's interval excludes 0: the curve still rises, so this is near a plateau, not "
+                    "on it, and slower-training ops may gain more with more steps."
+                    if e["lo"] > 0
+                    else "."
+                )
             )
+        else:
+            text += "; no seed trained on past the nominal steps, so the plateau is not checked."
+        out.append(text)
     return out

@@ -27,22 +27,28 @@ def _start_worker(state: Tuple[L3Data, L3Data, Scorer, list, Config], threads: i
 
 
 def _one_run(op: PoolOp, stride: int, seed: int):
-    """Train and score one run: its scores with the image resamples, its learning curve (point estimates at
-    the checkpoints, the last one the final weights) and its seconds (training and scoring the curve, without
-    the final bootstrap, so they measure the run's cost, not the statistics')."""
+    """Train and score one run: its scores with the image resamples (of the EMA weights at the nominal steps),
+    its learning curve (point estimates at the checkpoints, past the nominal steps for the plateau check's
+    runs) and its seconds (training and scoring the curve to the nominal steps, without the final bootstrap
+    and the plateau check's extra steps, so they measure the cost of a run, not of the statistics)."""
     train_set, test_set, scorer, proposals, cfg = _STATE
+    nominal = cfg.steps_at(stride)
+    extended = cfg.extends(op, seed)
     t0 = time.perf_counter()
-    curve = []
+    curve, out = [], {}
 
     def at_checkpoint(step, model):
-        v = scorer.score(detect(model, test_set, proposals), resamples=False)
+        if step == nominal:  # the run's result, whether or not it trains on
+            out["seconds"] = time.perf_counter() - t0
+            out["values"] = scorer.score(detect(model, test_set, proposals))
+            v = out["values"]
+        else:
+            v = scorer.score(detect(model, test_set, proposals), resamples=False)
         curve.append(dict(step=step, AP=float(v["AP"][0]), mIoU=float(v["mIoU"][0])))
 
-    dets = detect(train(op, stride, seed, train_set, cfg, at_checkpoint), test_set, proposals)
-    seconds = time.perf_counter() - t0
-    values = scorer.score(dets)
-    curve.append(dict(step=cfg.steps_at(stride), AP=float(values["AP"][0]), mIoU=float(values["mIoU"][0])))
-    return values, curve, seconds
+    model = train(op, stride, seed, train_set, cfg, at_checkpoint, extended)
+    at_checkpoint(cfg.checkpoints(stride, extended)[-1], model)
+    return out["values"], curve, out["seconds"]
 
 
 def run_level3(
@@ -103,6 +109,7 @@ def run_level3(
                 op=op.name,
                 seed=seed,
                 steps=cfg.steps_at(stride),
+                trained=cfg.checkpoints(stride, cfg.extends(op, seed))[-1],
                 seconds=seconds,
                 curve=curve,
                 **{k: float(v[0]) for k, v in values.items()},

@@ -113,24 +113,34 @@ def runs_table(runs: List[dict]) -> List[str]:
     ]
     for r in sorted(runs, key=lambda r: (r["op"], r["stride"], r["seed"])):
         vals = " | ".join(f"{r[k]:.1f}" for k in ("AP", "AP50", "AP75", "mIoU", "constAP"))
-        lines.append(f"| {r['op']} | {r['stride']} | {r['seed']} | {vals} | {r['steps']} | {r['seconds']:.0f} |")
+        steps = f"{r['steps']}" + (f" (on to {r['trained']})" if r.get("trained", r["steps"]) > r["steps"] else "")
+        lines.append(f"| {r['op']} | {r['stride']} | {r['seed']} | {vals} | {steps} | {r['seconds']:.0f} |")
     return lines
 
 
 def curves_table(summary: dict) -> List[str]:
-    """The learning curves: seed-mean AP [95% interval over seeds] at each checkpoint, and the plateau step."""
+    """The learning curves: seed-mean AP [95% interval over seeds] at each checkpoint, as a fraction of each
+    stride's nominal steps N; past N, the plateau check's estimate (N-step mean plus the paired change of the
+    seeds that trained on); and the plateau step."""
+    fracs = sorted({round(s / c["nominal"], 4) for c in summary["curves"] for s in c["steps"]})
     finals = {(r["stride"], r["op"]): r["AP"] for r in summary["rows"]}
-    steps = sorted({s for c in summary["curves"] for s in c["steps"]})
+    extra = {c["extra"][0]["n_seeds"] for c in summary["curves"] if c.get("extra")}
+    seeds = f" ({', '.join(map(str, sorted(extra)))} seeds, paired)" if extra else ""
     lines = [
-        "| stride | op | " + " | ".join(f"AP @ {s}" for s in steps) + " | plateau from |",
-        "|---|---|" + "---|" * (len(steps) + 1),
+        "| stride | op | N | "
+        + " | ".join(f"AP @ {f:g} N" + (seeds if f > 1 else "") for f in fracs)
+        + " | plateau from |",
+        "|---|---|---|" + "---|" * (len(fracs) + 1),
     ]
     for c in summary["curves"]:
-        at = {s: f"{a:.1f} [{lo:.1f}, {hi:.1f}]" for s, a, lo, hi in zip(c["steps"], c["AP"], c["lo"], c["hi"])}
+        at = {
+            round(s / c["nominal"], 4): f"{a:.1f} [{lo:.1f}, {hi:.1f}]"
+            for s, a, lo, hi in zip(c["steps"], c["AP"], c["lo"], c["hi"])
+        }
         p = plateau_step(c, finals[(c["stride"], c["op"])])
         lines.append(
-            f"| {c['stride']} | {c['op']} | "
-            + " | ".join(at.get(s, "–") for s in steps)
+            f"| {c['stride']} | {c['op']} | {c['nominal']} | "
+            + " | ".join(at.get(f, "–") for f in fracs)
             + f" | {p if p is not None else '–'} |"
         )
     return lines

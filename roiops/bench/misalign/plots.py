@@ -133,7 +133,8 @@ def plot_level3(summary, runs, path, dataset=""):
 
 
 def plot_curves(summary, runs, path, dataset=""):
-    """AP against training steps per op, one panel per stride: each seed's curve thin, the seed mean thick."""
+    """AP against training steps per op, one panel per stride: each seed's curve thin, the seed mean thick (past
+    the nominal steps, the nominal mean plus the paired change of the seeds that trained on)."""
     plt = _plt()
     strides = sorted({c["stride"] for c in summary["curves"]})
     fig, axes = plt.subplots(1, len(strides), figsize=(6.5 * len(strides), 4.2), sharey=True, squeeze=False)
@@ -148,7 +149,9 @@ def plot_curves(summary, runs, path, dataset=""):
                     )
             ax.plot(c["steps"], c["AP"], color=color, lw=2, marker="o", ms=3, label=c["op"])
             ax.fill_between(c["steps"], c["lo"], c["hi"], color=color, alpha=0.15)
-        ax.set_title(f"stride {s}")
+        nominal = next(c["nominal"] for c in summary["curves"] if c["stride"] == s and "nominal" in c)
+        ax.axvline(nominal, color="0.4", lw=0.8, ls=":")  # where the runs' results are taken
+        ax.set_title(f"stride {s} (results at {nominal} steps; past them, the plateau check's seeds)")
         ax.set_xlabel("training steps")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("mask AP (x100)")

@@ -198,34 +198,59 @@ def crossover(sizes: Sequence[float], trend: Sequence[float]) -> Optional[float]
 
 
 def curves(res: dict) -> List[dict]:
-    """Per (stride, op): the seed-mean AP at each checkpoint with a 95% interval over seeds (the checkpoints
-    are scored on the whole test set only), and the plateau step: the first checkpoint whose mean lies in the
-    final weights' two-level interval."""
+    """Per (stride, op): the seed-mean AP at each checkpoint up to the nominal steps with a 95% interval over
+    seeds (the checkpoints are scored on the whole test set only); past them, where some seeds trained on (the
+    plateau check), the nominal-step mean plus those seeds' mean change since the nominal steps (paired by
+    seed), its interval over those seeds, and the change itself (``extra``)."""
     out = []
     for stride in sorted(res["strides"]):
         for op in res["ops_at"][str(stride)]:
             runs = [r for r in res["runs"] if r["stride"] == stride and r["op"] == op]
             if not runs:
                 continue
-            steps = [p["step"] for p in runs[0]["curve"]]
-            ap = np.array([[p["AP"] for p in r["curve"]] for r in runs])  # [seeds, checkpoints]
+            nominal = runs[0]["steps"]
+            steps = [p["step"] for p in runs[0]["curve"] if p["step"] <= nominal]
+            ap = np.array([[p["AP"] for p in r["curve"] if p["step"] <= nominal] for r in runs])  # [seeds, steps]
             draws = seed_draws(len(runs), 2000) @ ap / len(runs)
-            out.append(
-                dict(
-                    stride=stride,
-                    op=op,
-                    steps=steps,
-                    AP=ap.mean(0).tolist(),
-                    lo=[percentile_interval(draws[:, j])[0] for j in range(len(steps))],
-                    hi=[percentile_interval(draws[:, j])[1] for j in range(len(steps))],
-                )
+            c = dict(
+                stride=stride,
+                op=op,
+                nominal=nominal,
+                steps=steps,
+                AP=ap.mean(0).tolist(),
+                lo=[percentile_interval(draws[:, j])[0] for j in range(len(steps))],
+                hi=[percentile_interval(draws[:, j])[1] for j in range(len(steps))],
+                extra=[],
             )
+            longer = [r for r in runs if r["curve"][-1]["step"] > nominal]
+            if longer:
+                at_nominal = np.array([[p["AP"] for p in r["curve"] if p["step"] == nominal][0] for r in longer])
+                base = c["AP"][-1]  # the mean of every seed at the nominal steps
+                for step in [p["step"] for p in longer[0]["curve"] if p["step"] > nominal]:
+                    change = np.array([[p["AP"] for p in r["curve"] if p["step"] == step][0] for r in longer])
+                    change = change - at_nominal
+                    lo, hi = percentile_interval(seed_draws(len(longer), 2000) @ change / len(longer))
+                    c["steps"].append(step)
+                    c["AP"].append(base + float(change.mean()))
+                    c["lo"].append(base + lo)
+                    c["hi"].append(base + hi)
+                    c["extra"].append(dict(step=step, n_seeds=len(longer), mean=float(change.mean()), lo=lo, hi=hi))
+            out.append(c)
     return out
 
 
 def plateau_step(curve: dict, final: dict) -> Optional[int]:
-    """The first checkpoint whose seed-mean AP is inside the final weights' two-level interval ``final``."""
+    """The first checkpoint up to the nominal steps whose seed-mean AP is inside the final weights' two-level
+    interval ``final``."""
     for step, ap in zip(curve["steps"], curve["AP"]):
-        if final["lo"] <= ap <= final["hi"]:
+        if step <= curve.get("nominal", step) and final["lo"] <= ap <= final["hi"]:
             return step
     return None
+
+
+def at_plateau(curve: dict, final: dict) -> Optional[bool]:
+    """The plateau check: is the AP the extended seeds reach at their last checkpoint (nominal-step mean plus
+    their paired change) inside the nominal steps' two-level interval ``final``? None without extended seeds."""
+    if not curve.get("extra"):
+        return None
+    return bool(final["lo"] <= final["mean"] + curve["extra"][-1]["mean"] <= final["hi"])
