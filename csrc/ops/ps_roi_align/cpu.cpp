@@ -80,8 +80,10 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
 template <typename scalar_t>
 Tensor backward(const Tensor& grad, const Tensor& rois, const PsAlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
-  Tensor sums = zero(empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc));
+  Tensor sums = empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc);
   acc_t* gi = sums.mutable_data_ptr<acc_t>();
+  // Zeroed by all threads: a fresh map-sized buffer costs its page faults, which then run in parallel.
+  parallel_for_ranges(sums.numel(), 1, [&](int64_t begin, int64_t end) { std::fill(gi + begin, gi + end, acc_t(0)); });
   const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   const Strides4 at = strides_of(grad);
