@@ -2,7 +2,6 @@
 // computed once and reused for every output channel. Backward: parallel over bins, whose input
 // channels no other bin writes, so the scatter is race-free and its order (box by box) fixed:
 // deterministic, with no extra path.
-#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <tuple>
@@ -82,8 +81,7 @@ Tensor backward(const Tensor& grad, const Tensor& rois, const PsAlignParams& p) 
   using acc_t = opmath_t<scalar_t>;
   Tensor sums = empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc);
   acc_t* gi = sums.mutable_data_ptr<acc_t>();
-  // Zeroed by all threads: a fresh map-sized buffer costs its page faults, which then run in parallel.
-  parallel_for_ranges(sums.numel(), 1, [&](int64_t begin, int64_t end) { std::fill(gi + begin, gi + end, acc_t(0)); });
+  zero_in_parallel(gi, sums.numel());
   const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   const Strides4 at = strides_of(grad);

@@ -5,7 +5,7 @@
 //
 // Work split: one thread per pooled element (k, c, i, j). The backward adds each grad element's
 // share to its bin's cells in its own input channel, with float atomics (fast path) or fixed-point
-// integer atomics with per-input-channel exponents (deterministic path, see ps_roi_align/cuda.cu).
+// integer atomics with per-input-channel exponents (deterministic path, ps_grad_input).
 #include <array>
 #include <cmath>
 #include <limits>
@@ -13,6 +13,7 @@
 #include "../../common/checks.h"
 #include "../../common/cuda/box_checks.cuh"
 #include "../../common/cuda/cuda_common.cuh"
+#include "../../common/cuda/position_sensitive.cuh"
 #include "../../common/geometry.h"
 #include "params.h"
 
@@ -124,28 +125,19 @@ Tensor ps_roi_pool_backward_cuda(const Tensor& grad, const Tensor& rois, const T
                                     height, width, op, false);
   check_channel_mapping(channel_mapping, grad, op);
   const DeviceGuard device_guard(grad);
-  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
-  const bool no_input = batch_size == 0 || channels == 0 || height == 0 || width == 0;
-  if (grad.numel() == 0 || no_input) return zero(empty_4d(sizes, grad.scalar_type(), grad, a.nhwc));
   const Tensor r = make_contiguous(rois);
-  const cudaStream_t stream = current_stream(grad);
-  const Tensor by_input_channel = torch::stable::reshape(make_contiguous(grad), {grad.size(0), channels, 1, 1});
-  Tensor result;
-  dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
+  return ps_grad_input(grad, a, deterministic, op, [&](auto type_tag, auto adder, cudaStream_t stream) {
     using scalar_t = decltype(type_tag);
-    result = scatter_grad_input<scalar_t>(by_input_channel, sizes, a.nhwc, deterministic, stream, [&](auto adder) {
-      const int64_t total = grad.numel();
-      with_index_type(total, [&](auto index) {
-        using index_t = decltype(index);
-        ROIOPS_LAUNCH(num_blocks(total), kThreads, stream,
-                      ps_roi_pool_backward_kernel<scalar_t, index_t, decltype(adder)>)(
-            static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), strides_of(grad),
-            r.const_data_ptr<scalar_t>(), adder, a, PsMapLayout(a));
-      });
-      ROIOPS_KERNEL_LAUNCH_CHECK();
+    const int64_t total = grad.numel();
+    with_index_type(total, [&](auto index) {
+      using index_t = decltype(index);
+      ROIOPS_LAUNCH(num_blocks(total), kThreads, stream,
+                    ps_roi_pool_backward_kernel<scalar_t, index_t, decltype(adder)>)(
+          static_cast<index_t>(total), grad.const_data_ptr<scalar_t>(), strides_of(grad), r.const_data_ptr<scalar_t>(),
+          adder, a, PsMapLayout(a));
     });
+    ROIOPS_KERNEL_LAUNCH_CHECK();
   });
-  return result;
 }
 
 }  // namespace
