@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "limits.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define ROIOPS_HOST_DEVICE __host__ __device__ __forceinline__
 #else
@@ -84,6 +86,12 @@ ROIOPS_HOST_DEVICE AlignGeometry<T> align_geometry(const T* roi, T spatial_scale
   const int64_t n = static_cast<int64_t>(g.grid_h) * g.grid_w;
   g.count = static_cast<T>(n > 1 ? n : 1);
   return g;
+}
+
+// Whether a box's bins stay within kMaxSamplesPerBin samples (adaptive grids of huge boxes do not).
+template <typename T>
+ROIOPS_HOST_DEVICE bool within_sample_limit(const AlignGeometry<T>& g) {
+  return static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin;
 }
 
 // Coordinate of sample `i` (of `grid`) in bin `p` along one axis.

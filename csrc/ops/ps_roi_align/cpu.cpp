@@ -28,7 +28,7 @@ void check_sample_limits(const Tensor& rois, const PsAlignParams& p) {
     acc_t box[kBoxWidth];
     load_box<kBoxWidth>(r, k, box);
     const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
-    if (!ps_within_sample_limit(g)) {
+    if (!within_sample_limit(g)) {
       double b[kBoxWidth];
       for (int j = 0; j < kBoxWidth; ++j) b[j] = static_cast<double>(box[j]);
       fail_ps_samples_per_bin(b, static_cast<int64_t>(g.grid_h) * g.grid_w);

@@ -33,14 +33,14 @@ __device__ __forceinline__ bool load_geometry(const scalar_t* rois, int64_t k, c
   load_box<kBoxWidth>(rois, k, box);
   if (!box_usable(box, a.batch)) return false;
   g = ps_align_geometry(box, a);
-  return ps_within_sample_limit(g);
+  return within_sample_limit(g);
 }
 
 struct PsSamplesLimit {
   PsAlignParams a;
   template <typename acc_t>
   __device__ __forceinline__ bool operator()(const acc_t* box) const {
-    return !ps_within_sample_limit(ps_align_geometry(box, a));
+    return !within_sample_limit(ps_align_geometry(box, a));
   }
 };
 

@@ -23,11 +23,6 @@ ROIOPS_HOST_DEVICE AlignGeometry<acc_t> ps_align_geometry(const acc_t* box, cons
                                /*aligned=*/true);
 }
 
-template <typename acc_t>
-ROIOPS_HOST_DEVICE bool ps_within_sample_limit(const AlignGeometry<acc_t>& g) {
-  return static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin;
-}
-
 // The error for a box (its values as doubles) whose bins would take `samples` samples each.
 [[noreturn]] void fail_ps_samples_per_bin(const double* box, int64_t samples);
 

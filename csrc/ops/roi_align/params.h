@@ -26,12 +26,6 @@ ROIOPS_HOST_DEVICE AlignGeometry<acc_t> box_geometry(const acc_t* box, const Ali
                                p.aligned);
 }
 
-// Whether a box's bins stay within kMaxSamplesPerBin samples (adaptive grids of huge boxes do not).
-template <typename acc_t>
-ROIOPS_HOST_DEVICE bool within_sample_limit(const AlignGeometry<acc_t>& g) {
-  return static_cast<int64_t>(g.grid_h) * g.grid_w <= kMaxSamplesPerBin;
-}
-
 // The error for box k (its values as doubles) whose bins would take `samples` samples each.
 [[noreturn]] void fail_samples_per_bin(const double* box, int64_t samples, const AlignParams& p);
 
