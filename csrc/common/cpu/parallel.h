@@ -40,13 +40,6 @@ void parallel_for_ranges(int64_t n, int64_t work_per_item, const F& body) {
   torch::stable::parallel_for(0, n, 1, body);
 }
 
-// Fills [data, data + n) with zeros on every thread: the first touch of a fresh buffer takes its page
-// faults, which then run in parallel too.
-template <typename T>
-void zero_in_parallel(T* data, int64_t n) {
-  parallel_for_ranges(n, 1, [&](int64_t begin, int64_t end) { std::fill(data + begin, data + end, T(0)); });
-}
-
 // parallel_for_each_dynamic with per-worker state: make() is called once by each worker and its
 // result passed to body(state, i) for the items that worker takes (scratch buffers allocated once
 // per call and worker, not once per item).

@@ -1,7 +1,7 @@
 // Position-sensitive RoIAlign on the CPU. Forward: parallel over boxes; each bin's bilinear taps are
-// computed once and reused for every output channel. Backward: parallel over bins, whose input
-// channels no other bin writes, so the scatter is race-free and its order (box by box) fixed:
-// deterministic, with no extra path.
+// computed once and reused for every output channel. Backward: a gather by rows of the input
+// (common/cpu/ps_backward.h): race-free and in a fixed order, so deterministic with no extra path.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <tuple>
@@ -9,6 +9,7 @@
 
 #include "../../common/checks.h"
 #include "../../common/cpu/parallel.h"
+#include "../../common/cpu/ps_backward.h"
 #include "../../common/library.h"
 #include "../../common/tensor.h"
 #include "params.h"
@@ -74,45 +75,71 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
   });
 }
 
-// Parallel over bins: the input channels of bin (i, j) are written by that bin only. Sums in opmath
-// (float for the half types), box by box, so in a fixed order.
+// One box of the backward: its geometry and the rows [first, last] its samples' taps reach.
+template <typename acc_t>
+struct AlignBoxRows {
+  AlignGeometry<acc_t> g;
+  int first, last;
+};
+
+// The taps of bin (i, j)'s samples, gathered row by row (ps_backward.h): on row y, sample (iy, ix)
+// adds its taps of that row, in the order of bilinear_taps (o1, o2 on row ty.low, o3, o4 on ty.high),
+// with the weights bilinear_taps computes. Rows and columns are the samples for_each_map_sample visits.
 template <typename scalar_t>
 Tensor backward(const Tensor& grad, const Tensor& rois, const PsAlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
-  Tensor sums = empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc);
-  acc_t* gi = sums.mutable_data_ptr<acc_t>();
-  zero_in_parallel(gi, sums.numel());
-  const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
-  const Strides4 at = strides_of(grad);
-  const PsMapLayout layout(p);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
-  parallel_for_each_dynamic(p.pooled_h * p.pooled_w, p.num_rois * p.out_channels * 16, [&](int64_t bin) {
-    const int i = static_cast<int>(bin / p.pooled_w), j = static_cast<int>(bin % p.pooled_w);
-    std::vector<BilinearTaps<acc_t>> taps;
-    for (int64_t k = 0; k < p.num_rois; ++k) {
-      acc_t box[kBoxWidth];
-      load_box<kBoxWidth>(r, k, box);
-      const AlignGeometry<acc_t> g = ps_align_geometry(box, p);
-      taps.clear();
-      for_each_map_sample(g, i, j, H, W, [&](const BilinearTaps<acc_t>& t) { taps.push_back(t); });
-      if (taps.empty()) continue;
-      for (int64_t c = 0; c < p.out_channels; ++c) {
-        const acc_t gv = static_cast<acc_t>(gr[at.at(k, c, i, j)]);
-        if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-        const acc_t share = gv / g.count;
-        acc_t* plane = gi + layout.plane(g.batch, ps_input_channel(c, i, j, p.pooled_h, p.pooled_w));
-        const int64_t s = layout.cell;
-        for (const BilinearTaps<acc_t>& t : taps) {
-          plane[t.o1 * s] += share * t.w1;
-          plane[t.o2 * s] += share * t.w2;
-          plane[t.o3 * s] += share * t.w3;
-          plane[t.o4 * s] += share * t.w4;
-        }
+  std::vector<AlignBoxRows<acc_t>> boxes(p.num_rois);
+  for (int64_t k = 0; k < p.num_rois; ++k) {
+    acc_t box[kBoxWidth];
+    load_box<kBoxWidth>(r, k, box);
+    AlignBoxRows<acc_t>& b = boxes[k];
+    b.g = ps_align_geometry(box, p);
+    b.first = H;
+    b.last = -1;
+    for (int i = 0; i < p.pooled_h; ++i) {
+      const SampleRange rows = touching_samples(b.g.start_h, b.g.bin_h, i, b.g.grid_h, H);
+      for (int iy = rows.begin; iy < rows.end; ++iy) {
+        const AxisTaps<acc_t> ty = axis_taps(sample_coordinate(b.g.start_h, b.g.bin_h, i, iy, b.g.grid_h), H);
+        if (!ty.valid) continue;
+        b.first = std::min(b.first, ty.low);
+        b.last = std::max(b.last, ty.high);
       }
     }
-  });
-  return grad.scalar_type() == sums.scalar_type() ? sums : to_dtype(sums, grad.scalar_type());
+  }
+  return ps_backward_by_rows<scalar_t>(
+      grad, p, [&](int64_t k, int, int) { return boxes[k].g.count; },
+      [&](int64_t n, int y, const PsGradRow<acc_t>& row) {
+        for (int64_t k = 0; k < p.num_rois; ++k) {
+          const AlignGeometry<acc_t>& g = boxes[k].g;
+          if (g.batch != n || y < boxes[k].first || y > boxes[k].last) continue;
+          for (int i = 0; i < p.pooled_h; ++i) {
+            const SampleRange rows = touching_samples(g.start_h, g.bin_h, i, g.grid_h, H);
+            for (int iy = rows.begin; iy < rows.end; ++iy) {
+              const AxisTaps<acc_t> ty = axis_taps(sample_coordinate(g.start_h, g.bin_h, i, iy, g.grid_h), H);
+              const bool low = ty.valid && ty.low == y, high = ty.valid && ty.high == y;
+              if (!low && !high) continue;
+              for (int j = 0; j < p.pooled_w; ++j) {
+                const acc_t* s = row.share(k, i, j);
+                const SampleRange cols = touching_samples(g.start_w, g.bin_w, j, g.grid_w, W);
+                for (int ix = cols.begin; ix < cols.end; ++ix) {
+                  const AxisTaps<acc_t> tx = axis_taps(sample_coordinate(g.start_w, g.bin_w, j, ix, g.grid_w), W);
+                  if (!tx.valid) continue;
+                  if (low) {
+                    row.add(tx.low, i, j, s, ty.w_low * tx.w_low);
+                    row.add(tx.high, i, j, s, ty.w_low * tx.w_high);
+                  }
+                  if (high) {
+                    row.add(tx.low, i, j, s, ty.w_high * tx.w_low);
+                    row.add(tx.high, i, j, s, ty.w_high * tx.w_high);
+                  }
+                }
+              }
+            }
+          }
+        }
+      });
 }
 
 std::tuple<Tensor, Tensor> ps_roi_align_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,

@@ -1,5 +1,5 @@
-// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: parallel over bins,
-// whose input channels no other bin writes: race-free, in a fixed order, so deterministic with no
+// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: a gather by rows of
+// the input (common/cpu/ps_backward.h): race-free and in a fixed order, so deterministic with no
 // extra path.
 #include <array>
 #include <cstdint>
@@ -8,6 +8,7 @@
 
 #include "../../common/checks.h"
 #include "../../common/cpu/parallel.h"
+#include "../../common/cpu/ps_backward.h"
 #include "../../common/library.h"
 #include "../../common/tensor.h"
 #include "params.h"
@@ -55,41 +56,40 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
   });
 }
 
-// Parallel over bins: the input channels of bin (i, j) are written by that bin only. Sums in opmath
-// (float for the half types), box by box, so in a fixed order.
+// Each cell of bin (i, j) of box k receives grad / area once, gathered row by row (ps_backward.h).
 template <typename scalar_t>
 Tensor backward(const Tensor& grad, const Tensor& rois, const PsCall& p) {
   using acc_t = opmath_t<scalar_t>;
-  Tensor sums = empty_4d({p.batch, p.channels, p.height, p.width}, scalar_type_of<acc_t>(), grad, p.nhwc);
-  acc_t* gi = sums.mutable_data_ptr<acc_t>();
-  zero_in_parallel(gi, sums.numel());
-  const scalar_t* gr = grad.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
-  const Strides4 at = strides_of(grad);
-  const PsMapLayout layout(p);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
-  parallel_for_each_dynamic(p.pooled_h * p.pooled_w, p.num_rois * p.out_channels * 16, [&](int64_t bin) {
-    const int i = static_cast<int>(bin / p.pooled_w), j = static_cast<int>(bin % p.pooled_w);
-    for (int64_t k = 0; k < p.num_rois; ++k) {
-      acc_t box[kBoxWidth];
-      load_box<kBoxWidth>(r, k, box);
-      const PoolGeometry<acc_t> g = ps_pool_geometry(box, p);
-      const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
-      const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
-      const int64_t area = static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
-      if (area <= 0) continue;
-      for (int64_t c = 0; c < p.out_channels; ++c) {
-        const acc_t gv = static_cast<acc_t>(gr[at.at(k, c, i, j)]);
-        if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-        const acc_t share = gv / static_cast<acc_t>(area);
-        acc_t* plane = gi + layout.plane(g.batch, ps_input_channel(c, i, j, p.pooled_h, p.pooled_w));
-        for (int h = rows.begin; h < rows.end; ++h) {
-          for (int w = cols.begin; w < cols.end; ++w) plane[(static_cast<int64_t>(h) * W + w) * layout.cell] += share;
+  std::vector<PoolGeometry<acc_t>> boxes(p.num_rois);
+  for (int64_t k = 0; k < p.num_rois; ++k) {
+    acc_t box[kBoxWidth];
+    load_box<kBoxWidth>(r, k, box);
+    boxes[k] = ps_pool_geometry(box, p);
+  }
+  const auto area = [&](int64_t k, int i, int j) {
+    const CellRange rows = pool_bin_range(boxes[k].start_h, boxes[k].bin_h, i, H);
+    const CellRange cols = pool_bin_range(boxes[k].start_w, boxes[k].bin_w, j, W);
+    return static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
+  };
+  return ps_backward_by_rows<scalar_t>(
+      grad, p, [&](int64_t k, int i, int j) { return static_cast<acc_t>(area(k, i, j)); },
+      [&](int64_t n, int y, const PsGradRow<acc_t>& row) {
+        for (int64_t k = 0; k < p.num_rois; ++k) {
+          const PoolGeometry<acc_t>& g = boxes[k];
+          if (g.batch != n) continue;
+          for (int i = 0; i < p.pooled_h; ++i) {
+            const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
+            if (y < rows.begin || y >= rows.end) continue;
+            for (int j = 0; j < p.pooled_w; ++j) {
+              const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
+              const acc_t* s = row.share(k, i, j);
+              for (int x = cols.begin; x < cols.end; ++x) row.add(x, i, j, s);
+            }
+          }
         }
-      }
-    }
-  });
-  return grad.scalar_type() == sums.scalar_type() ? sums : to_dtype(sums, grad.scalar_type());
+      });
 }
 
 std::tuple<Tensor, Tensor> ps_roi_pool_forward_cpu(const Tensor& input, const Tensor& rois, double spatial_scale,
