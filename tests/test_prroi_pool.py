@@ -351,3 +351,14 @@ def test_torchscript_and_fx():
             torch.testing.assert_close(scripted(x, b), module(x, b), rtol=0, atol=0)
     graph = torch.fx.symbolic_trace(roiops.PrRoIPool(3, 1.0)).graph
     assert [n.target for n in graph.nodes if n.op == "call_function"] == [roiops.prroi_pool]
+
+
+def test_packed_channel_blocks_give_the_layouts_results():
+    # Dense NCHW calls are pooled from packed blocks of 32 channels (the last block partial here): the
+    # same bits as channels-last, whose loops they share, and the reference's values.
+    x = make_input((2, 40, 12, 14), torch.float32, seed=20)
+    rois = make_rois(30, 2, 12, 14, 1.0, "inside", seed=21)
+    nchw = roiops.prroi_pool(x, rois, 3, 1.0)
+    nhwc = roiops.prroi_pool(x.to(memory_format=torch.channels_last), rois, 3, 1.0)
+    torch.testing.assert_close(nchw, nhwc.contiguous(), rtol=0, atol=0)
+    torch.testing.assert_close(nchw, prroi_pool_reference(x, rois, 3, 1.0), rtol=1e-5, atol=1e-5)

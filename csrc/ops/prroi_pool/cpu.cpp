@@ -15,8 +15,10 @@
 #include <vector>
 
 #include "../../common/checks.h"
+#include "../../common/cpu/channel_blocks.h"
 #include "../../common/cpu/output_parts.h"
 #include "../../common/cpu/parallel.h"
+#include "../../common/cpu/tuning.h"
 #include "../../common/cpu/vector_loops.h"
 #include "../../common/library.h"
 #include "geometry.h"
@@ -78,16 +80,18 @@ acc_t plane_mean(const scalar_t* plane, int64_t W, const BinWeights<acc_t>& b) {
   return sum;
 }
 
+// Pools every RoI from `map` ([N, H, W, channels] with each cell's channels contiguous when nhwc, else
+// [N, channels, H, W]) into output channels [c0, c0 + channels).
 template <typename scalar_t>
-void forward(const Tensor& in, const scalar_t* rois, Tensor& output, const PrroiParams& p) {
+void forward_channels(const scalar_t* map, bool nhwc, int64_t channels, int64_t c0, const scalar_t* rois,
+                      Tensor& output, const PrroiParams& p) {
   using acc_t = opmath_t<scalar_t>;
-  const scalar_t* map = in.const_data_ptr<scalar_t>();
   scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
-  const int64_t C = p.channels, W = p.width, HW = p.height * p.width;
+  const int64_t C = channels, W = p.width, HW = p.height * p.width;
   const Strides4 out_at = strides_of(output);
   parallel_for_each_dynamic_with(
       p.num_rois, C * p.pooled_h * p.pooled_w * 16,
-      [&] { return std::make_tuple(std::vector<acc_t>(C), std::vector<acc_t>(p.nhwc ? C : 0), BinWeights<acc_t>()); },
+      [&] { return std::make_tuple(std::vector<acc_t>(C), std::vector<acc_t>(nhwc ? C : 0), BinWeights<acc_t>()); },
       [&](auto& scratch, int64_t k) {
         auto& [acc, row_sum, b] = scratch;
         const PrroiGeometry<acc_t> g = load_geometry(rois, k, p);
@@ -97,7 +101,7 @@ void forward(const Tensor& in, const scalar_t* rois, Tensor& output, const Prroi
             std::fill(acc.begin(), acc.end(), acc_t(0));
             if (!g.empty) {
               b.compute(g, ph, pw, p);
-              if (p.nhwc) {
+              if (nhwc) {
                 // The arithmetic of plane_mean, a vector of channels at a time (the same results).
                 for (int i = 0; i < b.rows.size(); ++i) {
                   std::fill(row_sum.begin(), row_sum.end(), acc_t(0));
@@ -111,10 +115,41 @@ void forward(const Tensor& in, const scalar_t* rois, Tensor& output, const Prroi
                 for (int64_t c = 0; c < C; ++c) acc[c] = plane_mean(image + c * HW, W, b);
               }
             }
-            for (int64_t c = 0; c < C; ++c) out_data[out_at.at(k, c, ph, pw)] = static_cast<scalar_t>(acc[c]);
+            for (int64_t c = 0; c < C; ++c) out_data[out_at.at(k, c0 + c, ph, pw)] = static_cast<scalar_t>(acc[c]);
           }
         }
       });
+}
+
+// The map's cells that the RoIs' bins read, counted per RoI (a bin reads the cells of its span).
+template <typename scalar_t>
+double cells_read(const scalar_t* rois, const PrroiParams& p) {
+  using acc_t = opmath_t<scalar_t>;
+  double cells = 0;
+  for (int64_t k = 0; k < p.num_rois; ++k) {
+    const PrroiGeometry<acc_t> g = load_geometry(rois, k, p);
+    if (g.empty) continue;
+    const BinAxis<acc_t> ay{g.start_h, g.start_h + g.bin_h * static_cast<acc_t>(p.pooled_h), g.bin_h};
+    const BinAxis<acc_t> ax{g.start_w, g.start_w + g.bin_w * static_cast<acc_t>(p.pooled_w), g.bin_w};
+    cells +=
+        static_cast<double>(ay.cells(static_cast<int>(p.height)).size()) * ax.cells(static_cast<int>(p.width)).size();
+  }
+  return cells;
+}
+
+// Channels-last maps are pooled as they are. An NCHW map that the bins read densely is packed one
+// block of channels at a time (channel_blocks.h, tuning.h: kPackSampleFraction): a bin then reads
+// contiguous channel vectors of a block that stays in cache, instead of one cell of every plane.
+template <typename scalar_t>
+void forward(const Tensor& in, const scalar_t* rois, Tensor& output, const PrroiParams& p) {
+  if (p.nhwc) return forward_channels(in.const_data_ptr<scalar_t>(), true, p.channels, 0, rois, output, p);
+  if (p.channels < kMinPackedChannels ||
+      cells_read(rois, p) * kPackSampleFraction < static_cast<double>(p.batch * p.height * p.width)) {
+    return forward_channels(in.const_data_ptr<scalar_t>(), false, p.channels, 0, rois, output, p);
+  }
+  for_each_channel_block<scalar_t>(in, false, [&](const scalar_t* block, int64_t c0, int64_t n) {
+    forward_channels(block, true, n, c0, rois, output, p);
+  });
 }
 
 // The input gradient in acc_t, NCHW or channels-last like grad. Each thread zeroes its own channels
@@ -127,7 +162,6 @@ void backward(const Tensor& grad, const scalar_t* rois, Tensor& grad_in, const P
   const int64_t C = p.channels, W = p.width, HW = p.height * p.width;
   const Strides4 grad_at = strides_of(grad);
   const int bins_per_box = p.pooled_h * p.pooled_w;
-  if (p.nhwc) zero_in_parallel(gi_data, grad_in.numel());
   parallel_for_ranges(C, p.num_rois * bins_per_box * 16, [&](int64_t c0, int64_t c1) {
     std::vector<BinWeights<acc_t>> bins;
     std::vector<acc_t> gs(c1 - c0), gy(c1 - c0);
@@ -278,6 +312,7 @@ Tensor prroi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Ten
     using scalar_t = decltype(type_tag);
     // Accumulated in opmath (float for the half types), converted once at the end.
     grad_in = empty_4d(sizes, opmath_type(dtype), grad, p.nhwc);
+    if (p.nhwc) zero(grad_in);  // (NCHW planes are zeroed by the threads that own them)
     backward<scalar_t>(grad, r.const_data_ptr<scalar_t>(), grad_in, p);
   });
   return to_dtype(grad_in, dtype);
