@@ -46,6 +46,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../checks.h"
 #include "../library.h"
 #include "../tensor.h"
 
@@ -161,6 +162,20 @@ __device__ __forceinline__ void decompose_pooled_index(index_t i, bool nhwc, ind
     i /= PH;
     c = i % C;
     k = i / C;
+  }
+}
+
+// Offset of cell 0 of (batch, channel) in an NCHW or channels-last map, and the distance between two
+// cells of a plane.
+__device__ __forceinline__ void plane_base(const RoiCall& p, int64_t batch, int64_t c, int64_t& base,
+                                           int64_t& cell_stride) {
+  const int64_t HW = p.height * p.width;
+  if (p.nhwc) {
+    base = batch * HW * p.channels + c;
+    cell_stride = p.channels;
+  } else {
+    base = (batch * p.channels + c) * HW;
+    cell_stride = 1;
   }
 }
 

@@ -35,19 +35,6 @@ __device__ __forceinline__ bool load_geometry(const scalar_t* rois, int64_t k, c
   return true;
 }
 
-// Offset of cell 0 of (batch, channel) in the map, and the distance between two cells of a plane.
-__device__ __forceinline__ void plane_base(const PrroiParams& p, int64_t batch, int64_t c, int64_t& base,
-                                           int64_t& cell_stride) {
-  const int64_t HW = p.height * p.width;
-  if (p.nhwc) {
-    base = batch * HW * p.channels + c;
-    cell_stride = p.channels;
-  } else {
-    base = (batch * p.channels + c) * HW;
-    cell_stride = 1;
-  }
-}
-
 // For each row of bin (ph, pw): begin_row(wy) with the row's weight, then visit(cell offset within the
 // plane, wx) for each of its cells with the column's weight (the order of the CPU kernels' sums).
 template <typename acc_t, typename BeginRow, typename Visit, typename EndRow>

@@ -51,19 +51,6 @@ struct SamplesLimit {
   }
 };
 
-// Offset of cell 0 of (batch, channel) in the map, and the distance between two cells of a plane.
-__device__ __forceinline__ void plane_base(const AlignParams& a, int64_t batch, int64_t c, int64_t& base,
-                                           int64_t& cell_stride) {
-  const int64_t HW = a.height * a.width;
-  if (a.nhwc) {
-    base = batch * HW * a.channels + c;
-    cell_stride = a.channels;
-  } else {
-    base = (batch * a.channels + c) * HW;
-    cell_stride = 1;
-  }
-}
-
 template <typename scalar_t, typename index_t, bool kMax>
 __global__ void __launch_bounds__(kThreads)
     roi_align_forward_kernel(index_t total, const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,

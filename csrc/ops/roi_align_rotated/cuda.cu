@@ -43,19 +43,6 @@ struct RotatedLimit {
   }
 };
 
-// Offset of cell 0 of (batch, channel) in the map, and the distance between two cells of a plane.
-__device__ __forceinline__ void plane_base(const RotatedParams& p, int64_t batch, int64_t c, int64_t& base,
-                                           int64_t& cell_stride) {
-  const int64_t HW = p.height * p.width;
-  if (p.nhwc) {
-    base = batch * HW * p.channels + c;
-    cell_stride = p.channels;
-  } else {
-    base = (batch * p.channels + c) * HW;
-    cell_stride = 1;
-  }
-}
-
 template <typename scalar_t, typename index_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(index_t total, const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
