@@ -170,6 +170,17 @@ def size_map(res: dict, runs: Runs, seeds: Sequence[int]) -> dict:
                 stride_effect=summarize_two_level(mean, len(seeds)),
                 interaction=summarize_two_level(slope, len(seeds)),
             )
+        # the regime at equal size in cells: REFERENCE's own AP at the coarse stride minus at the fine one, over
+        # the same pairs of size ranges (what is left of the regime difference once the objects are as many
+        # cells at both strides)
+        own = np.mean(
+            [
+                runs.values(hi, REFERENCE, f"AP@{c}", seeds) - runs.values(lo, REFERENCE, f"AP@{a}", seeds)
+                for a, c in pairs
+            ],
+            axis=0,
+        )
+        out["regime_equal_cells"] = entry(own)
     return out
 
 
@@ -249,8 +260,11 @@ def plateau_step(curve: dict, final: dict) -> Optional[int]:
 
 
 def at_plateau(curve: dict, final: dict) -> Optional[bool]:
-    """The plateau check: is the AP the extended seeds reach at their last checkpoint (nominal-step mean plus
-    their paired change) inside the nominal steps' two-level interval ``final``? None without extended seeds."""
+    """The plateau check: the AP the extended seeds reach at their last checkpoint (nominal-step mean plus their
+    paired change) is inside the nominal steps' two-level interval ``final``, and the change's own interval
+    reaches 0 or below (a curve that still rises by a detectable amount is near its plateau, not on it). None
+    without extended seeds."""
     if not curve.get("extra"):
         return None
-    return bool(final["lo"] <= final["mean"] + curve["extra"][-1]["mean"] <= final["hi"])
+    e = curve["extra"][-1]
+    return bool(final["lo"] <= final["mean"] + e["mean"] <= final["hi"] and e["lo"] <= 0)
