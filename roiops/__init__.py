@@ -10,6 +10,7 @@ from ._ops import deterministic_backward, device_box_checks, set_deterministic_b
 from ._validation import BoxesShapeError, KernelValueError
 from .paste import paste_masks
 from .position_sensitive import PSRoIAlign, PSRoIPool, ps_roi_align, ps_roi_pool
+from .prroi_pool import PrRoIPool, prroi_pool
 from .roi_align import RoIAlign, roi_align
 from .roi_align_rotated import RoIAlignRotated, roi_align_rotated
 from .roi_pool import RoIPool, roi_pool
@@ -48,6 +49,8 @@ __all__ = [
     "ps_roi_pool",
     "PSRoIAlign",
     "PSRoIPool",
+    "prroi_pool",
+    "PrRoIPool",
     "MultiScaleRoIAlign",
     "BoxesShapeError",
     "KernelValueError",

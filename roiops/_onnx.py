@@ -19,6 +19,8 @@ Mapping (ONNX operator definitions of opset 16+):
 - ``roi_align_rotated`` is refused: no standard ONNX operator samples oriented boxes (``RoiAlign``
   takes axis-aligned ones; ROIAlignRotated exists only as a vendor extension, e.g. OpenVINO's), so an
   export could only be a different computation or a custom node no standard runtime runs.
+- ``prroi_pool`` is refused: no standard ONNX operator integrates the interpolated map over a bin
+  (``RoiAlign`` samples it at a few points, a different value).
 - ``roi_align`` max is refused: ONNX's ``RoiAlign`` max mode takes the maximum of the bilinear *taps*
   weighted by their weights (not of the interpolated samples), a different quantity; exporting it would
   silently change the model.
@@ -55,6 +57,13 @@ ROTATED_MESSAGE = (
     "roiops::roi_align_rotated cannot be exported to ONNX: no standard ONNX operator pools rotated boxes "
     "(RoiAlign takes axis-aligned boxes only), so the exported model would compute something else. Keep "
     "the rotated pooling in PyTorch (TorchScript or torch.export), or export the model up to the pooling."
+)
+
+PRROI_MESSAGE = (
+    "roiops::prroi_pool cannot be exported to ONNX: no standard ONNX operator computes the exact integral of "
+    "a bin (RoiAlign averages a few bilinear samples, a different value), so the exported model would compute "
+    "something else. Keep the model in PyTorch (TorchScript, torch.export or AOTInductor), or export the "
+    "layers before and after it."
 )
 
 
@@ -129,8 +138,12 @@ def _register_torchscript_symbolics() -> None:
     def roi_align_rotated(g, *args):
         raise UnsupportedExportError(ROTATED_MESSAGE)
 
+    def prroi_pool(g, *args):
+        raise UnsupportedExportError(PRROI_MESSAGE)
+
     register_custom_op_symbolic("roiops::roi_align", roi_align, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::roi_align_rotated", roi_align_rotated, ONNX_MIN_OPSET)
+    register_custom_op_symbolic("roiops::prroi_pool", prroi_pool, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::roi_pool", roi_pool, ONNX_MIN_OPSET)
     register_custom_op_symbolic("roiops::multilevel_pool", multilevel_pool, ONNX_MIN_OPSET)
     for name in ("ps_roi_align", "ps_roi_pool"):
@@ -219,6 +232,10 @@ def _register_dynamo_translations() -> None:
         clockwise: bool,
     ):
         raise UnsupportedExportError(ROTATED_MESSAGE)
+
+    @onnx_impl(torch.ops.roiops.prroi_pool.default, trace_only=True)
+    def prroi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int, aligned: bool):
+        raise UnsupportedExportError(PRROI_MESSAGE)
 
 
 def register() -> None:

@@ -10,7 +10,10 @@ that the schemas agree with the specs):
     _<name>_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
                      batch_size, channels, height, width, *extra, deterministic) -> grad_input
 
-(argmax is channel_mapping for the position-sensitive ops.)
+(argmax is channel_mapping for the position-sensitive ops.) An op whose output is differentiable in
+the box coordinates (box_gradient) has a third:
+
+    _<name>_rois_backward(grad, input, rois, spatial_scale, pooled_height, pooled_width, *extra) -> grad_rois
 """
 
 import contextlib
@@ -51,6 +54,9 @@ class OpSpec:
     # csrc/common/position_sensitive.h): the output has C / (PH * PW) channels, and the second output
     # is that channel ("channel_mapping") instead of an argmax.
     position_sensitive: bool = False
+    # Whether the output is differentiable in the box coordinates: gradients then flow to rois too,
+    # through the op's _rois_backward (which reads the input, saved only when rois require grad).
+    box_gradient: bool = False
 
     @property
     def second_output(self) -> str:
@@ -59,6 +65,20 @@ class OpSpec:
     @property
     def backward_name(self) -> str:
         return f"_{self.name}_backward"
+
+    @property
+    def rois_backward_name(self) -> str:
+        return f"_{self.name}_rois_backward"
+
+    @property
+    def op_names(self) -> Tuple[str, ...]:
+        """Every compiled op of this spec."""
+        extra = (self.rois_backward_name,) if self.box_gradient else ()
+        return (self.name, self.backward_name, *extra)
+
+    @property
+    def rois_backward_args(self) -> Tuple[str, ...]:
+        return ("grad", "input", "rois", *COMMON_PARAMS, *self.extra_params)
 
     @property
     def forward_args(self) -> Tuple[str, ...]:
@@ -81,14 +101,6 @@ class OpSpec:
             ),
         )
         return channels // bins
-
-
-def _check_align_extra(op: str, args: dict) -> None:
-    pool_mode = args["pool_mode"]
-    torch._check_value(
-        pool_mode in POOL_MODES, lambda: f"roi_align: pool_mode must be 'avg' or 'max', but got '{pool_mode}'"
-    )
-    _check_sampling_ratio(op, args)
 
 
 def _check_sampling_ratio(op: str, args: dict) -> None:
@@ -133,6 +145,14 @@ SPECS: Dict[str, OpSpec] = {
             argmax_shaped=lambda args: False,
             check_extra=_check_sampling_ratio,
             quantized=False,
+        ),
+        # Precise RoI Pooling: average only (argmax always empty); gradients for the boxes too.
+        OpSpec(
+            "prroi_pool",
+            extra_params=("aligned",),
+            argmax_shaped=lambda args: False,
+            quantized=False,
+            box_gradient=True,
         ),
     )
 }
@@ -210,12 +230,26 @@ def _register_fakes(spec: OpSpec) -> None:
         sizes = tuple(args[name] for name in INPUT_SIZES)
         return torch.empty(sizes, dtype=grad.dtype, device=grad.device, memory_format=memory_format(grad))
 
+    def rois_backward_fake(*values):
+        args = dict(zip(spec.rois_backward_args, values))
+        grad, input, rois = args["grad"], args["input"], args["rois"]
+        op = spec.rois_backward_name
+        _check_common(spec, op, rois, input, args)
+        expected = (rois.shape[0], input.shape[1], args["pooled_height"], args["pooled_width"])
+        torch._check_value(
+            tuple(grad.shape) == expected, lambda: f"{op}: grad must have shape {expected}, but got {tuple(grad.shape)}"
+        )
+        return torch.empty(tuple(rois.shape), dtype=rois.dtype, device=rois.device)
+
     torch.library.register_fake(f"{NAMESPACE}::{spec.name}", forward_fake)
     torch.library.register_fake(f"{NAMESPACE}::{spec.backward_name}", backward_fake)
+    if spec.box_gradient:
+        torch.library.register_fake(f"{NAMESPACE}::{spec.rois_backward_name}", rois_backward_fake)
 
 
 # ---- autograd ----------------------------------------------------------------------------------
-# Gradients flow to `input` only; boxes get none (like torchvision), even if they require grad.
+# Gradients flow to `input`; boxes get none (like torchvision), even if they require grad, except from
+# an op with box_gradient.
 
 _settings = threading.local()  # per thread: one thread's choice never changes another's backward
 
@@ -273,22 +307,29 @@ def _deterministic() -> bool:
 def _register_autograd(spec: OpSpec) -> None:
     n_inputs = len(spec.forward_args)
     backward_op = getattr(ops, spec.backward_name)
+    rois_backward_op = getattr(ops, spec.rois_backward_name) if spec.box_gradient else None
 
     def setup_context(ctx, inputs, output):
         # argmax (int32) never receives a gradient; by default autograd would still allocate and fill
         # an output-sized tensor of zeros for it before each backward.
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(inputs[1], output[1])
+        box_grad = spec.box_gradient and ctx.needs_input_grad[1]
+        # The input only where the box gradient reads it (held for the backward otherwise for nothing).
+        ctx.save_for_backward(inputs[1], output[1], inputs[0] if box_grad else None)
         ctx.input_shape = tuple(inputs[0].shape)
         ctx.params = inputs[2:]
 
     def backward(ctx, grad_output, _grad_argmax):
         if grad_output is None:  # (not materialized: the output took no part in what is differentiated)
             return (None,) * n_inputs
-        rois, argmax = ctx.saved_tensors
+        rois, argmax, input = ctx.saved_tensors
         common, extra = ctx.params[: len(COMMON_PARAMS)], ctx.params[len(COMMON_PARAMS) :]
-        grad_input = backward_op(grad_output, rois, argmax, *common, *ctx.input_shape, *extra, _deterministic())
-        return (grad_input,) + (None,) * (n_inputs - 1)
+        grad_input = grad_rois = None
+        if ctx.needs_input_grad[0]:
+            grad_input = backward_op(grad_output, rois, argmax, *common, *ctx.input_shape, *extra, _deterministic())
+        if input is not None:
+            grad_rois = rois_backward_op(grad_output, input, rois, *common, *extra)
+        return (grad_input, grad_rois) + (None,) * (n_inputs - 2)
 
     def no_double_backward(ctx, *grads):
         raise NotImplementedError(
@@ -297,9 +338,10 @@ def _register_autograd(spec: OpSpec) -> None:
         )
 
     torch.library.register_autograd(f"{NAMESPACE}::{spec.name}", backward, setup_context=setup_context)
-    torch.library.register_autograd(
-        f"{NAMESPACE}::{spec.backward_name}", no_double_backward, setup_context=lambda ctx, inputs, output: None
-    )
+    for name in spec.op_names[1:]:
+        torch.library.register_autograd(
+            f"{NAMESPACE}::{name}", no_double_backward, setup_context=lambda ctx, inputs, output: None
+        )
 
 
 # ---- autocast and quantized input ------------------------------------------------------------------
@@ -364,7 +406,7 @@ def _register_autocast(name: str) -> None:
 
 
 def _register_dispatch_kernels(spec: OpSpec) -> None:
-    for name in (spec.name, spec.backward_name):
+    for name in spec.op_names:
         _register_autocast(name)
     if spec.quantized:
         _library_impls.impl(spec.name, _quantized_kernel(spec, getattr(ops, spec.name).default), "QuantizedCPU")

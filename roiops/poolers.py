@@ -23,12 +23,13 @@ from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
 from . import _validation as v
+from .prroi_pool import prroi_pool
 from .roi_align import roi_align
 from .roi_pool import roi_pool
 
 __all__ = ["MultiScaleRoIAlign", "infer_scale", "assign_levels", "POOL_OPS", "LEVEL_RULES"]
 
-POOL_OPS = ("roi_align", "roi_pool")
+POOL_OPS = ("roi_align", "roi_pool", "prroi_pool")
 # torchvision's MultiScaleRoIAlign (LevelMapper), detectron2's ROIPooler (assign_boxes_to_levels: +1e-8
 # inside the log) and mmdet's SingleRoIExtractor (map_roi_levels: floor(log2(sqrt(area) / 56 + 1e-6)),
 # finest_scale 56 by default, counted from the first level present).
@@ -144,7 +145,8 @@ def _multiscale_pool(
     k_min = int(round(-_log2(scales[0])))
     k_max = int(round(-_log2(scales[-1])))
     levels = assign_levels(rois[:, 1:], k_min, k_max, float(canonical_scale), canonical_level, rule=level_rule)
-    if not torch.jit.is_scripting():
+    # (multilevel_pool pools by RoIAlign or RoIPool; Precise RoI Pooling goes level by level.)
+    if not torch.jit.is_scripting() and op != "prroi_pool":
         if not torch.onnx.is_in_onnx_export():
             mode = "roi_pool" if op == "roi_pool" else pool_mode
             args = (features, rois.to(first.dtype), levels, scales, output_size[0], output_size[1])
@@ -198,6 +200,8 @@ def _pool_level(
 ) -> Tensor:
     if op == "roi_pool":
         return roi_pool(feature, rois, output_size, scale)
+    if op == "prroi_pool":
+        return prroi_pool(feature, rois, output_size, scale, aligned)
     return roi_align(feature, rois, output_size, scale, sampling_ratio, aligned, pool_mode)
 
 
@@ -216,7 +220,9 @@ class MultiScaleRoIAlign(_BASE):
         canonical_scale to its finest_scale, 56).
         aligned: half-pixel-corrected RoIAlign (default False, as torchvision's pooler).
         pool_mode: "avg" or "max" aggregation of a bin's samples (RoIAlign only).
-        op: "roi_align" (default) or "roi_pool" (quantizing Fast R-CNN pooling, for comparisons).
+        op: "roi_align" (default), "roi_pool" (quantizing Fast R-CNN pooling, for comparisons) or
+            "prroi_pool" (Precise RoI Pooling, the exact bin integral; ``aligned`` is its offset,
+            ``sampling_ratio`` and ``pool_mode`` do not apply; pooled level by level).
 
     Call: ``pooler(features: dict[str, Tensor], boxes: list[Tensor[L, 4]], image_shapes: list[(h, w)])``
     -> Tensor[sum L, C, h, w]. Unlike torchvision, scales are inferred again on every call (cheap

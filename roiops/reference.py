@@ -3,7 +3,8 @@
 These functions are an independent oracle for the compiled kernels: they are written from the
 operator definition in docs/semantics.md (torchvision-compatible), using only tensor operations,
 so they run on any device PyTorch supports and are differentiable by autograd with respect to
-``input`` (which gives reference gradients). Boxes never receive a gradient.
+``input`` (which gives reference gradients). Boxes receive no gradient, except in Precise RoI
+Pooling, whose output is differentiable in the box coordinates too.
 
 Precision: float32 and float64 inputs are computed in their own dtype (the box geometry too, so the
 discrete decisions -- sample grid sizes, floor() of sample coordinates, rounded RoIPool edges -- are
@@ -27,6 +28,7 @@ __all__ = [
     "roi_pool_reference",
     "ps_roi_align_reference",
     "ps_roi_pool_reference",
+    "prroi_pool_reference",
 ]
 
 # Upper bound on the number of gathered elements held per chunk (per tap).
@@ -471,3 +473,98 @@ def ps_roi_pool_reference(
     if not rows:
         return _zeros(feat, (0, C // (ph * pw), ph, pw)).to(input.dtype)
     return torch.stack(rows).to(input.dtype).contiguous()
+
+
+def _hat_antiderivative(u: Tensor) -> Tensor:
+    """The integral of hat(t) = max(0, 1 - |t|) from -inf to u."""
+    u = u.clamp(-1, 1)
+    return torch.where(u < 0, (u + 1) ** 2 / 2, 1 - (1 - u) ** 2 / 2)
+
+
+def _prroi_axis_weights(lo: Tensor, hi: Tensor, size: int) -> Tensor:
+    """[..., size]: the mean over [lo, hi] of hat(x - c) for each cell c of one axis (hat(lo - c) where
+    lo == hi), computed in float64 from edges rounded as the kernels round them."""
+    lo, hi = lo.double()[..., None], hi.double()[..., None]
+    cells = torch.arange(size, dtype=torch.float64, device=lo.device)
+    width = hi - lo
+    thin = width <= 0
+    mean = (_hat_antiderivative(hi - cells) - _hat_antiderivative(lo - cells)) / torch.where(thin, 1.0, width)
+    point = (1 - (lo - cells).abs()).clamp(min=0)
+    return torch.where(thin, point, mean)
+
+
+def prroi_pool_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: Union[int, Tuple[int, int]],
+    spatial_scale: float = 1.0,
+    aligned: bool = True,
+) -> Tensor:
+    """Precise RoI Pooling in pure PyTorch, from its definition in docs/semantics.md: bin (i, j) of a box
+    is the mean over the bin of f(x, y) = sum over cells (r, c) of v[r, c] * hat(y - r) * hat(x - c),
+    the map interpolated bilinearly between cell centres with cells outside the map 0. Separable: the
+    mean is wy^T V wx, wx[c] the mean of hat(x - c) over the bin's columns (through the antiderivative
+    of hat, a formula independent of the kernels'); a box of no area gives 0.
+
+    Args:
+        input: Tensor[N, C, H, W] of a floating dtype.
+        rois: Tensor[K, 5] of (batch index, x1, y1, x2, y2). Not validated.
+        output_size: int or (pooled_h, pooled_w).
+        spatial_scale: feature-map cells per image pixel.
+        aligned: shift the box by -0.5 cell (cell c's value at the centre of pixel cell c); False: no
+            shift (mmcv's PrRoIPool).
+
+    Returns:
+        Tensor[K, C, pooled_h, pooled_w] (contiguous), differentiable w.r.t. ``input`` **and** the box
+        coordinates of ``rois`` (autograd through the weights: an oracle for the box gradient).
+    """
+    ph, pw = _pair(output_size)
+    N, C, H, W = input.shape
+    K = rois.shape[0]
+    cdtype = _compute_dtype(input.dtype)
+    r = rois.to(device=input.device, dtype=cdtype)
+    offset = 0.5 if aligned else 0.0
+    # Edges in the compute dtype, as the kernels round them.
+    start_x, start_y = r[:, 1] * spatial_scale - offset, r[:, 2] * spatial_scale - offset
+    bin_w = (r[:, 3] * spatial_scale - offset - start_x) / pw
+    bin_h = (r[:, 4] * spatial_scale - offset - start_y) / ph
+    area = (bin_w > 0) & (bin_h > 0) & torch.isfinite(bin_w) & torch.isfinite(bin_h)
+    ar_w = torch.arange(pw, device=r.device, dtype=cdtype)
+    ar_h = torch.arange(ph, device=r.device, dtype=cdtype)
+    wx = _prroi_axis_weights(
+        start_x[:, None] + ar_w * bin_w[:, None], start_x[:, None] + (ar_w + 1) * bin_w[:, None], W
+    )
+    wy = _prroi_axis_weights(
+        start_y[:, None] + ar_h * bin_h[:, None], start_y[:, None] + (ar_h + 1) * bin_h[:, None], H
+    )
+    keep = area.to(torch.float64)[:, None, None]
+    wx, wy = wx * keep, wy * keep  # [K, pw, W], [K, ph, H]
+    batch = r[:, 0].detach().long()
+    feat = input.double()
+    finite = bool(torch.isfinite(feat).all())
+    step = max(1, _CHUNK_ELEMENTS // max(1, C * H * W))
+    parts = []
+    for s in range(0, K, step):
+        ys, xs, v = wy[s : s + step], wx[s : s + step], feat[batch[s : s + step]]
+        if finite:
+            parts.append(torch.einsum("kir,kcrs,kjs->kcij", ys, v, xs))
+        else:
+            parts.append(_weighted_sum_ieee(ys, v, xs))
+    out = torch.cat(parts) if parts else _zeros(feat, (0, C, ph, pw))
+    return out.to(input.dtype).contiguous()
+
+
+def _weighted_sum_ieee(wy: Tensor, v: Tensor, wx: Tensor) -> Tensor:
+    """einsum("kir,kcrs,kjs->kcij") as a sum over the cells of positive weight only, with IEEE rules for
+    the non-finite ones (a cell of weight 0 is not read, so its inf or NaN does not count): NaN if any
+    read cell is NaN or reads include both infinities, else +-inf if one is read, else the finite sum."""
+    finite = torch.isfinite(v)
+    total = torch.einsum("kir,kcrs,kjs->kcij", wy, torch.where(finite, v, 0.0), wx)
+    ry, rx = (wy > 0).double(), (wx > 0).double()
+
+    def read(mask):
+        return torch.einsum("kir,kcrs,kjs->kcij", ry, mask.double(), rx) > 0
+
+    nan, pos, neg = read(v.isnan()), read(v == float("inf")), read(v == float("-inf"))
+    total = torch.where(pos, float("inf"), torch.where(neg, float("-inf"), total))
+    return torch.where(nan | (pos & neg), float("nan"), total)

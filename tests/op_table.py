@@ -173,6 +173,12 @@ _ROTATED_ARGUMENT_ERRORS = (
     (dict(clockwise="yes"), TypeError, "clockwise"),
 )
 
+_PRROI_ARGUMENT_ERRORS = (
+    (dict(aligned=1), TypeError, "aligned"),
+    (dict(aligned=None), TypeError, "aligned"),
+    (dict(aligned="True"), TypeError, "aligned"),
+)
+
 OP_TABLE = (
     _roi_align("avg"),
     _roi_align("max"),
@@ -226,6 +232,18 @@ OP_TABLE = (
         # output size, so there is no sweep over bin counts as roi_pool's).
         gradcheck_sweep=(dict(spatial_scale=1.0), dict(spatial_scale=0.5)),
         argument_errors=_PS_ARGUMENT_ERRORS,
+    ),
+    OpConfig(
+        id="prroi_pool",
+        name="prroi_pool",
+        public=roiops.prroi_pool,
+        reference=reference.prroi_pool_reference,
+        defaults=dict(output_size=(3, 4), spatial_scale=0.5, aligned=True),
+        # No sampling parameter: the sweep is over the offset and bin counts (bins of other widths).
+        sweep=(dict(aligned=True), dict(aligned=False), dict(output_size=1), dict(output_size=(2, 5))),
+        short_sweep=(dict(aligned=True), dict(aligned=False)),
+        gradcheck_sweep=(dict(aligned=True), dict(aligned=False, spatial_scale=1.0)),
+        argument_errors=_PRROI_ARGUMENT_ERRORS,
     ),
 )
 OPS = {op.id: op for op in OP_TABLE}

@@ -142,5 +142,14 @@ def test_rotation_cost_times_both_ops_on_the_same_boxes():
     args = cli.build_parser().parse_args(["speed", "--rotated", "--repeats", "1", "--warmup", "0"])
     rows = speed.rotation_cost(args, [Case("small", "roi_align_rotated", **SMALL)])
     assert [r["direction"] for r in rows] == ["forward", "backward"]
-    assert all(r["rotated_ms"] > 0 and r["roi_align_ms"] > 0 for r in rows)
-    assert rows[0]["max_diff"] < 1e-5  # angle 0 is roi_align
+    assert all(r["ms"]["rotated"] > 0 and r["ms"]["roi_align"] > 0 for r in rows)
+    assert rows[0]["max_diff"]["roi_align"] < 1e-5  # angle 0 is roi_align
+
+
+def test_integration_cost_times_prroi_beside_both_samplings():
+    args = cli.build_parser().parse_args(["speed", "--prroi", "--repeats", "1", "--warmup", "0"])
+    rows = speed.integration_cost(args, [Case("small", "prroi_pool", **SMALL)])
+    assert [r["direction"] for r in rows] == ["forward", "backward"]
+    assert set(rows[0]["ratio"]) == {"roi_align sr=2", "roi_align adaptive"}
+    # Sampling approximates the integral: close, but not equal.
+    assert 0 < rows[0]["max_diff"]["roi_align sr=2"] < 1

@@ -9,6 +9,7 @@ from roiops._onnx import (
     MAX_MODE_MESSAGE,
     MULTILEVEL_MESSAGE,
     ONNX_MIN_OPSET,
+    PRROI_MESSAGE,
     ROTATED_MESSAGE,
     position_sensitive_message,
 )
@@ -124,13 +125,23 @@ def test_max_mode_export_is_refused_with_the_reason(tmp_path, exporter):
     assert not (tmp_path / "m.onnx").exists()
 
 
+_REFUSED = {
+    "roi_align_rotated": (
+        _Op(roiops.roi_align_rotated, output_size=2, sampling_ratio=2),
+        torch.tensor([[0, 8.0, 9.0, 6.0, 4.0, 30.0], [1, 12.0, 5.0, 3.0, 7.0, -45.0]]),
+        ROTATED_MESSAGE,
+    ),
+    "prroi_pool": (_Op(roiops.prroi_pool, output_size=2), _boxes(3, 0), PRROI_MESSAGE),
+}
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
-def test_rotated_export_is_refused_with_the_reason(tmp_path, exporter):
-    model = _Op(roiops.roi_align_rotated, output_size=2, sampling_ratio=2)
-    rois = torch.tensor([[0, 8.0, 9.0, 6.0, 4.0, 30.0], [1, 12.0, 5.0, 3.0, 7.0, -45.0]])
+@pytest.mark.parametrize("op", sorted(_REFUSED))
+def test_ops_without_an_onnx_equivalent_are_refused_with_the_reason(tmp_path, exporter, op):
+    model, rois, message = _REFUSED[op]
     with pytest.raises(Exception) as info:
         _export(model, (X, rois), tmp_path / "m.onnx", exporter, [[], [0]])
-    assert any(ROTATED_MESSAGE in str(e) for e in _error_chain(info.value)), str(info.value)
+    assert any(message in str(e) for e in _error_chain(info.value)), str(info.value)
     assert not (tmp_path / "m.onnx").exists()
 
 

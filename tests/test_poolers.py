@@ -64,7 +64,9 @@ def test_infer_scale_rounds_to_power_of_two():
 
 
 @pytest.mark.parametrize("aligned", [False, True])
-@pytest.mark.parametrize("op,pool_mode", [("roi_align", "avg"), ("roi_align", "max"), ("roi_pool", "avg")])
+@pytest.mark.parametrize(
+    "op,pool_mode", [("roi_align", "avg"), ("roi_align", "max"), ("roi_pool", "avg"), ("prroi_pool", "avg")]
+)
 def test_each_box_pooled_from_its_level(op, pool_mode, aligned):
     # oracle: pool every box alone with the plain operator on the level the FPN rule gives it
     h, w = 150, 190
@@ -83,6 +85,8 @@ def test_each_box_pooled_from_its_level(op, pool_mode, aligned):
             feat = feats[str(level)]
             if op == "roi_pool":
                 ref = roiops.roi_pool(feat, roi, (5, 4), 2.0 ** -(level + 2))
+            elif op == "prroi_pool":
+                ref = roiops.prroi_pool(feat, roi, (5, 4), 2.0 ** -(level + 2), aligned)
             else:
                 ref = roiops.roi_align(feat, roi, (5, 4), 2.0 ** -(level + 2), 2, aligned, pool_mode)
             torch.testing.assert_close(out[k], ref[0], rtol=0, atol=0)

@@ -11,7 +11,7 @@ import roiops
 from roiops._ops import MULTILEVEL_OPS, SPECS
 
 # Every op of the spec table, forward and backward, and multilevel_pool; the settings ops besides.
-OPS = sorted([name for spec in SPECS.values() for name in (spec.name, spec.backward_name)] + list(MULTILEVEL_OPS))
+OPS = sorted([name for spec in SPECS.values() for name in spec.op_names] + list(MULTILEVEL_OPS))
 SETTINGS_OPS = ["set_device_box_checks"]
 
 

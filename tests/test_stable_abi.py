@@ -64,7 +64,10 @@ def test_an_older_torch_is_refused_with_the_range():
 
 @pytest.mark.parametrize("spec", SPECS.values(), ids=list(SPECS))
 def test_schemas_follow_the_specs(spec):
-    for name, expected in ((spec.name, spec.forward_args), (spec.backward_name, spec.backward_args)):
+    expected_args = [(spec.name, spec.forward_args), (spec.backward_name, spec.backward_args)]
+    if spec.box_gradient:
+        expected_args.append((spec.rois_backward_name, spec.rois_backward_args))
+    for name, expected in expected_args:
         schema = getattr(torch.ops.roiops, name).default._schema
         assert tuple(a.name for a in schema.arguments) == expected
 

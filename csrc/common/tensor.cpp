@@ -41,6 +41,10 @@ Tensor empty_1d(int64_t n, ScalarType dtype, const Tensor& like) {
   return torch::stable::empty({n}, dtype, std::nullopt, like.device());
 }
 
+Tensor empty_2d(int64_t n0, int64_t n1, ScalarType dtype, const Tensor& like) {
+  return torch::stable::empty({n0, n1}, dtype, std::nullopt, like.device());
+}
+
 Tensor zeros_1d(int64_t n, ScalarType dtype, const Tensor& like) { return zero(empty_1d(n, dtype, like)); }
 
 Tensor make_contiguous(const Tensor& t, bool channels_last) {

@@ -133,6 +133,8 @@ inline Strides4 strides_of(const Tensor& t) {
 Tensor empty_4d(const std::array<int64_t, 4>& sizes, ScalarType dtype, const Tensor& like, bool channels_last);
 // A new 1-D tensor on like's device.
 Tensor empty_1d(int64_t n, ScalarType dtype, const Tensor& like);
+// A new [n0, n1] tensor on like's device, contiguous, uninitialized.
+Tensor empty_2d(int64_t n0, int64_t n1, ScalarType dtype, const Tensor& like);
 Tensor zeros_1d(int64_t n, ScalarType dtype, const Tensor& like);
 Tensor make_contiguous(const Tensor& t, bool channels_last = false);
 Tensor to_dtype(const Tensor& t, ScalarType dtype);

@@ -21,7 +21,16 @@ import torch
 import roiops
 
 from . import limits, peers
-from .speed_cases import DTYPES, Case, make_inputs, rotated_cases, rotated_rois, standard_cases, sweep_cases
+from .speed_cases import (
+    DTYPES,
+    Case,
+    integration_cases,
+    make_inputs,
+    rotated_cases,
+    rotated_rois,
+    standard_cases,
+    sweep_cases,
+)
 
 __all__ = ["Case", "Result", "implementations", "make_inputs", "standard_cases", "run"]
 
@@ -275,47 +284,86 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only the cost of rotation: roi_align_rotated at angle 0 against roi_align on the same boxes",
     )
-
-
-def rotation_cost(args, cases: Optional[List[Case]] = None) -> List[dict]:
-    """roi_align_rotated at angle 0 and roi_align (avg) on the same boxes, timed round-robin; prints a
-    table with the ratio (rotated time / roi_align time) and returns its rows."""
-    rows = []
-    print(
-        f"{'case':<16} {'layout':<13} {'dir':<4} {'roi_align ms':>12} {'rotated ms':>11} {'ratio':>6} {'max diff':>9}"
+    p.add_argument(
+        "--prroi",
+        action="store_true",
+        help="only the cost of exact integration: prroi_pool against roi_align (2x2 and adaptive) on the same boxes",
     )
-    for case in cases or rotated_cases():
+
+
+def cost_beside(args, cases: List[Case], make_fns, note: str) -> List[dict]:
+    """Ops on the same inputs, timed round-robin: make_fns(case, rois) gives {name: fn(x, rois)}, the
+    baselines first and the op under study last. Prints each one's median ms, the op's time over each
+    baseline's and their largest forward |difference|; returns one row per case and direction."""
+    rows = []
+    for case in cases:
         torch.set_num_threads(case.threads)
         x, rois = make_inputs(case, args.device)
-        rotated = rotated_rois(rois)
-        a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale, sampling_ratio=case.sampling_ratio)
-        fns = {
-            "roi_align": lambda t, r: roiops.roi_align(t, r, **a, aligned=case.aligned),
-            "rotated": lambda t, r: roiops.roi_align_rotated(t, rotated, **a, aligned=case.aligned),
-        }
+        fns = make_fns(case, rois)
+        *baselines, subject = fns
+        if not rows:
+            heads = "".join(f" {name + ' ms':>20}" for name in fns) + "".join(f" {'x ' + b:>18}" for b in baselines)
+            print(f"{'case':<16} {'layout':<13} {'dir':<4}{heads} {'max diff':>9}")
         with torch.no_grad():
-            diff = float((fns["rotated"](x, rois) - fns["roi_align"](x, rois)).abs().max())
+            out = fns[subject](x, rois)
+            diff = {b: float((out - fns[b](x, rois)).abs().max()) for b in baselines}
         for direction in ["forward"] if args.forward_only else ["forward", "backward"]:
             steps = {name: STEPS[direction](fn, x, rois, args.device) for name, fn in fns.items()}
             times = measure(steps, args.repeats, args.warmup)
-            plain, rot = statistics.median(times["roi_align"]), statistics.median(times["rotated"])
+            ms = {name: statistics.median(t) for name, t in times.items()}
+            ratio = {b: ms[subject] / ms[b] for b in baselines}
             rows.append(
-                dict(
-                    case=case.name,
-                    layout=case.layout,
-                    direction=direction,
-                    roi_align_ms=plain,
-                    rotated_ms=rot,
-                    ratio=rot / plain,
-                    max_diff=diff,
-                )
+                dict(case=case.name, layout=case.layout, direction=direction, ms=ms, ratio=ratio, max_diff=diff)
             )
-            print(
-                f"{case.name:<16} {case.layout:<13} {direction[:3]:<4} {plain:>12.1f} {rot:>11.1f} "
-                f"{rot / plain:>6.2f} {diff:>9.1e}"
-            )
-    print("ratio: rotated time over roi_align time on the same boxes (angle 0); max diff: forward |difference|")
+            cells = "".join(f" {ms[name]:>20.1f}" for name in fns) + "".join(f" {ratio[b]:>18.2f}" for b in baselines)
+            print(f"{case.name:<16} {case.layout:<13} {direction[:3]:<4}{cells} {max(diff.values()):>9.1e}")
+    print(note)
     return rows
+
+
+def rotation_cost(args, cases: Optional[List[Case]] = None) -> List[dict]:
+    """roi_align_rotated at angle 0 beside roi_align (avg) on the same boxes."""
+
+    def fns(case, rois):
+        a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale, sampling_ratio=case.sampling_ratio)
+        rotated = rotated_rois(rois)
+        return {
+            "roi_align": lambda t, r: roiops.roi_align(t, r, **a, aligned=case.aligned),
+            "rotated": lambda t, r: roiops.roi_align_rotated(t, rotated, **a, aligned=case.aligned),
+        }
+
+    note = "x roi_align: rotated time over roi_align time on the same boxes (angle 0); max diff: forward |difference|"
+    return cost_beside(args, cases or rotated_cases(), fns, note)
+
+
+def integration_cost(args, cases: Optional[List[Case]] = None) -> List[dict]:
+    """prroi_pool beside roi_align (avg, aligned) with 2x2 samples and with adaptive sampling, same boxes."""
+
+    def fns(case, rois):
+        a = dict(output_size=case.output_size, spatial_scale=case.spatial_scale, aligned=True)
+        return {
+            "roi_align sr=2": lambda t, r: roiops.roi_align(t, r, **a, sampling_ratio=2),
+            "roi_align adaptive": lambda t, r: roiops.roi_align(t, r, **a, sampling_ratio=0),
+            "prroi_pool": lambda t, r: roiops.prroi_pool(t, r, case.output_size, case.spatial_scale),
+        }
+
+    note = (
+        "x <roi_align>: prroi_pool's time over roi_align's on the same boxes; max diff: forward |difference| "
+        "(sampling against the exact integral)"
+    )
+    return cost_beside(args, cases or integration_cases(), fns, note)
+
+
+def _only_cost_table(args, label: str, rows_of) -> int:
+    threads_before = torch.get_num_threads()
+    try:
+        rows = rows_of(args)
+    finally:
+        torch.set_num_threads(threads_before)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"roiops": roiops.__version__, "torch": torch.__version__, label: rows}, f, indent=1)
+    return 0
 
 
 def run(args) -> int:
@@ -323,17 +371,9 @@ def run(args) -> int:
         print("speed: --device cuda asked for, but no CUDA device is available")
         return 2
     if args.rotated:
-        threads_before = torch.get_num_threads()
-        try:
-            rows = rotation_cost(args)
-        finally:
-            torch.set_num_threads(threads_before)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(
-                    {"roiops": roiops.__version__, "torch": torch.__version__, "rotation_cost": rows}, f, indent=1
-                )
-        return 0
+        return _only_cost_table(args, "rotation_cost", rotation_cost)
+    if args.prroi:
+        return _only_cost_table(args, "integration_cost", integration_cost)
     dtypes = [d for d in args.dtypes.split(",") if d] or None
     unknown = [d for d in dtypes or [] if d not in DTYPES]
     if unknown:

@@ -14,7 +14,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class Case:
     name: str
-    op: str  # "roi_align_avg", "roi_align_max", "roi_pool", "roi_align_rotated", "ps_roi_align" or "ps_roi_pool"
+    # "roi_align_avg", "roi_align_max", "roi_pool", "roi_align_rotated", "ps_roi_align", "ps_roi_pool" or "prroi_pool"
+    op: str
     num_rois: int
     output_size: int
     batch: int = 2
@@ -87,6 +88,17 @@ def rotated_cases() -> List[Case]:
     heads = [("box_head_7x7", 512, 7), ("mask_head_14x14", 100, 14)]
     return [
         Case(name, "roi_align_rotated", k, size, layout=layout)
+        for name, k, size in heads
+        for layout in ("nchw", "channels_last")
+    ]
+
+
+def integration_cases() -> List[Case]:
+    """The cost of exact integration: prroi_pool beside roi_align on the same boxes, box head and mask
+    head, both layouts."""
+    heads = [("box_head_7x7", 512, 7), ("mask_head_14x14", 100, 14)]
+    return [
+        Case(name, "prroi_pool", k, size, layout=layout)
         for name, k, size in heads
         for layout in ("nchw", "channels_last")
     ]

@@ -1,5 +1,5 @@
-"""mmcv's ``RoIAlign`` / ``RoIPool`` / ``RoIAlignRotated`` modules and functional forms (mmcv.ops), on
-roiops kernels."""
+"""mmcv's ``RoIAlign`` / ``RoIPool`` / ``RoIAlignRotated`` / ``PrRoIPool`` modules and functional forms
+(mmcv.ops), on roiops kernels."""
 
 import math
 import warnings
@@ -11,6 +11,7 @@ from torch.jit.annotations import BroadcastingList2
 
 from .. import _validation as v
 from .._validation import BoxesArg
+from ..prroi_pool import prroi_pool as _prroi_pool
 from ..roi_align import roi_align as _roi_align
 from ..roi_align_rotated import roi_align_rotated as _roi_align_rotated
 from ..roi_pool import RoIPool as _RoIPool
@@ -19,7 +20,16 @@ from ._boxes import rois_like
 
 torch.fx.wrap("rois_like")  # a leaf under torch.fx: its branches look at the tensors
 
-__all__ = ["RoIAlign", "RoIAlignRotated", "RoIPool", "roi_align", "roi_align_rotated", "roi_pool"]
+__all__ = [
+    "PrRoIPool",
+    "RoIAlign",
+    "RoIAlignRotated",
+    "RoIPool",
+    "prroi_pool",
+    "roi_align",
+    "roi_align_rotated",
+    "roi_pool",
+]
 
 
 def roi_align(
@@ -187,3 +197,29 @@ class RoIAlignRotated(nn.Module):
             f"{type(self).__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
             f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, clockwise={self.clockwise})"
         )
+
+
+def prroi_pool(
+    input: Tensor, rois: BoxesArg, output_size: BroadcastingList2[int], spatial_scale: float = 1.0
+) -> Tensor:
+    """``prroi_pool(input, rois, output_size, spatial_scale=1.0)``: mmcv's Precise RoI Pooling conventions
+    (docs/semantics.md): no half-cell offset (``roiops.prroi_pool(..., aligned=False)``), cells outside
+    the map count as 0, a bin of no area (an empty or inverted box) gives 0. Gradients reach ``input``
+    and the box coordinates."""
+    return _prroi_pool(input, rois_like(rois, input), output_size, spatial_scale, False)
+
+
+class PrRoIPool(nn.Module):
+    """``PrRoIPool(output_size, spatial_scale=1.0)``: module form of :func:`prroi_pool`."""
+
+    def __init__(self, output_size: BroadcastingList2[int], spatial_scale: float = 1.0):
+        super().__init__()
+        op = "PrRoIPool"
+        self.output_size = v.output_size_pair(op, output_size)
+        self.spatial_scale = v.check_spatial_scale(op, spatial_scale)
+
+    def forward(self, input: Tensor, rois: BoxesArg) -> Tensor:
+        return prroi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"

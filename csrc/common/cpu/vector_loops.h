@@ -168,10 +168,10 @@ ROIOPS_SIMD_CLONES void column_max(const scalar_t* __restrict plane, int64_t wid
   }
 }
 
-// dst[c] += w * src[c]: one tap of the RoIAlign backward scatter.
-template <typename acc_t>
-ROIOPS_SIMD_CLONES void scaled_add(acc_t* __restrict dst, acc_t w, const acc_t* __restrict src, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) dst[c] += w * src[c];
+// dst[c] += w * src[c]: one tap of a backward scatter, or one weighted cell of a channels-last sum.
+template <typename acc_t, typename src_t>
+ROIOPS_SIMD_CLONES void scaled_add(acc_t* __restrict dst, acc_t w, const src_t* __restrict src, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] += w * static_cast<acc_t>(src[c]);
 }
 
 }  // namespace cpu
