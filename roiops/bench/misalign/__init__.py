@@ -12,7 +12,7 @@ bin is known in closed form; error of RoIPool and RoIAlign (avg/max, aligned on/
 
 Level 3, task: a small Mask R-CNN second stage (learned conv backbone, ``roiops.models`` box and mask heads,
 targets and losses, ``roiops.MultiScaleRoIAlign``) trained end to end once per op and seed (the op table
-``level3_learned.OPS``: RoIPool, RoIWarp and RoIAlign avg at strides 16 and 32, RoIAlign aligned=False and max at
+``level3_learned.OPS``: RoIPool, RoIWarp, RoIAlign avg and PrRoIPool at strides 16 and 32, RoIAlign aligned=False and max at
 stride 16) on synthetic shapes (stardist's nuclei image on request); COCO mask AP and mask IoU with two-level
 bootstrap intervals (seeds, then test images), learning curves, and the gap mapped against object size in
 feature cells at both strides.

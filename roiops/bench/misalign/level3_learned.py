@@ -40,7 +40,7 @@ class PoolOp:
     with ``Config.seeds_single`` (the ops that answer one question of Table 2c, not the stride comparison)."""
 
     name: str
-    op: str = "roi_align"  # or "roi_pool"
+    op: str = "roi_align"  # or "roi_pool", "prroi_pool"
     aligned: bool = True
     mode: str = "avg"
     round_boxes: bool = False  # RoIWarp: round the boxes to the feature grid first
@@ -54,7 +54,9 @@ OPS = (
     PoolOp("RoIAlign aligned=False", aligned=False),
     PoolOp("RoIAlign max", mode="max"),
     PoolOp("RoIAlign avg", across_strides=True),
+    PoolOp("PrRoIPool", op="prroi_pool", across_strides=True),  # the exact bin integral (no sampling)
 )
+EXACT = "PrRoIPool"  # does exact integration beat REFERENCE's 2x2 sampling?
 BASELINE = "RoIPool"
 REFERENCE = "RoIAlign avg"  # the op whose gap to the baseline is the headline number
 

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .level3_learned import BASELINE, REFERENCE
+from .level3_learned import BASELINE, EXACT, REFERENCE
 from .stats import percentile_interval, seed_draws, summarize_two_level, two_level
 
 METRICS = ("AP", "AP50", "AP75", "mIoU")
@@ -21,6 +21,7 @@ CONTRASTS = (
     (REFERENCE, "RoIWarp"),  # what is left once the box is not rounded: the bins' own quantization and max
     (REFERENCE, "RoIAlign aligned=False"),  # the half-cell shift
     (REFERENCE, "RoIAlign max"),  # avg against max aggregation
+    (REFERENCE, EXACT),  # 2x2 sampling against the exact integral of each bin
 )
 MIN_BIN_OBJECTS = 20  # a size range with fewer test objects is shown but left out of the stride x cells estimates
 
@@ -101,6 +102,9 @@ def _claims(runs: Runs, stride: int, claims: dict) -> None:
         _gap(runs, stride, REFERENCE, BASELINE, "AP75", common)
         - _gap(runs, stride, REFERENCE, BASELINE, "AP50", common)
     )
+    exact = runs.seeds(stride, REFERENCE, EXACT)
+    if exact:
+        claims[f"exact_{stride}"] = entry(_gap(runs, stride, EXACT, REFERENCE, "AP", exact))
     three = runs.seeds(stride, BASELINE, REFERENCE, "RoIWarp")
     if three:
         # RoIWarp nearer RoIPool than RoIAlign: (align - warp) - (warp - pool) > 0
@@ -133,6 +137,10 @@ def size_map(res: dict, runs: Runs, seeds: Sequence[int]) -> dict:
             trend = {k: two[(m, hi, b)][k] - two[(m, lo, b)][k] for k in ("both", "seeds", "images")}
             two[(m, "trend", b)] = trend
             e[f"trend_{m}"] = summarize_two_level(trend, len(seeds))
+        for s in strides:  # exact integration minus sampling, per size range (where EXACT ran)
+            exact = runs.seeds(s, REFERENCE, EXACT)
+            if exact:
+                e[f"exact_AP_s{s}"] = entry(_gap(runs, s, EXACT, REFERENCE, f"AP@{b}", exact))
         bins.append(e)
     out = dict(bins=bins, strides=strides, crossover={}, equal_cells={})
     for m in ("mIoU", "AP"):
