@@ -2,7 +2,10 @@
 
 Feature maps whose cells are exact averages of a known function f over the cell (f = x, so errors read in
 pixels, and a smooth periodic f), so the true mean (and max) of f over every true bin is known in closed form;
-error of RoIPool and RoIAlign (avg/max, aligned on/off, sampling ratio 1/2/4/adaptive) by stride and box size.
+error of RoIPool, RoIAlign (avg/max, aligned on/off, sampling ratio 1/2/4/adaptive) and PrRoIPool (the exact
+integral of the map interpolated between cell centres) by stride and box size. PrRoIPool is exact where f is
+linear between cell centres (f = x, y: its cells' averages are the values at their centres) and the bin stays
+between the outermost centres; for the periodic f its error is that of bilinear interpolation of cell averages.
 """
 
 import math
@@ -72,6 +75,7 @@ def level2_ops() -> List[Tuple[str, dict]]:
             for sr in (1, 2, 4, 0):
                 name = f"RoIAlign {mode} aligned={aligned} sr={'adaptive' if sr == 0 else sr}"
                 ops.append((name, dict(kind="align", mode=mode, aligned=aligned, sr=sr)))
+    ops.append(("PrRoIPool (exact integral)", dict(kind="prroi")))
     return ops
 
 
@@ -114,6 +118,8 @@ def run_level2(n_boxes: int, bins: int = 7, seed: int = 1) -> Dict[str, object]:
                     out, target = roiops.roi_pool(feat, rois, bins, 1.0 / stride), "max"
                 elif o["kind"] == "pool_avg":
                     out, target = _pool_bins_avg(feat, boxes, stride, bins), "mean"
+                elif o["kind"] == "prroi":
+                    out, target = roiops.prroi_pool(feat, rois, bins, 1.0 / stride), "mean"
                 else:
                     out = roiops.roi_align(feat, rois, bins, 1.0 / stride, o["sr"], o["aligned"], o["mode"])
                     target = "mean" if o["mode"] == "avg" else "max"

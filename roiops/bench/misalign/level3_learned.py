@@ -16,6 +16,7 @@ score, its refined box) and the mask head's mask in that box. AP / AP50 / AP75 c
 (coco.py), and the mean mask IoU of each object with the detection made from its own proposal.
 """
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -39,7 +40,7 @@ class PoolOp:
     with ``Config.seeds_single`` (the ops that answer one question of Table 2c, not the stride comparison)."""
 
     name: str
-    op: str = "roi_align"  # or "roi_pool"
+    op: str = "roi_align"  # or "roi_pool", "prroi_pool"
     aligned: bool = True
     mode: str = "avg"
     round_boxes: bool = False  # RoIWarp: round the boxes to the feature grid first
@@ -53,7 +54,9 @@ OPS = (
     PoolOp("RoIAlign aligned=False", aligned=False),
     PoolOp("RoIAlign max", mode="max"),
     PoolOp("RoIAlign avg", across_strides=True),
+    PoolOp("PrRoIPool", op="prroi_pool", across_strides=True),  # the exact bin integral (no sampling)
 )
+EXACT = "PrRoIPool"  # does exact integration beat REFERENCE's 2x2 sampling?
 BASELINE = "RoIPool"
 REFERENCE = "RoIAlign avg"  # the op whose gap to the baseline is the headline number
 
@@ -74,13 +77,16 @@ class Config:
     stratify_test: bool = True
     steps: int = 300  # at the finest stride (16)
     steps_coarse: Optional[int] = None  # at every coarser stride (32); None: the same as ``steps``
-    curve_points: int = 4  # learning curve: the EMA weights scored (point estimates) at steps k/curve_points
+    curve_points: int = 4  # learning curve: the runs of k/curve_points of the steps (k = 1..) scored (point values)
     # the plateau check: the first plateau_seeds seeds of REFERENCE train on for plateau_checkpoints more
-    # checkpoints (to 1.5x the steps by default); their result is still the EMA at the nominal steps, which the
-    # constant rate makes identical to a run of that length, so the check costs only the extra steps
+    # checkpoints (to 1.5x the steps by default); their result is still the run of the nominal steps (a branch of
+    # the same trunk, see ``train``), so the check costs only the longer trunk and its cool-down
     plateau_seeds: int = 3
     plateau_checkpoints: int = 2
-    warmup: float = 0.1  # fraction of the (nominal) steps with a linear warm-up; constant learning rate after it
+    warmup: float = 0.1  # fraction of the (nominal) steps with a linear warm-up
+    # fraction of each run's steps, at its end, over which the rate decays linearly to ~0; 0: constant to the end
+    # (then the EMA weights at step n are the run of n steps, and the learning curve costs no extra steps)
+    cooldown: float = 0.0
     images_per_step: int = 4
     rois_per_image: int = 32
     random_boxes_per_image: int = 6
@@ -237,37 +243,48 @@ def fixed_test_proposals(test: L3Data, jitter: float) -> List[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- training
-def train(
-    op: PoolOp,
-    stride: int,
-    seed: int,
-    data: L3Data,
-    cfg: Config,
-    at_checkpoint: Optional[Callable] = None,
-    extended: bool = False,
-) -> nn.Module:
-    """AdamW, a linear warm-up then a constant learning rate; returns the exponential moving average of the
-    weights (BatchNorm statistics averaged with them), which is what is evaluated. A constant rate (not a
-    schedule that anneals at the end) makes the EMA weights at step n the weights of a run of n steps, so
-    ``at_checkpoint(step, ema_model)``, called at ``cfg.checkpoints(stride, extended)`` but the last, traces
-    the learning curve; ``extended`` trains on past the nominal steps (the plateau check)."""
-    torch.manual_seed(seed)
-    model = MaskRCNNStage(op, stride, data.num_classes, cfg)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-    )
-    # fused: one kernel over all parameters (the per-parameter loop is a sixth of a stride-32 step on CPU)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    # the warm-up depends on the nominal steps only: an extended run is a nominal one up to its nominal end
-    warm = max(1, round(cfg.warmup * cfg.steps_at(stride)))
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda i: min(1.0, (i + 1) / warm))
-    *earlier, steps = cfg.checkpoints(stride, extended)
-    checkpoints = set(earlier)
-    gen = torch.Generator().manual_seed(10_000 + seed)
+def lr_factor(step: int, end: int, warm: int, cooldown: float) -> float:
+    """The learning rate of step ``step`` (1-based) of a run of ``end`` steps, as a fraction of ``Config.lr``:
+    a linear warm-up over ``warm`` steps, constant, then a linear cool-down over the last ``cooldown`` fraction
+    of the run, to 1 / (the cool-down's steps) of the peak at the last step. Warm-up, stable, decay: up to the
+    start of its cool-down a run is the same as a run of any other length."""
+    f = min(1.0, step / warm)
+    start = round((1.0 - cooldown) * end)
+    if step > start:
+        f *= (end - step + 1) / (end - start)
+    return f
+
+
+class _Run:
+    """The training state that a cool-down branch copies: model, EMA weights, optimizer and data stream."""
+
+    def __init__(self, model: nn.Module, cfg: Config, seed: int):
+        self.model = model
+        self.ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+        # fused: one kernel over all parameters (the per-parameter loop is a sixth of a stride-32 step on CPU)
+        self.optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        self.gen = torch.Generator().manual_seed(10_000 + seed)
+        self.step = 0
+
+    def branch(self) -> "_Run":
+        gen, self.gen = self.gen, None  # a Generator does not deep-copy: its state is carried over instead
+        twin = copy.deepcopy(self)
+        self.gen, twin.gen = gen, torch.Generator()
+        twin.gen.set_state(gen.get_state())
+        return twin
+
+
+def _train_to(run: _Run, end: int, lr: Callable[[int], float], data: L3Data, cfg: Config) -> None:
     hw = tuple(data.images.shape[1:])
     with_objects = [i for i, b in enumerate(data.boxes) if len(b)]
-    model.train()
-    for step in range(1, steps + 1):
+    run.model.train()
+    while run.step < end:
+        run.step += 1
+        for group in run.optim.param_groups:
+            group["lr"] = cfg.lr * lr(run.step)
+        gen = run.gen
         pick = [with_objects[int(i)] for i in torch.randint(len(with_objects), (cfg.images_per_step,), generator=gen)]
         proposals = [
             torch.cat(
@@ -280,16 +297,43 @@ def train(
             for i in pick
         ]
         targets = [dict(boxes=data.boxes[i], labels=data.labels[i], masks=data.masks[i]) for i in pick]
-        losses = model(data.images[pick], proposals, targets)
-        optim.zero_grad(set_to_none=True)
+        losses = run.model(data.images[pick], proposals, targets)
+        run.optim.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        optim.step()
-        sched.step()
-        ema.update_parameters(model)
-        if at_checkpoint is not None and step in checkpoints:
-            at_checkpoint(step, ema.module.eval())
-            ema.module.train()
-    return ema.module.eval()
+        run.optim.step()
+        run.ema.update_parameters(run.model)
+
+
+def train(
+    op: PoolOp,
+    stride: int,
+    seed: int,
+    data: L3Data,
+    cfg: Config,
+    at_checkpoint: Optional[Callable] = None,
+    extended: bool = False,
+) -> nn.Module:
+    """AdamW with a warm-up, a constant rate and a linear cool-down to about 0 over the last ``cfg.cooldown`` of
+    the run (``lr_factor``); returns the exponential moving average of the weights (BatchNorm statistics averaged
+    with them), which is what is evaluated. The cool-down is what lets a run converge by its last step; the
+    constant phase before it is what makes the learning curve cheap and exact: the run for checkpoint n (of
+    ``cfg.checkpoints(stride, extended)``) branches off the constant-rate trunk where its cool-down starts, so
+    ``at_checkpoint(n, ema_model)``, called at every checkpoint but the last, sees the weights of a run of n
+    steps (same warm-up, data stream and schedule), and the returned model is the run of the last one."""
+    torch.manual_seed(seed)
+    trunk = _Run(MaskRCNNStage(op, stride, data.num_classes, cfg), cfg, seed)
+    # the warm-up depends on the nominal steps only, so every checkpoint's run shares it
+    warm = max(1, round(cfg.warmup * cfg.steps_at(stride)))
+    *earlier, last = cfg.checkpoints(stride, extended)
+    for n in earlier:
+        _train_to(trunk, round((1.0 - cfg.cooldown) * n), lambda i: lr_factor(i, 1 << 62, warm, 0.0), data, cfg)
+        if at_checkpoint is None:
+            continue
+        run = trunk.branch() if cfg.cooldown else trunk  # without a cool-down the trunk is the run of n steps
+        _train_to(run, n, lambda i, n=n: lr_factor(i, n, warm, cfg.cooldown), data, cfg)
+        at_checkpoint(n, run.ema.module.eval())
+    _train_to(trunk, last, lambda i: lr_factor(i, last, warm, cfg.cooldown), data, cfg)
+    return trunk.ema.module.eval()
 
 
 @torch.no_grad()

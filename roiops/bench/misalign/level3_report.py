@@ -5,7 +5,7 @@ paper's rows (paper.py)."""
 from typing import List
 
 from . import level3_tables as tab
-from .level3_learned import BASELINE, REFERENCE
+from .level3_learned import BASELINE, EXACT, REFERENCE
 from .level3_tables import fmt_entry
 from .paper import TABLE_2C, TABLE_2D
 from .stats import verdict
@@ -79,19 +79,9 @@ def level3_section(r3: dict) -> List[str]:
         f"x {cfg['head_channels']}), their targets and losses; both poolers are `roiops.MultiScaleRoIAlign` set to "
         'the op (RoIPool: `op="roi_pool"`; RoIWarp: RoIAlign aligned=True on boxes rounded by '
         f"`roiops.models.round_boxes_to_grid`; RoIAlign with sampling ratio {cfg['sampling_ratio']}). AdamW steps "
-        f"({steps}; lr {cfg['lr']:g} after a linear warm-up over {cfg['warmup']:.0%} of them, then constant; "
-        f"weight decay {cfg['weight_decay']:g}) of {cfg['images_per_step']} images; the evaluated weights are an "
-        f"exponential moving average (decay {cfg['ema_decay']}), scored also at {cfg['curve_points'] - 1} earlier "
-        "checkpoints for the learning curves. "
-        + (
-            f"Plateau check: the first {cfg['plateau_seeds']} seeds of {REFERENCE} train on for "
-            f"{cfg['plateau_checkpoints']} more checkpoints (to "
-            f"{(cfg['curve_points'] + cfg['plateau_checkpoints']) / cfg['curve_points']:g}x the steps); their "
-            "result is still their EMA weights at the nominal steps, which the constant rate makes those of a run "
-            "of that length."
-            if cfg.get("plateau_seeds") and cfg.get("plateau_checkpoints")
-            else ""
-        ),
+        f"({steps}; {_schedule_text(cfg)}; weight decay {cfg['weight_decay']:g}) of {cfg['images_per_step']} "
+        f"images; the evaluated weights are an exponential moving average (decay {cfg['ema_decay']})"
+        + _curve_method_text(cfg),
         "",
         _data_text(r3),
         "",
@@ -136,7 +126,7 @@ def level3_section(r3: dict) -> List[str]:
         L += [
             "### Learning curves",
             "",
-            "Seed-mean AP of the EMA weights at each checkpoint [95% interval over seeds], at fractions of each "
+            f"Seed-mean AP of {_curve_point_text(cfg)} [95% interval over seeds], at fractions of each "
             "stride's nominal steps N; past N, the nominal mean plus the paired change of the seeds that trained "
             "on [interval over those seeds]. 'Plateau from' is the first checkpoint whose mean lies inside the "
             "N-step two-level interval.",
@@ -148,6 +138,63 @@ def level3_section(r3: dict) -> List[str]:
     L += ["### Every run", ""] + tab.runs_table(r3["runs"]) + [""]
     L += [_cost_text(r3), ""]
     return L
+
+
+def _regime_cells_text(summ: dict) -> str:
+    """Whether the regime difference is the objects' size in cells (the test objects are the same pixels at both
+    strides, so half as many cells at the coarser one) or the coarser stride's features."""
+    e = summ.get("size_map", {}).get("regime_equal_cells")
+    if not e:
+        return ""
+    return (
+        f" At equal size in cells (each coarse-stride size range one octave above its fine-stride one) "
+        f"RoIAlign's AP differs by {fmt_entry(e, True)}: "
+        + (
+            "the whole difference is the objects being fewer cells at the coarser stride."
+            if e["lo"] <= 0 <= e["hi"]
+            else "the objects' size in cells explains only part of it; the rest is what the coarser stage's "
+            "features hold at equal cells (of this backbone, trained this long: see the learning curves)."
+        )
+    )
+
+
+def _schedule_text(cfg: dict) -> str:
+    head = f"lr {cfg['lr']:g} after a linear warm-up over {cfg['warmup']:.0%} of them, then constant"
+    if not cfg.get("cooldown"):
+        return head
+    return head + f", then a linear cool-down to about 0 over the last {cfg['cooldown']:.0%} of the run"
+
+
+def _curve_method_text(cfg: dict) -> str:
+    """How the learning curves and the plateau check are made (the runs of JSONs without a cool-down kept a
+    constant rate to the end, so there the EMA weights at step n were those of a run of n steps)."""
+    plateau = cfg.get("plateau_seeds") and cfg.get("plateau_checkpoints")
+    longer = f"{(cfg['curve_points'] + cfg['plateau_checkpoints']) / cfg['curve_points']:g}x"
+    if not cfg.get("cooldown"):
+        return f", scored also at {cfg['curve_points'] - 1} earlier checkpoints for the learning curves. " + (
+            f"Plateau check: the first {cfg['plateau_seeds']} seeds of {REFERENCE} train on for "
+            f"{cfg['plateau_checkpoints']} more checkpoints (to {longer} the steps); their result is still their "
+            "EMA weights at the nominal steps, which the constant rate makes those of a run of that length."
+            if plateau
+            else ""
+        )
+    return (
+        f". Learning curve: the runs of {cfg['curve_points'] - 1} shorter lengths (fractions of the steps) are "
+        "scored too; each branches off the same constant-rate run where its own cool-down starts, so it is "
+        "exactly a run of that length (same warm-up, data and schedule), at the cost of its cool-down. "
+        + (
+            f"Plateau check: the first {cfg['plateau_seeds']} seeds of {REFERENCE} are also run for "
+            f"{cfg['plateau_checkpoints']} longer lengths (to {longer} the steps), each with its own cool-down; "
+            "their result is still the run of the nominal steps. The curve is on its plateau when the longer runs' "
+            "paired gain is inside the nominal run's two-level interval and its own interval includes 0."
+            if plateau
+            else ""
+        )
+    )
+
+
+def _curve_point_text(cfg: dict) -> str:
+    return "the run of each length (EMA weights)" if cfg.get("cooldown") else "the EMA weights at each checkpoint"
 
 
 def _cost_text(r3: dict) -> str:
@@ -176,6 +223,19 @@ def _size_map_lines(sm: dict, name: str) -> List[str]:
         "",
     ]
     L += tab.size_map_table(sm) + [""]
+    exact_cols = [s for s in sm["strides"] if f"exact_AP_s{s}" in sm["bins"][0]]
+    if exact_cols:
+        L += [
+            f"{EXACT} (the exact integral of each bin) minus {REFERENCE} (2x2 samples per bin), AP on the test "
+            "objects of each size range, two-level intervals (paired by seed):",
+            "",
+            "| size px | objects | " + " | ".join(f"cells at {s} | ΔAP at stride {s}" for s in exact_cols) + " |",
+            "|---|---|" + "---|---|" * len(exact_cols),
+        ]
+        for e in sm["bins"]:
+            cells = [f"{e['median_px'] / s:.1f} | {fmt_entry(e[f'exact_AP_s{s}'], True)}" for s in exact_cols]
+            L.append(f"| {e['lo']:.0f}-{e['hi']:.0f} | {e['n']} | " + " | ".join(cells) + " |")
+        L += [""]
     if sm.get("equal_cells"):
         L += [
             f"At equal size in cells (the stride-{s1} size range one octave above the stride-{s0} one; ranges of "
@@ -234,6 +294,12 @@ def level3_findings(r3: dict) -> List[str]:
     )
     out = []
     for s in strides:
+        if f"exact_{s}" in claims:
+            e = claims[f"exact_{s}"]
+            out.append(
+                f"Stride {s}, exact integration ({EXACT}) beats 2x2 sampling ({REFERENCE}) in AP: {_decided(e)}; "
+                f"ΔAP {fmt_entry(e, True)} (not a finding of the paper: IoU-Net's question, asked of masks)."
+            )
         if f"beats_{s}" in claims:
             e = claims[f"beats_{s}"]
             out.append(f"Stride {s}, RoIAlign beats RoIPool in AP: {_decided(e)}; ΔAP {fmt_entry(e, True)}.")
@@ -317,6 +383,7 @@ def level3_findings(r3: dict) -> List[str]:
                 if same
                 else "excludes 0: NOT equal, unlike the paper, so the stride comparisons also measure the features."
             )
+            + _regime_cells_text(summ)
         )
     finals = {(r["stride"], r["op"]): r["AP"] for r in summ["rows"]}
     for c in summ.get("curves", []):
@@ -330,6 +397,7 @@ def level3_findings(r3: dict) -> List[str]:
         )
         if check is not None:
             e = c["extra"][-1]
+            inside = final["lo"] <= final["mean"] + e["mean"] <= final["hi"]
             text += (
                 f"; the {e['n_seeds']} seed{'s' if e['n_seeds'] != 1 else ''} that trained on to step {e['step']} "
                 "changed by "
@@ -338,7 +406,7 @@ def level3_findings(r3: dict) -> List[str]:
                 + (
                     f"inside the {c['nominal']}-step interval {fmt_entry(final)}: within its interval of the AP "
                     "further on"
-                    if check
+                    if inside
                     else f"outside the {c['nominal']}-step interval {fmt_entry(final)}: NOT yet at its plateau"
                 )
                 + (

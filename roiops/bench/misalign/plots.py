@@ -73,6 +73,7 @@ def plot_level2(res, path):
         "RoIAlign avg aligned=False sr=2",
         "RoIAlign avg aligned=True sr=1",
         "RoIAlign max aligned=True sr=2",
+        "PrRoIPool (exact integral)",
     ]
     fig, axes = plt.subplots(2, len(STRIDES), figsize=(4 * len(STRIDES), 7), sharey="row")
     rows = res["rows"]

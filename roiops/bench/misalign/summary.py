@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .level3_learned import BASELINE, REFERENCE
+from .level3_learned import BASELINE, EXACT, REFERENCE
 from .stats import percentile_interval, seed_draws, summarize_two_level, two_level
 
 METRICS = ("AP", "AP50", "AP75", "mIoU")
@@ -21,6 +21,7 @@ CONTRASTS = (
     (REFERENCE, "RoIWarp"),  # what is left once the box is not rounded: the bins' own quantization and max
     (REFERENCE, "RoIAlign aligned=False"),  # the half-cell shift
     (REFERENCE, "RoIAlign max"),  # avg against max aggregation
+    (REFERENCE, EXACT),  # 2x2 sampling against the exact integral of each bin
 )
 MIN_BIN_OBJECTS = 20  # a size range with fewer test objects is shown but left out of the stride x cells estimates
 
@@ -101,6 +102,9 @@ def _claims(runs: Runs, stride: int, claims: dict) -> None:
         _gap(runs, stride, REFERENCE, BASELINE, "AP75", common)
         - _gap(runs, stride, REFERENCE, BASELINE, "AP50", common)
     )
+    exact = runs.seeds(stride, REFERENCE, EXACT)
+    if exact:
+        claims[f"exact_{stride}"] = entry(_gap(runs, stride, EXACT, REFERENCE, "AP", exact))
     three = runs.seeds(stride, BASELINE, REFERENCE, "RoIWarp")
     if three:
         # RoIWarp nearer RoIPool than RoIAlign: (align - warp) - (warp - pool) > 0
@@ -133,6 +137,10 @@ def size_map(res: dict, runs: Runs, seeds: Sequence[int]) -> dict:
             trend = {k: two[(m, hi, b)][k] - two[(m, lo, b)][k] for k in ("both", "seeds", "images")}
             two[(m, "trend", b)] = trend
             e[f"trend_{m}"] = summarize_two_level(trend, len(seeds))
+        for s in strides:  # exact integration minus sampling, per size range (where EXACT ran)
+            exact = runs.seeds(s, REFERENCE, EXACT)
+            if exact:
+                e[f"exact_AP_s{s}"] = entry(_gap(runs, s, EXACT, REFERENCE, f"AP@{b}", exact))
         bins.append(e)
     out = dict(bins=bins, strides=strides, crossover={}, equal_cells={})
     for m in ("mIoU", "AP"):
@@ -170,6 +178,17 @@ def size_map(res: dict, runs: Runs, seeds: Sequence[int]) -> dict:
                 stride_effect=summarize_two_level(mean, len(seeds)),
                 interaction=summarize_two_level(slope, len(seeds)),
             )
+        # the regime at equal size in cells: REFERENCE's own AP at the coarse stride minus at the fine one, over
+        # the same pairs of size ranges (what is left of the regime difference once the objects are as many
+        # cells at both strides)
+        own = np.mean(
+            [
+                runs.values(hi, REFERENCE, f"AP@{c}", seeds) - runs.values(lo, REFERENCE, f"AP@{a}", seeds)
+                for a, c in pairs
+            ],
+            axis=0,
+        )
+        out["regime_equal_cells"] = entry(own)
     return out
 
 
@@ -249,8 +268,11 @@ def plateau_step(curve: dict, final: dict) -> Optional[int]:
 
 
 def at_plateau(curve: dict, final: dict) -> Optional[bool]:
-    """The plateau check: is the AP the extended seeds reach at their last checkpoint (nominal-step mean plus
-    their paired change) inside the nominal steps' two-level interval ``final``? None without extended seeds."""
+    """The plateau check: the AP the extended seeds reach at their last checkpoint (nominal-step mean plus their
+    paired change) is inside the nominal steps' two-level interval ``final``, and the change's own interval
+    reaches 0 or below (a curve that still rises by a detectable amount is near its plateau, not on it). None
+    without extended seeds."""
     if not curve.get("extra"):
         return None
-    return bool(final["lo"] <= final["mean"] + curve["extra"][-1]["mean"] <= final["hi"])
+    e = curve["extra"][-1]
+    return bool(final["lo"] <= final["mean"] + e["mean"] <= final["hi"] and e["lo"] <= 0)

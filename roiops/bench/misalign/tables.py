@@ -68,6 +68,7 @@ def level2_table(res, ops_shown=None) -> List[str]:
         "RoIAlign avg aligned=False sr=2",
         "RoIAlign avg aligned=True sr=adaptive",
         "RoIAlign max aligned=True sr=2",
+        "PrRoIPool (exact integral)",
     ]
     head = "| stride | box px | " + " | ".join(ops_shown) + " |"
     lines = [
