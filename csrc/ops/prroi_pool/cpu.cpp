@@ -51,15 +51,6 @@ struct BinWeights {
   }
 };
 
-// The weights of every bin of a box, in (ph, pw) order.
-template <typename acc_t>
-void box_weights(const PrroiGeometry<acc_t>& g, const PrroiParams& p, std::vector<BinWeights<acc_t>>& bins) {
-  bins.resize(static_cast<size_t>(p.pooled_h) * p.pooled_w);
-  for (int ph = 0; ph < p.pooled_h; ++ph) {
-    for (int pw = 0; pw < p.pooled_w; ++pw) bins[ph * p.pooled_w + pw].compute(g, ph, pw, p);
-  }
-}
-
 template <typename scalar_t>
 PrroiGeometry<opmath_t<scalar_t>> load_geometry(const scalar_t* rois, int64_t k, const PrroiParams& p) {
   opmath_t<scalar_t> box[kBoxWidth];
@@ -163,7 +154,7 @@ void backward(const Tensor& grad, const scalar_t* rois, Tensor& grad_in, const P
   const Strides4 grad_at = strides_of(grad);
   const int bins_per_box = p.pooled_h * p.pooled_w;
   parallel_for_ranges(C, p.num_rois * bins_per_box * 16, [&](int64_t c0, int64_t c1) {
-    std::vector<BinWeights<acc_t>> bins;
+    BinWeights<acc_t> b;
     std::vector<acc_t> gs(c1 - c0), gy(c1 - c0);
     if (!p.nhwc) {
       for (int64_t b = 0; b < p.batch; ++b) {
@@ -175,16 +166,15 @@ void backward(const Tensor& grad, const scalar_t* rois, Tensor& grad_in, const P
     for (int64_t k = 0; k < p.num_rois; ++k) {
       const PrroiGeometry<acc_t> g = load_geometry(rois, k, p);
       if (g.empty) continue;
-      box_weights(g, p, bins);
       if (!p.nhwc) {
-        // Channel by channel: a plane stays in cache while every bin of the box is scattered.
-        for (int64_t c = c0; c < c1; ++c) {
-          acc_t* plane = gi_data + (g.batch * C + c) * HW;
-          for (int ph = 0; ph < p.pooled_h; ++ph) {
-            for (int pw = 0; pw < p.pooled_w; ++pw) {
+        // Bin by bin (its weights computed once, in a buffer of the bin's size), channel by channel.
+        for (int ph = 0; ph < p.pooled_h; ++ph) {
+          for (int pw = 0; pw < p.pooled_w; ++pw) {
+            b.compute(g, ph, pw, p);
+            for (int64_t c = c0; c < c1; ++c) {
               const acc_t gv = static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
               if (gv == acc_t(0)) continue;  // adds nothing (NaN and inf do go on)
-              const BinWeights<acc_t>& b = bins[ph * p.pooled_w + pw];
+              acc_t* plane = gi_data + (g.batch * C + c) * HW;
               for (int i = 0; i < b.rows.size(); ++i) {
                 acc_t* row = plane + (b.rows.begin + i) * W + b.cols.begin;
                 const acc_t gy = gv * b.wy[i];
@@ -199,7 +189,7 @@ void backward(const Tensor& grad, const scalar_t* rois, Tensor& grad_in, const P
       for (int ph = 0; ph < p.pooled_h; ++ph) {
         for (int pw = 0; pw < p.pooled_w; ++pw) {
           for (int64_t c = c0; c < c1; ++c) gs[c - c0] = static_cast<acc_t>(grad_data[grad_at.at(k, c, ph, pw)]);
-          const BinWeights<acc_t>& b = bins[ph * p.pooled_w + pw];
+          b.compute(g, ph, pw, p);
           // The arithmetic of the NCHW scatter, (g * wy) * wx, a vector of channels at a time.
           for (int i = 0; i < b.rows.size(); ++i) {
             for (int64_t c = 0; c < c1 - c0; ++c) gy[c] = gs[c] * b.wy[i];

@@ -7,9 +7,9 @@
 //   out = sum_{r, c} v[r, c] * wy_r * wx_c,   wx_c = (1 / (x1 - x0)) * integral_{x0}^{x1} hat(x - c) dx.
 // A box of no area (width or height <= 0) gives 0 and no gradient, as in mmcv.
 // hat(x - c) is linear on each unit interval between integers, so its integral over a piece [lo, hi]
-// of one such interval is (hi - lo) * hat(mid - c), mid the middle of the piece: no cancellation
-// however thin the bin. Only cells of the map carry weight, so a bin touches at most the map's cells
-// in each direction (the cost of an absurd box is bounded by the map).
+// of one such interval is (hi - lo) * hat(mid - c), mid the middle of the piece: the value has no
+// cancellation however thin the bin (the box gradient does, see docs). Only cells of the map carry weight, so a bin
+// touches at most the map's cells in each direction (the cost of an absurd box is bounded by the map).
 #pragma once
 
 #include <cmath>
