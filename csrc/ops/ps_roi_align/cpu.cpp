@@ -1,5 +1,5 @@
 // Position-sensitive RoIAlign on the CPU. Forward: parallel over boxes; each bin's bilinear taps are
-// computed once and reused for every output channel. Backward: a gather by rows of the input
+// computed once and reused for every output channel. Backward: split by rows or planes of the input
 // (common/cpu/ps_backward.h): race-free and in a fixed order, so deterministic with no extra path.
 #include <algorithm>
 #include <array>
@@ -40,6 +40,7 @@ void check_sample_limits(const Tensor& rois, const PsAlignParams& p) {
 template <typename scalar_t>
 void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsAlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
+  constexpr int64_t kBlock = 16;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
@@ -57,18 +58,26 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
       for (int j = 0; j < p.pooled_w; ++j) {
         taps.clear();
         for_each_map_sample(g, i, j, H, W, [&](const BilinearTaps<acc_t>& t) { taps.push_back(t); });
-        for (int64_t c = 0; c < p.out_channels; ++c) {
-          const int64_t c_in = ps_input_channel(c, i, j, p.pooled_h, p.pooled_w);
-          const scalar_t* plane = in + layout.plane(g.batch, c_in);
-          const int64_t s = layout.cell;
-          acc_t sum = 0;
+        // Output channel c reads input channel c * bins + b: a stride of bins channels. A block of
+        // channels is summed together, tap by tap, so that its independent sums overlap; each sum keeps
+        // its order (torchvision's: equal bit for bit).
+        const scalar_t* bin_plane = in + layout.plane(g.batch, ps_input_channel(0, i, j, p.pooled_h, p.pooled_w));
+        const int64_t c_step = p.pooled_h * p.pooled_w * layout.channel, s = layout.cell;
+        for (int64_t c0 = 0; c0 < p.out_channels; c0 += kBlock) {
+          const int64_t n = std::min(kBlock, p.out_channels - c0);
+          acc_t sums[kBlock] = {};
           for (const BilinearTaps<acc_t>& t : taps) {
-            sum += t.w1 * static_cast<acc_t>(plane[t.o1 * s]) + t.w2 * static_cast<acc_t>(plane[t.o2 * s]) +
-                   t.w3 * static_cast<acc_t>(plane[t.o3 * s]) + t.w4 * static_cast<acc_t>(plane[t.o4 * s]);
+            const scalar_t* v = bin_plane + c0 * c_step;
+            for (int64_t c = 0; c < n; ++c, v += c_step) {
+              sums[c] += t.w1 * static_cast<acc_t>(v[t.o1 * s]) + t.w2 * static_cast<acc_t>(v[t.o2 * s]) +
+                         t.w3 * static_cast<acc_t>(v[t.o3 * s]) + t.w4 * static_cast<acc_t>(v[t.o4 * s]);
+            }
           }
-          const int64_t o = at.at(k, c, i, j);
-          out[o] = static_cast<scalar_t>(sum / g.count);
-          map[o] = static_cast<int32_t>(c_in);
+          for (int64_t c = 0; c < n; ++c) {
+            const int64_t o = at.at(k, c0 + c, i, j);
+            out[o] = static_cast<scalar_t>(sums[c] / g.count);
+            map[o] = static_cast<int32_t>(ps_input_channel(c0 + c, i, j, p.pooled_h, p.pooled_w));
+          }
         }
       }
     }
@@ -82,9 +91,9 @@ struct AlignBoxRows {
   int first, last;
 };
 
-// The taps of bin (i, j)'s samples, gathered row by row (ps_backward.h): on row y, sample (iy, ix)
-// adds its taps of that row, in the order of bilinear_taps (o1, o2 on row ty.low, o3, o4 on ty.high),
-// with the weights bilinear_taps computes. Rows and columns are the samples for_each_map_sample visits.
+// The taps of bin (i, j)'s samples on rows [y_begin, y_end) (ps_backward.h): sample (iy, ix) adds its
+// taps on those rows in the order of bilinear_taps (o1, o2 on row ty.low, o3, o4 on ty.high), with the
+// weights bilinear_taps computes. Rows and columns are the samples for_each_map_sample visits.
 template <typename scalar_t>
 Tensor backward(const Tensor& grad, const Tensor& rois, const PsAlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
@@ -108,31 +117,31 @@ Tensor backward(const Tensor& grad, const Tensor& rois, const PsAlignParams& p) 
       }
     }
   }
-  return ps_backward_by_rows<scalar_t>(
+  return ps_backward<scalar_t>(
       grad, p, [&](int64_t k, int, int) { return boxes[k].g.count; },
-      [&](int64_t n, int y, const PsGradRow<acc_t>& row) {
+      [&](int64_t n, int y_begin, int y_end, const auto& sink) {
         for (int64_t k = 0; k < p.num_rois; ++k) {
           const AlignGeometry<acc_t>& g = boxes[k].g;
-          if (g.batch != n || y < boxes[k].first || y > boxes[k].last) continue;
+          if (g.batch != n || y_end <= boxes[k].first || y_begin > boxes[k].last) continue;
           for (int i = 0; i < p.pooled_h; ++i) {
             const SampleRange rows = touching_samples(g.start_h, g.bin_h, i, g.grid_h, H);
             for (int iy = rows.begin; iy < rows.end; ++iy) {
               const AxisTaps<acc_t> ty = axis_taps(sample_coordinate(g.start_h, g.bin_h, i, iy, g.grid_h), H);
-              const bool low = ty.valid && ty.low == y, high = ty.valid && ty.high == y;
+              const bool low = ty.valid && ty.low >= y_begin && ty.low < y_end;
+              const bool high = ty.valid && ty.high >= y_begin && ty.high < y_end;
               if (!low && !high) continue;
               for (int j = 0; j < p.pooled_w; ++j) {
-                const acc_t* s = row.share(k, i, j);
                 const SampleRange cols = touching_samples(g.start_w, g.bin_w, j, g.grid_w, W);
                 for (int ix = cols.begin; ix < cols.end; ++ix) {
                   const AxisTaps<acc_t> tx = axis_taps(sample_coordinate(g.start_w, g.bin_w, j, ix, g.grid_w), W);
                   if (!tx.valid) continue;
                   if (low) {
-                    row.add(tx.low, i, j, s, ty.w_low * tx.w_low);
-                    row.add(tx.high, i, j, s, ty.w_low * tx.w_high);
+                    sink.add(k, i, j, ty.low, tx.low, ty.w_low * tx.w_low);
+                    sink.add(k, i, j, ty.low, tx.high, ty.w_low * tx.w_high);
                   }
                   if (high) {
-                    row.add(tx.low, i, j, s, ty.w_high * tx.w_low);
-                    row.add(tx.high, i, j, s, ty.w_high * tx.w_high);
+                    sink.add(k, i, j, ty.high, tx.low, ty.w_high * tx.w_low);
+                    sink.add(k, i, j, ty.high, tx.high, ty.w_high * tx.w_high);
                   }
                 }
               }
@@ -171,9 +180,11 @@ Tensor ps_roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const T
                                                            batch_size, channels, height, width, op, true),
                                           sampling_ratio, op);
   check_channel_mapping(channel_mapping, grad, op);
-  Tensor grad_in = empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, p.nhwc);
-  if (grad_in.numel() == 0) return grad_in;
-  if (grad.numel() == 0) return zero(grad_in);
+  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
+  if (grad.numel() == 0 || sizes[0] * sizes[1] * sizes[2] * sizes[3] == 0) {
+    return zero(empty_4d(sizes, grad.scalar_type(), grad, p.nhwc));
+  }
+  Tensor grad_in;  // allocated by the gather, which writes each element once
   const Tensor r = make_contiguous(rois);
   dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
     using scalar_t = decltype(type_tag);

@@ -1,6 +1,7 @@
-// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: a gather by rows of
-// the input (common/cpu/ps_backward.h): race-free and in a fixed order, so deterministic with no
+// Position-sensitive RoIPool on the CPU. Forward: parallel over boxes. Backward: split by rows or planes
+// of the input (common/cpu/ps_backward.h): race-free and in a fixed order, so deterministic with no
 // extra path.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <tuple>
@@ -19,9 +20,13 @@ namespace {
 
 constexpr const char* kOp = "ps_roi_pool";
 
+// Parallel over boxes. A bin's mean is a sum in a fixed order (rows, then columns: torchvision's, so the
+// results are equal bit for bit); a block of output channels is summed together, cell by cell, so that
+// the block's independent sums overlap instead of each waiting on its previous addition.
 template <typename scalar_t>
 void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsCall& p) {
   using acc_t = opmath_t<scalar_t>;
+  constexpr int64_t kBlock = 16;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
@@ -29,7 +34,8 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
   const Strides4 at = strides_of(output);
   const PsMapLayout layout(p);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
-  parallel_for_each_dynamic(p.num_rois, p.out_channels * p.pooled_h * p.pooled_w * 16, [&](int64_t k) {
+  const int64_t bins = p.pooled_h * p.pooled_w;
+  parallel_for_each_dynamic(p.num_rois, p.out_channels * bins * 16, [&](int64_t k) {
     acc_t box[kBoxWidth];
     load_box<kBoxWidth>(r, k, box);
     const PoolGeometry<acc_t> g = ps_pool_geometry(box, p);
@@ -38,25 +44,30 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
       for (int j = 0; j < p.pooled_w; ++j) {
         const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
         const int64_t area = static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
-        for (int64_t c = 0; c < p.out_channels; ++c) {
-          const int64_t c_in = ps_input_channel(c, i, j, p.pooled_h, p.pooled_w);
-          const scalar_t* plane = in + layout.plane(g.batch, c_in);
-          acc_t sum = 0;
+        // Output channel c reads input channel c * bins + b: a stride of bins channels.
+        const scalar_t* bin_plane = in + layout.plane(g.batch, ps_input_channel(0, i, j, p.pooled_h, p.pooled_w));
+        const int64_t c_step = bins * layout.channel;
+        for (int64_t c0 = 0; c0 < p.out_channels; c0 += kBlock) {
+          const int64_t n = std::min(kBlock, p.out_channels - c0);
+          acc_t sums[kBlock] = {};
           for (int h = rows.begin; h < rows.end; ++h) {
             for (int w = cols.begin; w < cols.end; ++w) {
-              sum += static_cast<acc_t>(plane[(static_cast<int64_t>(h) * W + w) * layout.cell]);
+              const scalar_t* v = bin_plane + (static_cast<int64_t>(h) * W + w) * layout.cell + c0 * c_step;
+              for (int64_t c = 0; c < n; ++c) sums[c] += static_cast<acc_t>(v[c * c_step]);
             }
           }
-          const int64_t o = at.at(k, c, i, j);
-          out[o] = static_cast<scalar_t>(area > 0 ? sum / static_cast<acc_t>(area) : acc_t(0));
-          map[o] = static_cast<int32_t>(c_in);
+          for (int64_t c = 0; c < n; ++c) {
+            const int64_t o = at.at(k, c0 + c, i, j);
+            out[o] = static_cast<scalar_t>(area > 0 ? sums[c] / static_cast<acc_t>(area) : acc_t(0));
+            map[o] = static_cast<int32_t>(ps_input_channel(c0 + c, i, j, p.pooled_h, p.pooled_w));
+          }
         }
       }
     }
   });
 }
 
-// Each cell of bin (i, j) of box k receives grad / area once, gathered row by row (ps_backward.h).
+// Each cell of bin (i, j) of box k receives grad / area once (visited as runs of a row, ps_backward.h).
 template <typename scalar_t>
 Tensor backward(const Tensor& grad, const Tensor& rois, const PsCall& p) {
   using acc_t = opmath_t<scalar_t>;
@@ -73,19 +84,19 @@ Tensor backward(const Tensor& grad, const Tensor& rois, const PsCall& p) {
     const CellRange cols = pool_bin_range(boxes[k].start_w, boxes[k].bin_w, j, W);
     return static_cast<int64_t>(rows.end - rows.begin) * (cols.end - cols.begin);
   };
-  return ps_backward_by_rows<scalar_t>(
+  return ps_backward<scalar_t>(
       grad, p, [&](int64_t k, int i, int j) { return static_cast<acc_t>(area(k, i, j)); },
-      [&](int64_t n, int y, const PsGradRow<acc_t>& row) {
+      [&](int64_t n, int y_begin, int y_end, const auto& sink) {
         for (int64_t k = 0; k < p.num_rois; ++k) {
           const PoolGeometry<acc_t>& g = boxes[k];
           if (g.batch != n) continue;
           for (int i = 0; i < p.pooled_h; ++i) {
             const CellRange rows = pool_bin_range(g.start_h, g.bin_h, i, H);
-            if (y < rows.begin || y >= rows.end) continue;
+            const int first = std::max(rows.begin, y_begin), end = std::min(rows.end, y_end);
+            if (first >= end) continue;
             for (int j = 0; j < p.pooled_w; ++j) {
               const CellRange cols = pool_bin_range(g.start_w, g.bin_w, j, W);
-              const acc_t* s = row.share(k, i, j);
-              for (int x = cols.begin; x < cols.end; ++x) row.add(x, i, j, s);
+              for (int y = first; y < end; ++y) sink.add_run(k, i, j, y, cols.begin, cols.end);
             }
           }
         }
@@ -114,9 +125,11 @@ Tensor ps_roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Te
   const PsCall p = ps_backward_call(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
                                     height, width, op, true);
   check_channel_mapping(channel_mapping, grad, op);
-  Tensor grad_in = empty_4d({batch_size, channels, height, width}, grad.scalar_type(), grad, p.nhwc);
-  if (grad_in.numel() == 0) return grad_in;
-  if (grad.numel() == 0) return zero(grad_in);
+  const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
+  if (grad.numel() == 0 || sizes[0] * sizes[1] * sizes[2] * sizes[3] == 0) {
+    return zero(empty_4d(sizes, grad.scalar_type(), grad, p.nhwc));
+  }
+  Tensor grad_in;  // allocated by the gather, which writes each element once
   const Tensor r = make_contiguous(rois);
   dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) { grad_in = backward<decltype(type_tag)>(grad, r, p); });
   return grad_in;
