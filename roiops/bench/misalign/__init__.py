@@ -55,12 +55,12 @@ from .tables import article_lines, level1_table, level2_sampling_table, level2_t
 # strides); 8 seeds for the ops trained at both strides, 2 for the others. The steps are what the time budget
 # allows (30 minutes on 2 cores, with room for one more op at both strides), not the plateau, which RoIAlign
 # reaches only near 960 steps at stride 16 and 720 at stride 32: the plateau check (3 seeds trained on to twice the
-# steps) says in the report how far below it the nominal runs are. A stride-32 step costs about 1.85 stride-16
+# steps) says in the report how far below it the nominal runs are. A stride-32 step costs about 1.5-1.85 stride-16
 # steps, hence 3/4 of the steps there. stardist (one image, 18 test tiles) is not in the default run: at the seeds
 # the budget allows its intervals decide nothing.
 DEFAULTS = {
     "synthetic": Config(
-        seeds=8, seeds_single=2, steps=432, steps_coarse=324, curve_points=2, plateau_seeds=3, plateau_checkpoints=2
+        seeds=8, seeds_single=2, steps=528, steps_coarse=396, curve_points=2, plateau_seeds=3, plateau_checkpoints=2
     ),
     "stardist": Config(
         dataset="stardist",
