@@ -110,15 +110,21 @@ template <typename scalar_t, typename Divisor, typename Visit>
 Tensor ps_backward(const Tensor& grad, const PsCall& p, const Divisor& divisor, const Visit& visit) {
   using acc_t = opmath_t<scalar_t>;
   constexpr bool kDirect = std::is_same<acc_t, scalar_t>::value;  // accumulated in the output itself
-  const int64_t bins = p.pooled_h * p.pooled_w, oc = p.out_channels, C = p.channels;
+  const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w, oc = p.out_channels, C = p.channels;
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
   const int PH = static_cast<int>(p.pooled_h), PW = static_cast<int>(p.pooled_w);
   const int64_t plane_size = static_cast<int64_t>(H) * W,
                 workers = std::max<int64_t>(1, torch::stable::get_num_threads());
 
-  // NCHW: each image's output channels in groups, enough of them to keep every worker busy.
-  const int64_t groups = std::min<int64_t>(oc, (4 * workers + p.batch - 1) / p.batch);
-  const int64_t group_size = (oc + groups - 1) / groups;
+  // NCHW: each image's output channels in groups, enough of them to keep every worker busy; for a half
+  // type, small enough that a group's float planes fit in kMaxGroupScratch floats per worker (or hold one
+  // output channel, where its planes alone are larger).
+  constexpr int64_t kMaxGroupScratch = int64_t(1) << 20;
+  const int64_t wanted_groups = std::min<int64_t>(oc, (4 * workers + p.batch - 1) / p.batch);
+  const int64_t group_size = kDirect ? (oc + wanted_groups - 1) / wanted_groups
+                                     : std::max<int64_t>(1, std::min<int64_t>((oc + wanted_groups - 1) / wanted_groups,
+                                                                              kMaxGroupScratch / (bins * plane_size)));
+  const int64_t groups = (oc + group_size - 1) / group_size;
   // Per worker: a row (NHWC), or a group's planes in float (NCHW with a half type).
   const int64_t scratch_per_worker = kDirect ? 0 : (p.nhwc ? W * C : group_size * bins * plane_size);
 

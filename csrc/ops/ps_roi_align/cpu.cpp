@@ -62,7 +62,7 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
         // channels is summed together, tap by tap, so that its independent sums overlap; each sum keeps
         // its order (torchvision's: equal bit for bit).
         const scalar_t* bin_plane = in + layout.plane(g.batch, ps_input_channel(0, i, j, p.pooled_h, p.pooled_w));
-        const int64_t c_step = p.pooled_h * p.pooled_w * layout.channel, s = layout.cell;
+        const int64_t c_step = static_cast<int64_t>(p.pooled_h) * p.pooled_w * layout.channel, s = layout.cell;
         for (int64_t c0 = 0; c0 < p.out_channels; c0 += kBlock) {
           const int64_t n = std::min(kBlock, p.out_channels - c0);
           acc_t sums[kBlock] = {};
@@ -181,10 +181,10 @@ Tensor ps_roi_align_backward_cpu(const Tensor& grad, const Tensor& rois, const T
                                           sampling_ratio, op);
   check_channel_mapping(channel_mapping, grad, op);
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
-  if (grad.numel() == 0 || sizes[0] * sizes[1] * sizes[2] * sizes[3] == 0) {
+  if (grad.numel() == 0 || std::find(sizes.begin(), sizes.end(), 0) != sizes.end()) {
     return zero(empty_4d(sizes, grad.scalar_type(), grad, p.nhwc));
   }
-  Tensor grad_in;  // allocated by the gather, which writes each element once
+  Tensor grad_in;  // allocated by ps_backward, which gives each element one owner
   const Tensor r = make_contiguous(rois);
   dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) {
     using scalar_t = decltype(type_tag);

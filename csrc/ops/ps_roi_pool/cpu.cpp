@@ -20,9 +20,9 @@ namespace {
 
 constexpr const char* kOp = "ps_roi_pool";
 
-// Parallel over boxes. A bin's mean is a sum in a fixed order (rows, then columns: torchvision's, so the
-// results are equal bit for bit); a block of output channels is summed together, cell by cell, so that
-// the block's independent sums overlap instead of each waiting on its previous addition.
+// Parallel over boxes. A bin's mean is a sum in a fixed order (rows, then columns, as torchvision's
+// kernel adds them, so equal bins are equal bit for bit); a block of output channels is summed together, cell by cell,
+// so that the block's independent sums overlap instead of each waiting on its previous addition.
 template <typename scalar_t>
 void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsCall& p) {
   using acc_t = opmath_t<scalar_t>;
@@ -34,7 +34,7 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
   const Strides4 at = strides_of(output);
   const PsMapLayout layout(p);
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
-  const int64_t bins = p.pooled_h * p.pooled_w;
+  const int64_t bins = static_cast<int64_t>(p.pooled_h) * p.pooled_w;
   parallel_for_each_dynamic(p.num_rois, p.out_channels * bins * 16, [&](int64_t k) {
     acc_t box[kBoxWidth];
     load_box<kBoxWidth>(r, k, box);
@@ -126,10 +126,10 @@ Tensor ps_roi_pool_backward_cpu(const Tensor& grad, const Tensor& rois, const Te
                                     height, width, op, true);
   check_channel_mapping(channel_mapping, grad, op);
   const std::array<int64_t, 4> sizes{batch_size, channels, height, width};
-  if (grad.numel() == 0 || sizes[0] * sizes[1] * sizes[2] * sizes[3] == 0) {
+  if (grad.numel() == 0 || std::find(sizes.begin(), sizes.end(), 0) != sizes.end()) {
     return zero(empty_4d(sizes, grad.scalar_type(), grad, p.nhwc));
   }
-  Tensor grad_in;  // allocated by the gather, which writes each element once
+  Tensor grad_in;  // allocated by ps_backward, which gives each element one owner
   const Tensor r = make_contiguous(rois);
   dispatch_floating(grad.scalar_type(), op, [&](auto type_tag) { grad_in = backward<decltype(type_tag)>(grad, r, p); });
   return grad_in;
