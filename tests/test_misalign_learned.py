@@ -568,6 +568,8 @@ def test_curves_table_reads_fractions_of_the_nominal_steps():
     )
     head, _, row = level3_tables.curves_table(summ)
     assert head.startswith("| stride | op | N | AP @ 0.5 N | AP @ 1 N | AP @ 1.5 N (2 seeds, paired) |")
+    assert head.endswith("| in the N-step interval from | at its plateau |")
+    # 25.5 lies inside [21, 26] but the gain's interval [2, 3] excludes 0
     assert row.startswith("| 16 | RoIAlign avg | 10 | 11.0 [") and row.endswith(
-        "| 24.5 [24.0, 25.0] | 25.5 [25.0, 26.0] | 10 |"
+        "| 24.5 [24.0, 25.0] | 25.5 [25.0, 26.0] | 10 | no: still rising |"
     )

@@ -128,8 +128,10 @@ def level3_section(r3: dict) -> List[str]:
             "",
             f"Seed-mean AP of {_curve_point_text(cfg)} [95% interval over seeds], at fractions of each "
             "stride's nominal steps N; past N, the nominal mean plus the paired change of the seeds that trained "
-            "on [interval over those seeds]. 'Plateau from' is the first checkpoint whose mean lies inside the "
-            "N-step two-level interval.",
+            "on [interval over those seeds]. 'In the N-step interval from': the first checkpoint whose mean lies "
+            "inside the N-step two-level interval (N itself where none before it does). 'At its plateau': where seeds "
+            "trained on past N, whether the AP they reach lies inside that interval and their gain's own interval "
+            "reaches 0 ('no: still rising' where only the first holds).",
             "",
         ]
         L += tab.curves_table(summ) + ["", f"![learning curves, {name}](level3_{name}_curves.png)", ""]

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from .level3_learned import BASELINE, REFERENCE
 from .paper import TABLE_2C, TABLE_2D
-from .summary import METRICS, plateau_step
+from .summary import METRICS, at_plateau, plateau_step
 
 
 def fmt_entry(e: Optional[dict], signed: bool = False) -> str:
@@ -118,10 +118,21 @@ def runs_table(runs: List[dict]) -> List[str]:
     return lines
 
 
+def plateau_text(curve: dict, final: dict) -> str:
+    """The plateau check of one curve, in words (summary.at_plateau): '–' where no seed trained on."""
+    check = at_plateau(curve, final)
+    if check is None:
+        return "–"
+    if check:
+        return "yes"
+    e = curve["extra"][-1]
+    return "no: still rising" if final["lo"] <= final["mean"] + e["mean"] <= final["hi"] else "no"
+
+
 def curves_table(summary: dict) -> List[str]:
     """The learning curves: seed-mean AP [95% interval over seeds] at each checkpoint, as a fraction of each
     stride's nominal steps N; past N, the plateau check's estimate (N-step mean plus the paired change of the
-    seeds that trained on); and the plateau step."""
+    seeds that trained on); the first checkpoint inside the N-step interval; and the plateau check."""
     fracs = sorted({round(s / c["nominal"], 4) for c in summary["curves"] for s in c["steps"]})
     finals = {(r["stride"], r["op"]): r["AP"] for r in summary["rows"]}
     extra = {c["extra"][0]["n_seeds"] for c in summary["curves"] if c.get("extra")}
@@ -129,19 +140,20 @@ def curves_table(summary: dict) -> List[str]:
     lines = [
         "| stride | op | N | "
         + " | ".join(f"AP @ {f:g} N" + (seeds if f > 1 else "") for f in fracs)
-        + " | plateau from |",
-        "|---|---|---|" + "---|" * (len(fracs) + 1),
+        + " | in the N-step interval from | at its plateau |",
+        "|---|---|---|" + "---|" * (len(fracs) + 2),
     ]
     for c in summary["curves"]:
         at = {
             round(s / c["nominal"], 4): f"{a:.1f} [{lo:.1f}, {hi:.1f}]"
             for s, a, lo, hi in zip(c["steps"], c["AP"], c["lo"], c["hi"])
         }
-        p = plateau_step(c, finals[(c["stride"], c["op"])])
+        final = finals[(c["stride"], c["op"])]
+        p = plateau_step(c, final)
         lines.append(
             f"| {c['stride']} | {c['op']} | {c['nominal']} | "
             + " | ".join(at.get(f, "–") for f in fracs)
-            + f" | {p if p is not None else '–'} |"
+            + f" | {p if p is not None else '–'} | {plateau_text(c, final)} |"
         )
     return lines
 
