@@ -121,9 +121,9 @@ Tensor ps_backward(const Tensor& grad, const PsCall& p, const Divisor& divisor, 
   // output channel, where its planes alone are larger).
   constexpr int64_t kMaxGroupScratch = int64_t(1) << 20;
   const int64_t wanted_groups = std::min<int64_t>(oc, (4 * workers + p.batch - 1) / p.batch);
-  const int64_t group_size = kDirect ? (oc + wanted_groups - 1) / wanted_groups
-                                     : std::max<int64_t>(1, std::min<int64_t>((oc + wanted_groups - 1) / wanted_groups,
-                                                                              kMaxGroupScratch / (bins * plane_size)));
+  const int64_t even_size = (oc + wanted_groups - 1) / wanted_groups;
+  const int64_t group_size =
+      kDirect ? even_size : std::max<int64_t>(1, std::min(even_size, kMaxGroupScratch / (bins * plane_size)));
   const int64_t groups = (oc + group_size - 1) / group_size;
   // Per worker: a row (NHWC), or a group's planes in float (NCHW with a half type).
   const int64_t scratch_per_worker = kDirect ? 0 : (p.nhwc ? W * C : group_size * bins * plane_size);
@@ -163,8 +163,7 @@ Tensor ps_backward(const Tensor& grad, const PsCall& p, const Divisor& divisor, 
     const int64_t item_work = group_size * bins * plane_size;
     parallel_for_each_dynamic_with(p.batch * groups, item_work, make_scratch, [&](acc_t* buffer, int64_t item) {
       const int64_t n = item / groups, c_begin = (item % groups) * group_size;
-      const int64_t c_end = std::min(oc, c_begin + group_size);
-      if (c_begin >= c_end) return;
+      const int64_t c_end = std::min(oc, c_begin + group_size);  // groups: none is empty
       // Output channels [c_begin, c_end) are the contiguous input planes [c_begin * bins, c_end * bins).
       scalar_t* planes = out + layout.plane(n, c_begin * bins);
       accumulate_into(planes, buffer, (c_end - c_begin) * bins * plane_size, [&](acc_t* sums) {

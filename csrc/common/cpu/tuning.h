@@ -39,6 +39,11 @@ constexpr int64_t kSharedTaps = int64_t(1) << 17;
 // samples on a 109K-cell map and loses below 8K). Re-derive: roiops-bench speed --sweep, NCHW avg.
 constexpr int64_t kPackSampleFraction = 8;
 
+// Position-sensitive forwards: output channels summed together, each its own chain of additions, so
+// that the chains overlap instead of each waiting on its previous addition. Re-derive: roiops-bench
+// speed --cases rfcn --forward-only.
+constexpr int64_t kPsChannelBlock = 16;
+
 // RoIPool, NCHW forward: the channels-last block loops when the bins read at least 1/kNhwcCellFraction
 // of the map's cells (2.4-2.7x faster from 1.2 to 13 reads per cell). Re-derive: roiops-bench speed
 // --sweep, roi_pool NCHW.

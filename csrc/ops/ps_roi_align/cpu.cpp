@@ -40,7 +40,6 @@ void check_sample_limits(const Tensor& rois, const PsAlignParams& p) {
 template <typename scalar_t>
 void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsAlignParams& p) {
   using acc_t = opmath_t<scalar_t>;
-  constexpr int64_t kBlock = 16;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
@@ -63,9 +62,9 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
         // its order (torchvision's: equal bit for bit).
         const scalar_t* bin_plane = in + layout.plane(g.batch, ps_input_channel(0, i, j, p.pooled_h, p.pooled_w));
         const int64_t c_step = static_cast<int64_t>(p.pooled_h) * p.pooled_w * layout.channel, s = layout.cell;
-        for (int64_t c0 = 0; c0 < p.out_channels; c0 += kBlock) {
-          const int64_t n = std::min(kBlock, p.out_channels - c0);
-          acc_t sums[kBlock] = {};
+        for (int64_t c0 = 0; c0 < p.out_channels; c0 += kPsChannelBlock) {
+          const int64_t n = std::min(kPsChannelBlock, p.out_channels - c0);
+          acc_t sums[kPsChannelBlock] = {};
           for (const BilinearTaps<acc_t>& t : taps) {
             const scalar_t* v = bin_plane + c0 * c_step;
             for (int64_t c = 0; c < n; ++c, v += c_step) {

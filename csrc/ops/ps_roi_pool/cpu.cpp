@@ -26,7 +26,6 @@ constexpr const char* kOp = "ps_roi_pool";
 template <typename scalar_t>
 void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& mapping, const PsCall& p) {
   using acc_t = opmath_t<scalar_t>;
-  constexpr int64_t kBlock = 16;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const scalar_t* r = rois.const_data_ptr<scalar_t>();
   scalar_t* out = output.mutable_data_ptr<scalar_t>();
@@ -47,9 +46,9 @@ void forward(const Tensor& input, const Tensor& rois, Tensor& output, Tensor& ma
         // Output channel c reads input channel c * bins + b: a stride of bins channels.
         const scalar_t* bin_plane = in + layout.plane(g.batch, ps_input_channel(0, i, j, p.pooled_h, p.pooled_w));
         const int64_t c_step = bins * layout.channel;
-        for (int64_t c0 = 0; c0 < p.out_channels; c0 += kBlock) {
-          const int64_t n = std::min(kBlock, p.out_channels - c0);
-          acc_t sums[kBlock] = {};
+        for (int64_t c0 = 0; c0 < p.out_channels; c0 += kPsChannelBlock) {
+          const int64_t n = std::min(kPsChannelBlock, p.out_channels - c0);
+          acc_t sums[kPsChannelBlock] = {};
           for (int h = rows.begin; h < rows.end; ++h) {
             for (int w = cols.begin; w < cols.end; ++w) {
               const scalar_t* v = bin_plane + (static_cast<int64_t>(h) * W + w) * layout.cell + c0 * c_step;
